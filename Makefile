@@ -1,0 +1,53 @@
+# lit_sr front door. A fresh clone needs only `make train MODEL=vdsr` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel this machine has; GPU users override, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.install.stamp
+
+MODEL ?= vdsr
+PRESET ?= quick
+WORKERS ?= 1
+STORAGE ?=
+LIT_SR_DATA ?= $(abspath ../shared/data)
+export LIT_SR_DATA
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev]'
+	touch $@
+
+train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
+	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
+	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
+
+bench-data: $(STAMP)
+	$(BIN)/python bench/bench_data.py $(ARGS)
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/bench_train.py $(ARGS)
+
+sweep: $(STAMP)  ## make sweep MODEL=cmsc [WORKERS=N] [STORAGE=URL]
+	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
+
+dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard --host 127.0.0.1 $(or $(STORAGE),sqlite:///runs/sweeps/optuna.db)
+
+clean:
+	rm -rf runs outputs wandb lightning_logs .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: MATLAB-exact resize and colour, image reading, training patches, benchmark sets, DataModule."""
