@@ -1,0 +1,41 @@
+"""Shared fixtures: the benchmark images folder and isolated W&B / run directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("LIT_SR_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """``$LIT_SR_DATA`` (default ../shared/data) holding Set5, Set14, Sun80.
+
+    Skips with a reason when missing, unless LIT_SR_REQUIRE_DATA=1 (CI), where it fails.
+    """
+    root = _data_root()
+    if not (root / "Set5").is_dir():
+        msg = f"benchmark images not found: {root}/Set5 (set LIT_SR_DATA to the folder holding Set5, Set14, Sun80)"
+        if os.environ.get("LIT_SR_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_wandb(tmp_path_factory, monkeypatch):
+    """Every test runs W&B offline in a private temp dir: nothing reaches the network or the repo."""
+    d = tmp_path_factory.mktemp("wandb")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(d))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
