@@ -1,0 +1,63 @@
+"""Weights & Biases as the default logger, offline unless credentials exist, never a prompt."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is in ``WANDB_API_KEY`` or in ~/.netrc for api.wandb.ai (as ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("//")[-1].split("/")[0]
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_offline(offline: bool | None = None) -> bool:
+    """Offline when asked, when ``WANDB_MODE`` says offline/dryrun/disabled, or when there are no credentials."""
+    if offline is not None:
+        return offline
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return True
+    if mode == "online":
+        return False
+    return not wandb_has_credentials()
+
+
+class SRWandbLogger(WandbLogger):
+    """``WandbLogger`` writing under the run directory; project/entity/group from arguments or WANDB_* env."""
+
+    def __init__(
+        self,
+        save_dir: str = "runs",
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        offline: bool | None = None,
+        log_model: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            save_dir=save_dir,
+            project=project or os.environ.get("WANDB_PROJECT", "lit_sr"),
+            entity=entity or os.environ.get("WANDB_ENTITY"),
+            group=group or os.environ.get("WANDB_RUN_GROUP"),
+            name=name,
+            tags=tags,
+            offline=wandb_offline(offline),
+            log_model=log_model,
+            **kwargs,
+        )

@@ -1,0 +1,317 @@
+"""Stages: a method's training schedule as data.
+
+A stage is one phase of training read from YAML (``model.init_args.stages`` in a LightningCLI config)::
+
+    - name: train
+      epochs: 80                       # or steps: 20000
+      optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 1.0e-4}
+      lr_schedule: {name: step, step_size: 20, gamma: 0.1, min_lr: 0.0}   # unit: epoch (default) or step
+      clip: {mode: adjustable, theta: 0.01}   # none | norm (value) | value (value) | adjustable (theta)
+      param_groups: [{match: '\\.bias$', lr_mult: 0.1}]   # regex on parameter names, first match wins
+      trainable: [levels.0]            # module-name prefixes; omitted = everything trains
+      loss_weights: {image: 1.0}       # read by the method's loss
+      targets: null                    # free-form tag read by the method (e.g. downsampled_hr)
+
+This module is pure: parsing with clear errors, optimizer construction, the lr at a step, gradient clipping.
+``lit_sr.methods.base.SRMethod`` hooks it into Lightning (switching, logging, resuming).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+SCHEDULES = ("constant", "step", "halving", "multistep", "cosine")
+CLIP_MODES = ("none", "norm", "value", "adjustable")
+
+
+class StageConfigError(ValueError):
+    """A stage key or value is wrong; the message names its config path."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str = "constant"
+    step_size: int = 1
+    unit: str = "epoch"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    mode: str = "none"
+    theta: float = 0.01
+    value: float = 1.0
+
+
+@dataclass(frozen=True)
+class ParamGroupSpec:
+    match: str
+    lr_mult: float = 1.0
+    weight_decay_mult: float = 1.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int | None = None
+    steps: int | None = None
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    param_groups: tuple[ParamGroupSpec, ...] = ()
+    trainable: tuple[str, ...] | None = None
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
+    targets: str | None = None
+
+    def length_steps(self, steps_per_epoch: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
+
+
+def _build(cls, raw, path: str):
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise StageConfigError(f"{path} must be a mapping of {[f.name for f in fields(cls)]}, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise StageConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise StageConfigError(f"{path}: {err}") from err
+
+
+def _positive(value, path: str, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise StageConfigError(f"{path} must be {kind}, got {value!r}")
+
+
+def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
+    """One stage from its YAML mapping; every mistake names its path, e.g. ``stages.1.clip.mode``."""
+    if isinstance(raw, Stage):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise StageConfigError(f"{path} must be a mapping with at least 'name' and 'epochs' or 'steps'")
+    raw = dict(raw)
+    sub = {
+        "optimizer": OptimizerSpec,
+        "lr_schedule": ScheduleSpec,
+        "clip": ClipSpec,
+    }
+    for key, cls in sub.items():
+        if key in raw and raw[key] is not None:
+            raw[key] = _build(cls, raw[key], f"{path}.{key}")
+        else:
+            raw.pop(key, None)
+    if raw.get("param_groups"):
+        raw["param_groups"] = tuple(
+            _build(ParamGroupSpec, g, f"{path}.param_groups.{i}") for i, g in enumerate(raw["param_groups"])
+        )
+    if raw.get("trainable") is not None:
+        raw["trainable"] = tuple(raw["trainable"])
+    if raw.get("loss_weights") is None:
+        raw.pop("loss_weights", None)
+    if "name" not in raw:
+        raise StageConfigError(f"{path}.name is missing: every stage needs a name")
+    stage = _build(Stage, raw, path)
+
+    if (stage.epochs is None) == (stage.steps is None):
+        raise StageConfigError(f"{path}: give exactly one of 'epochs' or 'steps' (stage {stage.name!r})")
+    _positive(stage.epochs if stage.steps is None else stage.steps, f"{path}.{'epochs' if stage.steps is None else 'steps'}", True)
+    opt = stage.optimizer
+    if opt.name not in OPTIMIZERS:
+        raise StageConfigError(f"{path}.optimizer.name: {opt.name!r} is not one of {sorted(OPTIMIZERS)}")
+    _positive(opt.lr, f"{path}.optimizer.lr")
+    sched = stage.lr_schedule
+    if sched.name not in SCHEDULES:
+        raise StageConfigError(f"{path}.lr_schedule.name: {sched.name!r} is not one of {list(SCHEDULES)}")
+    if sched.unit not in ("epoch", "step"):
+        raise StageConfigError(f"{path}.lr_schedule.unit: {sched.unit!r} must be 'epoch' or 'step'")
+    _positive(sched.step_size, f"{path}.lr_schedule.step_size", True)
+    if sched.min_lr < 0:
+        raise StageConfigError(f"{path}.lr_schedule.min_lr must be >= 0, got {sched.min_lr}")
+    clip = stage.clip
+    if clip.mode not in CLIP_MODES:
+        raise StageConfigError(f"{path}.clip.mode: {clip.mode!r} is not one of {list(CLIP_MODES)}")
+    if clip.mode == "adjustable":
+        _positive(clip.theta, f"{path}.clip.theta")
+    if clip.mode in ("norm", "value"):
+        _positive(clip.value, f"{path}.clip.value")
+    for i, g in enumerate(stage.param_groups):
+        try:
+            re.compile(g.match)
+        except re.error as err:
+            raise StageConfigError(f"{path}.param_groups.{i}.match: bad regex {g.match!r}: {err}") from err
+    for key, w in stage.loss_weights.items():
+        if not isinstance(w, (int, float)):
+            raise StageConfigError(f"{path}.loss_weights.{key} must be a number, got {w!r}")
+    return stage
+
+
+def parse_stages(raw: Iterable[Mapping] | None, path: str = "stages") -> list[Stage]:
+    """The ordered list of stages; an empty or missing list is an error naming ``path``."""
+    if raw is None or isinstance(raw, (str, bytes)) or not list(raw):
+        raise StageConfigError(f"{path} is empty: a method needs at least one training stage")
+    stages = [parse_stage(s, f"{path}.{i}") for i, s in enumerate(raw)]
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise StageConfigError(f"{path}: stage names must be unique, got {names}")
+    return stages
+
+
+class StagePlan:
+    """Where each stage starts, in optimizer steps, for a given epoch length."""
+
+    def __init__(self, stages: list[Stage], steps_per_epoch: int) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.stages = stages
+        self.steps_per_epoch = steps_per_epoch
+        self.starts: list[int] = []
+        total = 0
+        for stage in stages:
+            self.starts.append(total)
+            total += stage.length_steps(steps_per_epoch)
+        self.total_steps = total
+
+    def locate(self, global_step: int) -> tuple[int, int] | None:
+        """(stage index, step inside that stage) at ``global_step``; None once every stage is done."""
+        if global_step >= self.total_steps:
+            return None
+        index = max(i for i, start in enumerate(self.starts) if start <= global_step)
+        return index, global_step - self.starts[index]
+
+    def lr(self, global_step: int) -> float:
+        located = self.locate(min(global_step, self.total_steps - 1))
+        index, step = located
+        return lr_at(self.stages[index], step, self.steps_per_epoch)
+
+
+def lr_at(stage: Stage, step_in_stage: int, steps_per_epoch: int) -> float:
+    """Base learning rate (before group multipliers) ``step_in_stage`` optimizer steps into ``stage``."""
+    base, s = stage.optimizer.lr, stage.lr_schedule
+    t = step_in_stage if s.unit == "step" else step_in_stage // steps_per_epoch
+    if s.name == "constant":
+        lr = base
+    elif s.name in ("step", "halving"):
+        gamma = 0.5 if s.name == "halving" else s.gamma
+        lr = base * gamma ** (t // s.step_size)
+    elif s.name == "multistep":
+        lr = base * s.gamma ** sum(1 for m in s.milestones if t >= m)
+    else:  # cosine, continuous in steps
+        total = stage.length_steps(steps_per_epoch)
+        frac = min(step_in_stage / max(total, 1), 1.0)
+        lr = s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+    return max(lr, s.min_lr)
+
+
+def apply_trainable(net: nn.Module, stage: Stage) -> None:
+    """Freeze every parameter outside the stage's ``trainable`` prefixes (all train when it is unset)."""
+    names = [n for n, _ in net.named_parameters()]
+    if stage.trainable is not None:
+        for prefix in stage.trainable:
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                raise StageConfigError(
+                    f"stage {stage.name!r}: trainable prefix {prefix!r} matches no parameter of the network; "
+                    f"top-level modules are {sorted({n.split('.')[0] for n in names})}"
+                )
+    for name, p in net.named_parameters():
+        p.requires_grad_(
+            stage.trainable is None or any(name == pre or name.startswith(pre + ".") for pre in stage.trainable)
+        )
+
+
+def build_optimizer(net: nn.Module, stage: Stage) -> torch.optim.Optimizer:
+    """The stage's optimizer over the trainable parameters, one group per ``param_groups`` rule plus the rest.
+
+    Each group records ``lr_mult`` so :func:`set_lr` can apply the stage's schedule to every group.
+    """
+    opt = stage.optimizer
+    buckets: list[list[nn.Parameter]] = [[] for _ in range(len(stage.param_groups) + 1)]
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        index = next(
+            (i for i, g in enumerate(stage.param_groups) if re.search(g.match, name)), len(stage.param_groups)
+        )
+        buckets[index].append(p)
+    specs = [*stage.param_groups, ParamGroupSpec(match="", lr_mult=1.0, weight_decay_mult=1.0)]
+    groups = [
+        {
+            "params": params,
+            "lr": opt.lr * spec.lr_mult,
+            "lr_mult": spec.lr_mult,
+            "weight_decay": opt.weight_decay * spec.weight_decay_mult,
+            "group_name": spec.match or "default",
+        }
+        for spec, params in zip(specs, buckets)
+        if params
+    ]
+    if not groups:
+        raise StageConfigError(f"stage {stage.name!r} has no trainable parameters")
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    return OPTIMIZERS[opt.name](groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr`` times its ``lr_mult``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+@torch.no_grad()
+def clip_gradients(optimizer: torch.optim.Optimizer, clip: ClipSpec) -> float | None:
+    """Clip the loss gradients before the optimizer step; returns the bound used (for logging).
+
+    ``adjustable`` is VDSR's rule: every gradient element to [-theta/lr, theta/lr] with the group's current lr,
+    so one step moves a weight by at most theta whatever the lr. ``norm`` clips the global L2 norm to ``value``;
+    ``value`` clamps elements to [-value, value].
+    """
+    if clip.mode == "none":
+        return None
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if clip.mode == "norm":
+        torch.nn.utils.clip_grad_norm_(params, clip.value)
+        return clip.value
+    if clip.mode == "value":
+        torch.nn.utils.clip_grad_value_(params, clip.value)
+        return clip.value
+    bounds = []
+    for group in optimizer.param_groups:
+        bound = clip.theta / group["lr"]
+        bounds.append(bound)
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.clamp_(-bound, bound)
+    return min(bounds)
