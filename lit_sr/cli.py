@@ -61,7 +61,7 @@ class SRCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.trainer.logger is not None:
             cfg = self.config[self.subcommand]
-            self.trainer.logger.log_hyperparams({"config": self.parser.dump(cfg, format="yaml", skip_none=False)})
+            self.trainer.logger.log_hyperparams({"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)})
 
     def _instantiate_trainer(self, config, callbacks):
         config = dict(config)

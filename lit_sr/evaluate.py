@@ -53,7 +53,7 @@ def run_benchmark(method: SRMethod, datasets: Sequence[str], scales: Sequence[in
             f"{type(method).__name__} supports scales {method.supported_scales}, not {unsupported}; "
             "drop them from --scales"
         )
-    dm = SRDataModule(train_sources=[], val_sets=list(datasets), val_scales=list(scales), scales=list(scales))
+    dm = SRDataModule(val_sets=list(datasets), val_scales=list(scales), scales=list(scales))
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,

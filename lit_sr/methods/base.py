@@ -60,7 +60,7 @@ class SRMethod(L.LightningModule):
         variant: str | None = None,
         net: dict[str, Any] | None = None,
         stages: list[dict[str, Any]] | None = None,
-        scales: Sequence[int] = (2, 3, 4),
+        supported_scales: Sequence[int] = (2, 3, 4),
         monitor_sets: list[str] | None = None,
         monitor_scales: list[int] | None = None,
         tile_size: int = 192,
@@ -72,7 +72,7 @@ class SRMethod(L.LightningModule):
         Args:
             variant: registered network name (``lit_sr.list_models()``); ``net`` overrides its arguments.
             stages: the training schedule (see ``lit_sr.stages``); may be omitted for evaluation only.
-            scales: the scales this model super-resolves; any other is a clear error.
+            supported_scales: the scales this model super-resolves; any other is a clear error.
             monitor_sets / monitor_scales: which validation pairs ``val/psnr_y`` averages (default: all).
             tile_size / tile_overlap: LR inputs larger than ``tile_size`` run tiled (0 disables tiling).
             ssim_variant: ``ssim_index`` (VDSR-era tables) or ``matlab`` (LapSRN evaluator).
@@ -82,7 +82,6 @@ class SRMethod(L.LightningModule):
         self.save_hyperparameters()
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
         self.stages: list[Stage] = parse_stages(stages, "model.init_args.stages") if stages is not None else []
-        self.scales = [int(s) for s in scales]
         self._stage_index = 0
         self._plan: StagePlan | None = None
         self._metrics = nn.ModuleDict()
@@ -100,7 +99,7 @@ class SRMethod(L.LightningModule):
 
     @property
     def supported_scales(self) -> list[int]:
-        return list(self.scales)
+        return [int(s) for s in self.hparams.supported_scales]
 
     @property
     def stage(self) -> Stage | None:

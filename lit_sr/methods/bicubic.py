@@ -16,8 +16,8 @@ from lit_sr.methods.base import SRMethod
 
 
 class Bicubic(SRMethod):
-    def __init__(self, scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index") -> None:
-        super().__init__(variant=None, scales=scales, tile_size=0, ssim_variant=ssim_variant,
+    def __init__(self, supported_scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index") -> None:
+        super().__init__(variant=None, supported_scales=supported_scales, tile_size=0, ssim_variant=ssim_variant,
                          image_log_every_n_epochs=0)
 
     @property

@@ -71,4 +71,6 @@ class VDSR(SRMethod):
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         loss = mse(self.net(batch["ilr"]), batch["hr"], self.reduction)
-        return loss, {"mse": loss}
+        # The loss of the bicubic input itself: a run that learns stays below it ("stuck at bicubic" does not).
+        bicubic = mse(batch["ilr"], batch["hr"], self.reduction).detach()
+        return loss, {"mse": loss, "bicubic": bicubic}

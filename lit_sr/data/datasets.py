@@ -1,0 +1,269 @@
+"""Training patches (uint8 HR crops; LR is made later on the device) and benchmark sets (LR made once).
+
+``TrainPatches`` yields whole batches (use ``DataLoader(batch_size=None)``):
+``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``; see ``degrade.py`` for the
+crop geometry and what the batch becomes on the device. Per sample: a random image, a random rescale
+(factor on a grid, default 0.5..1.0 step 0.1, raised when the image would get smaller than the crop),
+one of the 8 D4 flips/rotations, then a crop whose origin is a multiple of the sample's scale.
+Grayscale images are shipped replicated to 3 channels with ``gray`` = True, so ``degrade`` uses them
+as their own Y (full range) instead of converting them as RGB.
+
+``BenchmarkSet`` is the evaluation protocol of the papers' bicubic tables: modcropped uint8 HR,
+Y in float64, LR = MATLAB bicubic 1/s kept in float64 (never rounded), computed once per image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from lit_sr.data.color import to_y
+from lit_sr.data.degrade import MODES, crop_size
+from lit_sr.data.images import ImageCache, ImageError, modcrop
+from lit_sr.data.resize import imresize
+from lit_sr.data.sources import resolve_images
+
+
+def d4_view(img: np.ndarray, k: int) -> np.ndarray:
+    """Element ``k`` (0..7) of the D4 group on an HxWxC array: rotation by 90*(k % 4), transposed if k >= 4.
+
+    Returns a view (no copy), so only the pixels that end up in the crop are ever copied.
+    """
+    out = np.rot90(img, k % 4, axes=(0, 1))
+    return out.transpose(1, 0, 2) if k >= 4 else out
+
+
+def d4_window(k: int, h: int, w: int, y: int, x: int, size: int) -> tuple[int, int]:
+    """Top-left (row, col) in an h x w image of the square window ``d4_view(img, k)[y:y+size, x:x+size]``.
+
+    So ``d4_view(img[r:r+size, c:c+size], k)`` equals that window, and only the window is ever copied.
+    """
+
+    def source(i: int, j: int) -> tuple[int, int]:  # view pixel (i, j) -> image pixel
+        if k >= 4:
+            i, j = j, i
+        return [(i, j), (j, w - 1 - i), (h - 1 - i, w - 1 - j), (h - 1 - j, i)][k % 4]
+
+    (r0, c0), (r1, c1) = source(y, x), source(y + size - 1, x + size - 1)
+    return min(r0, r1), min(c0, c1)
+
+
+def split_sizes(batch_size: int, parts: int) -> list[int]:
+    """Sizes of the contiguous per-scale parts of a split batch: ceil(B/n) each, rest last (64/3: 22/22/20).
+
+    Falls back to near-equal parts when that would leave the last part empty (5/4 -> 2 1 1 1).
+    """
+    if batch_size < parts:
+        raise ValueError(f"data.batch_size={batch_size} is smaller than the {parts} scales of a split batch")
+    size = math.ceil(batch_size / parts)
+    sizes = [size] * (parts - 1) + [batch_size - size * (parts - 1)]
+    if sizes[-1] < 1:
+        sizes = [len(a) for a in np.array_split(np.arange(batch_size), parts)]
+    return sizes
+
+
+@dataclass(frozen=True)
+class CropInfo:
+    """How one training crop was made: rescale factor, D4 element, origin (y, x) in the rescaled, D4 image."""
+
+    factor: float
+    d4: int
+    origin: tuple[int, int]
+
+
+class TrainPatches(IterableDataset):
+    """An endless-looking stream of ready training batches of uint8 HR crops; see the module doc.
+
+    ``batches_per_epoch`` is the epoch length summed over DDP ranks (each rank gets
+    ceil(batches_per_epoch / world_size), so all ranks run the same number of steps), split across the
+    DataLoader workers of a rank. Randomness differs per worker, rank and epoch: workers seed from
+    ``torch.initial_seed()`` (the DataLoader derives it from the main generator), without workers a
+    seed is drawn from the main torch generator; both follow ``seed_everything``.
+    """
+
+    def __init__(
+        self,
+        images: ImageCache,
+        scales: list[int],
+        patch_size: int,
+        batch_size: int,
+        batches_per_epoch: int,
+        mode: Literal["per_batch", "mixed", "split"] = "mixed",
+        rescale: tuple[float, float] = (0.5, 1.0),
+        rescale_step: float = 0.1,
+        d4: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown scale mode {mode!r}; use one of {list(MODES)} (data.scale_mode)")
+        self.images = images
+        self.scales = sorted({int(s) for s in scales})
+        self.patch_size = int(patch_size)
+        self.batch_size = int(batch_size)
+        self.batches_per_epoch = int(batches_per_epoch)
+        self.mode = mode
+        self.d4 = bool(d4)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.crop_size = crop_size(self.patch_size, self.scales)
+        lo, hi = rescale
+        count = int(math.floor((hi - lo) / rescale_step + 1e-6)) + 1
+        self.factors = np.round(lo + rescale_step * np.arange(count), 6)
+        self._sizes = split_sizes(self.batch_size, len(self.scales)) if mode == "split" else None
+        self._resize = A.Resize(self.crop_size, self.crop_size, interpolation=cv2.INTER_CUBIC)
+        self._epoch = 0
+        for i in range(len(images)):
+            if min(images.shape(i)[:2]) < self.crop_size:
+                raise ImageError(
+                    f"image {images.paths[i]} is smaller than the {self.crop_size}-pixel training crop; "
+                    f"build the ImageCache with min_size={self.crop_size}"
+                )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return math.ceil(self.batches_per_epoch / self.world_size)
+
+    # ---- one sample
+    def _draw_factor(self, min_side: int, rng: np.random.Generator) -> float:
+        factor = float(self.factors[rng.integers(len(self.factors))])
+        if int(min_side * factor + 1e-9) >= self.crop_size:
+            return factor
+        fits = [f for f in self.factors if int(min_side * f + 1e-9) >= self.crop_size]
+        return float(min(fits)) if fits else 1.0
+
+    def sample_crop(
+        self, img: np.ndarray, scale: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, CropInfo]:
+        """Rescale, D4 and crop one uint8 HxWxC image; the crop is (Hc, Hc, C) uint8.
+
+        Only the source window that becomes the crop is resized (A.Resize, cubic), so the cost does not
+        grow with the image size. With factor 1 the crop is exactly ``d4_view(img, k)[y:y+Hc, x:x+Hc]``.
+        """
+        k = int(rng.integers(8)) if self.d4 else 0
+        h0, w0 = img.shape[:2]
+        h, w = (w0, h0) if (k % 2 == 1) != (k >= 4) else (h0, w0)  # size of d4_view(img, k)
+        factor = self._draw_factor(min(h, w), rng)
+        hc = self.crop_size
+        hv, wv = (h, w) if factor == 1.0 else (int(h * factor + 1e-9), int(w * factor + 1e-9))
+        hm, wm = hv - hv % scale, wv - wv % scale  # modcrop of the rescaled image
+        y0 = scale * int(rng.integers((hm - hc) // scale + 1))
+        x0 = scale * int(rng.integers((wm - hc) // scale + 1))
+        # Cut the window from the unrotated image (a cheap contiguous slice), then flip/rotate the small crop.
+        if factor == 1.0:
+            r, c = d4_window(k, h0, w0, y0, x0, hc)
+            crop = img[r : r + hc, c : c + hc]
+        else:
+            m = min(round(hc / factor), h, w)
+            sy, sx = min(round(y0 / factor), h - m), min(round(x0 / factor), w - m)
+            r, c = d4_window(k, h0, w0, sy, sx, m)
+            crop = self._resize(image=img[r : r + m, c : c + m])["image"]
+            if crop.ndim == 2:
+                crop = crop[..., None]
+        return d4_view(crop, k), CropInfo(factor, k, (y0, x0))
+
+    # ---- one batch
+    def batch_scales(self, rng: np.random.Generator) -> np.ndarray:
+        """The scale of each sample of one batch, by mode."""
+        scales = np.asarray(self.scales, dtype=np.int64)
+        if self.mode == "per_batch":
+            return np.full(self.batch_size, scales[rng.integers(len(scales))], dtype=np.int64)
+        if self.mode == "mixed":
+            return scales[rng.integers(len(scales), size=self.batch_size)]
+        return np.repeat(scales, self._sizes)
+
+    def make_batch(self, rng: np.random.Generator) -> dict:
+        """One batch ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``.
+
+        The three tensors are views of one buffer: a worker then hands the batch to the main process
+        through one shared-memory segment instead of three (about twice the batches per second).
+        """
+        scales = self.batch_scales(rng)
+        b, hc = len(scales), self.crop_size
+        buf = torch.empty(9 * b + b * 3 * hc * hc, dtype=torch.uint8)
+        scale_t, gray_t = buf[: 8 * b].view(torch.int64), buf[8 * b : 9 * b].view(torch.bool)
+        hr_t = buf[9 * b :].view(b, 3, hc, hc)
+        scale_t.copy_(torch.from_numpy(scales))
+        hr, gray = hr_t.numpy(), gray_t.numpy()
+        for i, s in enumerate(scales):
+            crop, _ = self.sample_crop(self.images[int(rng.integers(len(self.images)))], int(s), rng)
+            hr[i] = crop.transpose(2, 0, 1)  # a grey crop (1 channel) is replicated to 3
+            gray[i] = crop.shape[2] == 1
+        return {"hr": hr_t, "scale": scale_t, "gray": gray_t}
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is None:
+            base, worker, workers = int(torch.randint(0, 2**62, (1,)).item()), 0, 1
+        else:
+            base, worker, workers = torch.initial_seed(), info.id, info.num_workers
+        self._epoch += 1  # persistent workers keep the same initial seed: the epoch count changes the stream
+        rng = np.random.default_rng(np.random.SeedSequence([base, self.rank, worker, self._epoch]))
+        per_rank = len(self)
+        count = per_rank // workers + (1 if worker < per_rank % workers else 0)
+        for _ in range(count):
+            yield self.make_batch(rng)
+
+
+class BenchmarkSet(Dataset):
+    """Whole images of one set at one scale, exactly the protocol of the papers' bicubic tables.
+
+    Item: ``name`` (file stem), ``scale``, ``hr`` float64 (C, H, W) modcropped (C = 1 grey, 3 RGB),
+    ``hr_y`` float64 (1, H, W) = to_y(hr), ``lr_y`` float64 (1, h, w) = imresize(hr_y, 1/s),
+    ``lr`` float64 (C, h, w) = imresize(hr, 1/s). The LR is computed once and kept in float64
+    (not rounded); HR is re-made from the uint8 cache (cheap, and it keeps memory at 1/s^2 of HR).
+    """
+
+    def __init__(self, images: ImageCache, scale: int, name: str) -> None:
+        self.images, self.scale, self.name = images, int(scale), name
+        need = min_benchmark_size(self.scale)
+        for i in range(len(images)):
+            if min(images.shape(i)[:2]) < need:
+                raise ImageError(
+                    f"image {images.paths[i]} is too small for x{self.scale} evaluation "
+                    f"(needs {need}x{need} pixels); remove it from the set or evaluate at a smaller scale"
+                )
+        self._lr: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_source(
+        cls,
+        source: str,
+        scale: int,
+        max_images: int | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> BenchmarkSet:
+        """A set name ("Set5"), a folder, or ``builtin_val`` at one scale."""
+        name, paths = resolve_images(source)
+        cache = ImageCache(paths[:max_images], min_size=min_benchmark_size(scale), on_error=on_error)
+        return cls(cache, scale, name)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _hr(self, i: int) -> torch.Tensor:
+        arr = modcrop(self.images[i], self.scale)
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1), dtype=np.float64)) / 255.0
+
+    def __getitem__(self, i: int) -> dict:
+        hr = self._hr(i)
+        hr_y = to_y(hr)
+        if i not in self._lr:
+            lr = imresize(hr, 1.0 / self.scale)
+            lr_y = lr if hr.shape[0] == 1 else imresize(hr_y, 1.0 / self.scale)
+            self._lr[i] = (lr, lr_y)
+        lr, lr_y = self._lr[i]
+        name = Path(self.images.paths[i]).stem
+        return {"name": name, "scale": self.scale, "hr": hr, "hr_y": hr_y, "lr_y": lr_y, "lr": lr}
+
+
+def min_benchmark_size(scale: int) -> int:
+    """Smallest image side evaluable at ``scale``: after modcrop and an s-pixel shave an 11x11 SSIM fits."""
+    return 3 * scale + 11

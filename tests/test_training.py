@@ -1,0 +1,123 @@
+"""The training core end to end, on real images: stages, resume, W&B offline records, learning, benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import wandb
+import yaml
+
+from lit_sr.cli import REPO, SRCLI
+from lit_sr.evaluate import run_benchmark
+from lit_sr.methods.base import load_method
+from lit_sr.methods.bicubic import Bicubic
+from lit_sr.wandb_offline import find_runs, read_run
+
+STEPS = 12  # batches per epoch in the stage tests
+
+
+def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict | None = None, extra: list[str] = ()):
+    """Run ``lit-sr fit`` in-process on the VDSR quick config with overrides; returns the finished CLI."""
+    override = {"model": {"init_args": model}, "data": data, "trainer": trainer or {}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(override))
+    args = ["fit", "--config", str(REPO / "experiments/vdsr/quick.yaml"), "--config", str(path),
+            "--run_dir", str(tmp_path / name), "--trainer.enable_progress_bar", "false", *extra]
+    try:
+        return SRCLI(args=args)
+    finally:
+        wandb.finish()
+
+
+TWO_STAGES = [
+    {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
+    {"name": "main", "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+     "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5}, "clip": {"mode": "adjustable", "theta": 0.001}},
+]
+TINY = {"variant": "vdsr_small", "net": {"depth": 4, "width": 8}, "stages": TWO_STAGES, "image_log_every_n_epochs": 1}
+TINY_DATA = {"batches_per_epoch": STEPS, "batch_size": 4, "num_workers": 0, "scales": [2], "scale_mode": "per_batch",
+             "val_sets": ["Set5"], "val_scales": [2], "val_max_images": 1}
+
+
+@pytest.fixture(scope="module")
+def staged_run(tmp_path_factory, data_root):
+    """Two stages (Adam, then SGD with adjustable clipping), stopped after epoch 2 (inside stage 2)."""
+    tmp = tmp_path_factory.mktemp("staged")
+    cli = fit(tmp, "staged", TINY, TINY_DATA, {"max_epochs": 2, "log_every_n_steps": 1, "precision": "32-true"})
+    return tmp, cli
+
+
+def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
+    tmp, cli = staged_run
+    assert cli.model._stage_index == 1 and isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
+    run = read_run(find_runs(tmp / "staged")[-1])
+    rows = [h for h in run.history if "stage" in h]
+    steps = [int(h["trainer/global_step"]) for h in rows]
+    stage = dict(zip(steps, (h["stage"] for h in rows)))
+    lr = dict(zip(steps, (h["lr"] for h in rows)))
+    assert {s: stage[s] for s in (0, STEPS - 1, STEPS, 2 * STEPS - 1)} == {0: 0, STEPS - 1: 0, STEPS: 1, 2 * STEPS - 1: 1}
+    assert lr[0] == pytest.approx(1e-3) and lr[STEPS] == pytest.approx(0.05)
+    clip = {int(h["trainer/global_step"]): h["clip_bound"] for h in run.history if "clip_bound" in h}
+    assert min(clip) == STEPS  # no clipping in stage 1
+    assert clip[STEPS] == pytest.approx(0.001 / 0.05)
+    assert "warm" in run.config["config"] and run.tags == ["vdsr", "vdsr_small"]
+    assert (tmp / "staged" / "config.yaml").is_file()
+    assert any(k.startswith("images/Set5/x2") for h in run.history for k in h)  # image panel
+
+
+def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_path):
+    tmp, first = staged_run
+    ckpt = tmp / "staged" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["lit_sr_stage_index"] == 1 and saved["global_step"] == 2 * STEPS
+    cli = fit(tmp_path, "resumed", TINY, TINY_DATA, {"log_every_n_steps": 1, "precision": "32-true"},
+              ["--ckpt_path", str(ckpt)])
+    assert cli.trainer.global_step == 3 * STEPS  # resumed at step 24, ran the third and last epoch only
+    assert cli.model._stage_index == 1
+    opt = cli.trainer.optimizers[0]
+    assert isinstance(opt, torch.optim.SGD) and all("momentum_buffer" in opt.state[p] for p in opt.state)
+    run = read_run(find_runs(tmp_path / "resumed")[-1])
+    rows = {int(h["trainer/global_step"]): h for h in run.history if "lr" in h}
+    assert min(rows) == 2 * STEPS and rows[2 * STEPS]["stage"] == 1
+    assert rows[2 * STEPS]["lr"] == pytest.approx(0.05 * 0.5)  # second epoch of stage 2: one halving
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory, data_root):
+    """A small VDSR trained for about a minute at x2 on the built-in photos, validated on Set5 x2."""
+    tmp = tmp_path_factory.mktemp("learn")
+    model = {"variant": "vdsr_small", "stages": [
+        {"name": "train", "epochs": 2, "optimizer": {"name": "adam", "lr": 1.0e-3},
+         "lr_schedule": {"name": "cosine", "min_lr": 1.0e-4}}]}
+    data = {"batches_per_epoch": 100, "batch_size": 16, "num_workers": 1, "scales": [2], "scale_mode": "per_batch",
+            "val_sets": ["Set5"], "val_scales": [2]}
+    cli = fit(tmp, "learn", model, data, {"log_every_n_steps": 5, "check_val_every_n_epoch": 2})
+    return tmp, cli
+
+
+def test_short_run_beats_bicubic(learned_run, data_root):
+    tmp, cli = learned_run
+    bicubic = run_benchmark(Bicubic(), ["Set5"], [2])["Set5"]["x2"]["psnr_y"]
+    assert bicubic == pytest.approx(33.66, abs=0.01)
+    trained = cli.model.last_results["Set5"]["x2"]["psnr_y"]
+    assert trained > bicubic + 0.05, f"trained {trained:.3f} dB vs bicubic {bicubic:.3f} dB"
+    run = read_run(find_runs(tmp / "learn")[-1])
+    loss, bic = run.series("train/loss_mse"), run.series("train/loss_bicubic")
+    assert np.mean(loss[-5:]) < np.mean(bic[-5:])  # the training loss fell below the bicubic MSE
+
+
+def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):
+    tmp, cli = learned_run
+    run = read_run(find_runs(tmp / "learn")[-1])
+    logged_psnr = run.series("val/Set5/x2/psnr_y")[-1]
+    logged_ssim = run.series("val/Set5/x2/ssim_y")[-1]
+    assert logged_psnr == pytest.approx(cli.model.last_results["Set5"]["x2"]["psnr_y"], abs=1e-9)
+    assert run.series("val/psnr_y")[-1] == pytest.approx(logged_psnr, abs=1e-9)
+    assert len(run.series("train/loss")) >= 30 and 0.99e-3 < run.series("lr")[0] <= 1e-3  # cosine from 1e-3
+    assert run.config["variant"] == "vdsr_small" and run.config["batches_per_epoch"] == 100
+    ckpt = tmp / "learn" / "checkpoints" / "last.ckpt"
+    bench = run_benchmark(load_method(str(ckpt)), ["Set5"], [2])["Set5"]["x2"]
+    assert bench["psnr_y"] == pytest.approx(logged_psnr, abs=1e-6)
+    assert bench["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
+    assert bench["n_images"] == 5
