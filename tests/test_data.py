@@ -1,0 +1,324 @@
+"""Training patches, on-device degradation, benchmark sets and the DataModule, on real images."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit_sr.data.color import rgb_to_y
+from lit_sr.data.datamodule import SRDataModule
+from lit_sr.data.datasets import BenchmarkSet, TrainPatches, d4_view, d4_window, split_sizes
+from lit_sr.data.degrade import crop_size, degrade, patch_offset
+from lit_sr.data.images import ImageCache, ImageError, modcrop
+from lit_sr.data.resize import imresize
+from lit_sr.data.sources import resolve_images
+from lit_sr.metrics import psnr_y
+
+
+@pytest.fixture(scope="module")
+def photos() -> ImageCache:
+    """Four builtin photos: three RGB and one grayscale (camera), all at least 427 pixels."""
+    _, paths = resolve_images("builtin")
+    keep = {"astronaut.png", "rocket.jpg", "motorcycle_left.png", "camera.png"}
+    return ImageCache([p for p in paths if p.name in keep], min_size=200)
+
+
+def _whole_y(img: np.ndarray) -> torch.Tensor:
+    """Y of a whole uint8 HxWxC image in float64: grey as is, RGB through MATLAB rgb2ycbcr."""
+    x = torch.from_numpy(np.array(img.transpose(2, 0, 1))).double() / 255
+    return x if x.shape[0] == 1 else rgb_to_y(x)
+
+
+def _crops(ds: TrainPatches, photos: ImageCache, scales: list[int], seed: int):
+    """One crop per scale (cycling over the photos), plus what is needed to redo it on the whole image."""
+    rng = np.random.default_rng(seed)
+    hr, gray, info = [], [], []
+    for i, s in enumerate(scales):
+        img = photos[i % len(photos)]
+        crop, ci = ds.sample_crop(img, s, rng)
+        hr.append(torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).expand(3, -1, -1))
+        gray.append(crop.shape[2] == 1)
+        info.append((img, ci))
+    return torch.stack(hr), torch.tensor(scales), torch.tensor(gray), info
+
+
+def _window(x: torch.Tensor, y0: int, x0: int, size: int) -> torch.Tensor:
+    return x[..., y0 : y0 + size, x0 : x0 + size]
+
+
+# ---- the key property: a patch's LR / ILR / pyramid equal the same window of the whole image's
+@pytest.mark.parametrize("mode", ["mixed", "split"])
+def test_patch_ilr_41_equals_whole_image_window(photos, mode):
+    scales, p = [2, 3, 4], 41
+    ds = TrainPatches(photos, scales, p, batch_size=6, batches_per_epoch=1, mode=mode, rescale=(1.0, 1.0))
+    batch_scales = [2, 3, 4, 4, 3, 2] if mode == "mixed" else [2, 2, 3, 3, 4, 4]
+    hr, scale, gray, info = _crops(ds, photos, batch_scales, seed=1)
+    assert gray.any() and not gray.all() and {ci.d4 for _, ci in info} != {0}
+    out = degrade(hr, scale, gray, ("ilr",), p, mode)
+    if mode == "split":  # ascending contiguous parts: concatenating them restores the batch order
+        assert [o["scale"].tolist() for o in out] == [[2, 2], [3, 3], [4, 4]]
+        out = {k: torch.cat([o[k] for o in out]) for k in ("hr", "ilr")}
+    assert out["hr"].shape == out["ilr"].shape == (6, 1, p, p) and out["ilr"].dtype == torch.float32
+    for n, ((img, ci), s) in enumerate(zip(info, batch_scales)):
+        assert ci.origin[0] % s == 0 and ci.origin[1] % s == 0
+        y_whole = _whole_y(modcrop(d4_view(img, ci.d4), s))  # the augmented, modcropped image
+        ilr_whole = imresize(imresize(y_whole, 1 / s), s)
+        o = patch_offset(ds.crop_size, p, s)
+        y0, x0 = ci.origin[0] + o, ci.origin[1] + o
+        assert torch.allclose(out["hr"][n].double(), _window(y_whole, y0, x0, p), atol=1e-6)
+        assert (out["ilr"][n].double() - _window(ilr_whole, y0, x0, p)).abs().max() < 1e-5
+
+
+def test_patch_lr_equals_whole_image_window_x2_x3_x4(photos):
+    p = 48  # divisible by 2, 3 and 4
+    ds = TrainPatches(
+        photos, [2, 3, 4], p, batch_size=6, batches_per_epoch=1, mode="split", rescale=(1.0, 1.0)
+    )
+    batch_scales = [2, 2, 3, 3, 4, 4]
+    hr, scale, gray, info = _crops(ds, photos, batch_scales, seed=2)
+    parts = degrade(hr, scale, gray, ("lr", "ilr"), p, "split")
+    flat = [(part, j) for part in parts for j in range(len(part["scale"]))]
+    for n, ((img, ci), s) in enumerate(zip(info, batch_scales)):
+        part, j = flat[n]
+        whole = modcrop(d4_view(img, ci.d4), s)
+        lr_whole = imresize(_whole_y(whole), 1 / s)
+        o = patch_offset(ds.crop_size, p, s)
+        ly, lx = (ci.origin[0] + o) // s, (ci.origin[1] + o) // s
+        assert part["lr"][j].shape == (1, p // s, p // s)
+        assert (part["lr"][j].double() - _window(lr_whole, ly, lx, p // s)).abs().max() < 1e-5
+        ilr_whole = imresize(lr_whole, s)
+        assert (part["ilr"][j].double() - _window(ilr_whole, ly * s, lx * s, p)).abs().max() < 1e-5
+
+
+def test_patch_pyramid_128_x4_equals_whole_image(photos):
+    p, s = 128, 4
+    ds = TrainPatches(photos, [s], p, batch_size=4, batches_per_epoch=1, mode="per_batch", rescale=(1.0, 1.0))
+    assert ds.crop_size == 160
+    hr, scale, gray, info = _crops(ds, photos, [s] * 4, seed=3)
+    out = degrade(hr, scale, gray, ("lr", "pyramid"), p, "per_batch")
+    assert [t.shape[-1] for t in out["pyramid"]] == [64, 128] and out["lr"].shape == (4, 1, 32, 32)
+    assert out["pyramid"][-1] is out["hr"]
+    o = patch_offset(160, p, s)
+    for n, (img, ci) in enumerate(info):
+        y_whole = _whole_y(modcrop(d4_view(img, ci.d4), s))
+        y0, x0 = ci.origin[0] + o, ci.origin[1] + o
+        half = imresize(y_whole, 1 / 2)
+        assert (out["pyramid"][0][n].double() - _window(half, y0 // 2, x0 // 2, 64)).abs().max() < 1e-5
+        lr = imresize(y_whole, 1 / 4)
+        assert (out["lr"][n].double() - _window(lr, y0 // 4, x0 // 4, 32)).abs().max() < 1e-5
+
+
+def test_rgb_channels_and_grey_rule(photos):
+    ds = TrainPatches(photos, [2], 16, batch_size=2, batches_per_epoch=1, rescale=(1.0, 1.0), d4=False)
+    hr, scale, gray, _ = _crops(ds, photos, [2] * 4, seed=4)  # photo 3 is the grey camera
+    assert gray.tolist() == [False, False, False, True]
+    rgb = degrade(hr, scale, gray, ("ilr",), 16, "mixed", channels="rgb")
+    y = degrade(hr, scale, gray, ("ilr",), 16, "mixed", channels="y")
+    assert rgb["hr"].shape == (4, 3, 16, 16) and y["hr"].shape == (4, 1, 16, 16)
+    # A grey sample is its own Y (full range); converting it as RGB would give 16/255 + 219/255 * v.
+    assert torch.allclose(y["hr"][3], rgb["hr"][3, :1])
+    assert torch.allclose(y["hr"][0], rgb_to_y(rgb["hr"][0]), atol=1e-6)
+
+
+def test_d4_window_cuts_the_same_pixels_from_the_unrotated_image():
+    img = np.arange(7 * 11 * 2).reshape(7, 11, 2)
+    for k in range(8):
+        view = d4_view(img, k)
+        assert view.shape[:2] == ((7, 11) if k in (0, 2, 5, 7) else (11, 7))
+        for y in range(view.shape[0] - 2):
+            for x in range(view.shape[1] - 2):
+                r, c = d4_window(k, 7, 11, y, x, 3)
+                assert np.array_equal(d4_view(img[r : r + 3, c : c + 3], k), view[y : y + 3, x : x + 3])
+    assert len({d4_view(img, k).tobytes() for k in range(8)}) == 8  # eight distinct transforms
+
+
+# ---- batch modes
+def test_per_batch_mode(photos):
+    torch.manual_seed(0)
+    ds = TrainPatches(photos, [2, 3, 4], 41, batch_size=4, batches_per_epoch=12, mode="per_batch")
+    batches = list(ds)
+    assert len(batches) == len(ds) == 12
+    seen = set()
+    for b in batches:
+        assert b["hr"].shape == (4, 3, 84, 84) and b["hr"].dtype == torch.uint8
+        assert b["scale"].dtype == torch.int64 and b["gray"].dtype == torch.bool
+        assert len(set(b["scale"].tolist())) == 1
+        seen |= set(b["scale"].tolist())
+    assert seen == {2, 3, 4}
+    out = degrade(
+        **{k: batches[0][k] for k in ("hr", "scale", "gray")}, needs=("lr",), patch_size=48, mode="per_batch"
+    )
+    assert out["lr"].shape[-1] == 48 // int(batches[0]["scale"][0])
+
+
+def test_mixed_mode(photos):
+    torch.manual_seed(0)
+    ds = TrainPatches(photos, [2, 3, 4], 41, batch_size=16, batches_per_epoch=2, mode="mixed")
+    b = next(iter(ds))
+    assert b["hr"].shape == (16, 3, 84, 84) and set(b["scale"].tolist()) == {2, 3, 4}
+    out = degrade(b["hr"], b["scale"], b["gray"], ("ilr",), 41, "mixed")
+    assert out["ilr"].shape == out["hr"].shape == (16, 1, 41, 41)
+    assert torch.equal(out["scale"], b["scale"])  # original sample order kept
+    # Each sample matches degrading it alone (regrouping by scale kept the order).
+    for n in (0, 7, 15):
+        alone = degrade(
+            b["hr"][n : n + 1], b["scale"][n : n + 1], b["gray"][n : n + 1], ("ilr",), 41, "mixed"
+        )
+        assert torch.equal(alone["ilr"][0], out["ilr"][n])
+    with pytest.raises(ValueError, match=r"cannot mix them: set data.scale_mode to 'split' or 'per_batch'"):
+        degrade(b["hr"], b["scale"], b["gray"], ("lr",), 48, "mixed")
+
+
+def test_split_mode_22_22_20(photos):
+    assert (
+        split_sizes(64, 3) == [22, 22, 20]
+        and split_sizes(16, 3) == [6, 6, 4]
+        and split_sizes(5, 4) == [2, 1, 1, 1]
+    )
+    ds = TrainPatches(photos, [8, 2, 4], 64, batch_size=64, batches_per_epoch=1, mode="split")
+    assert ds.crop_size == crop_size(64, [2, 4, 8]) == 128
+    b = next(iter(ds))
+    assert b["hr"].shape == (64, 3, 128, 128)
+    assert b["scale"].tolist() == [2] * 22 + [4] * 22 + [8] * 20
+    parts = degrade(b["hr"], b["scale"], b["gray"], ("lr", "pyramid"), 64, "split")
+    assert [len(x["scale"]) for x in parts] == [22, 22, 20]
+    assert [x["lr"].shape for x in parts] == [(22, 1, 32, 32), (22, 1, 16, 16), (20, 1, 8, 8)]
+    assert [[t.shape[-1] for t in x["pyramid"]] for x in parts] == [[64], [32, 64], [16, 32, 64]]
+
+
+def test_rescale_raises_factor_for_small_images(tmp_path):
+    rng = np.random.default_rng(0)
+    img = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).resize((100, 90)))
+    Image.fromarray(img).save(tmp_path / "small.png")
+    cache = ImageCache([tmp_path / "small.png"], min_size=84)
+    ds = TrainPatches(cache, [2, 3, 4], 41, batch_size=2, batches_per_epoch=1, rescale=(0.5, 1.0))
+    assert ds.factors.tolist() == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    factors = {ds.sample_crop(img, 2, rng)[1].factor for _ in range(40)}
+    assert factors == {1.0}  # 90 * 0.9 = 81 < 84: only 1.0 fits
+    big = np.asarray(Image.fromarray(img).resize((400, 300)))
+    drawn = [ds.sample_crop(big, 4, rng) for _ in range(60)]
+    assert {ci.factor for _, ci in drawn} == {0.5, 0.6, 0.7, 0.8, 0.9, 1.0}  # 300 * 0.5 = 150 >= 84: all fit
+    assert all(c.shape == (84, 84, 3) and c.dtype == np.uint8 for c, _ in drawn)
+
+
+# ---- benchmark sets: the protocol that reproduces the bicubic table
+def test_benchmark_set5_x4_bicubic(data_root):
+    ds = BenchmarkSet.from_source(str(data_root / "Set5"), 4)
+    assert ds.name == "Set5" and len(ds) == 5
+    psnrs = []
+    for item in ds:
+        assert item["hr"].dtype == item["lr_y"].dtype == torch.float64
+        h, w = item["hr"].shape[-2:]
+        assert h % 4 == 0 and w % 4 == 0 and item["lr"].shape == (3, h // 4, w // 4)
+        sr = imresize(item["lr_y"], 4)
+        psnrs.append(float(psnr_y(sr[None], item["hr_y"][None], shave=4)))
+    assert sum(psnrs) / len(psnrs) == pytest.approx(28.42, abs=0.01)
+    assert ds[0]["lr_y"] is ds[0]["lr_y"]  # LR computed once and kept
+
+
+def test_benchmark_grey_image_is_its_own_y(data_root):
+    cache = ImageCache([data_root / "Set14" / "bridge.png"])
+    item = BenchmarkSet(cache, 3, "Set14")[0]
+    assert item["hr"].shape[0] == 1 and torch.equal(item["hr_y"], item["hr"])
+    assert item["lr"].shape == item["lr_y"].shape == (1, 512 // 3, 512 // 3)
+
+
+# ---- the DataModule
+def _fake_trainer(needs=None, world_size=1, rank=0):
+    module = SimpleNamespace(batch_needs=needs) if needs is not None else SimpleNamespace()
+    return SimpleNamespace(training=True, lightning_module=module, global_rank=rank, world_size=world_size)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_datamodule_end_to_end(workers, tmp_path):
+    dm = SRDataModule(
+        val_sets=["builtin_val"],
+        batch_size=8,
+        batches_per_epoch=4,
+        num_workers=workers,
+        val_max_images=1,
+        cache_dir=str(tmp_path),
+        memmap_threshold_mb=0 if workers else 2048,  # the workers share one memory-mapped cache
+    )
+    dm.setup("fit")
+    assert dm.train_images().uses_memmap == (workers > 0)
+    assert dm.val_keys == [("builtin_val", 2), ("builtin_val", 3), ("builtin_val", 4)] == dm.test_keys
+    loader = dm.train_dataloader()
+    assert loader.batch_size is None and len(loader) == 4
+    epoch1 = list(loader)
+    epoch2 = list(loader)
+    assert len(epoch1) == len(epoch2) == 4
+    # Different workers and different epochs give different patches.
+    assert not torch.equal(epoch1[0]["hr"], epoch1[1]["hr"])
+    assert not torch.equal(epoch1[0]["hr"], epoch2[0]["hr"])
+    dm.trainer = _fake_trainer(("ilr",))
+    out = dm.on_after_batch_transfer(epoch1[0], 0)
+    assert set(out) == {"hr", "ilr", "scale"} and out["ilr"].shape == (8, 1, 41, 41)
+    dm.trainer = _fake_trainer()  # a module without batch_needs gets lr and ilr
+    with pytest.raises(ValueError, match=r"data.patch_size=41 is not divisible"):
+        dm.on_after_batch_transfer(epoch1[0], 0)  # lr at x2, x3, x4 cannot be mixed in one batch
+    dm.trainer.training = False
+    val = dm.val_dataloader()
+    assert len(val) == 3 and len(val[0]) == 1
+    item = next(iter(val[2]))
+    assert item["name"] == ["chelsea"] and item["lr_y"].shape[-1] == math.ceil(451 // 4 * 4 / 4)
+    assert dm.on_after_batch_transfer(item, 2) is item
+
+
+def test_datamodule_ddp_shards(data_root):
+    loaders = []
+    for rank in (0, 1):
+        dm = SRDataModule(val_sets=["Set5"], scales=[2], num_workers=0, batches_per_epoch=5)
+        dm.trainer = _fake_trainer(world_size=2, rank=rank)
+        loaders.append(dm.val_dataloader()[0])
+        assert len(dm.train_dataloader()) == 3  # ceil(5 / 2): equal steps on every rank
+    names = [[b["name"][0] for b in loader] for loader in loaders]
+    assert names == [["baby", "butterfly", "woman"], ["bird", "head"]]  # every image once, no padding
+
+
+def test_datamodule_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"data.scales holds 1.5"):
+        SRDataModule(scales=[2, 1.5])
+    with pytest.raises(ValueError, match=r"data.patch_size=6 is too small.*8 for x4"):
+        SRDataModule(patch_size=6)
+    with pytest.raises(ValueError, match=r"data.batch_size=2 cannot be split over 3 scales"):
+        SRDataModule(scale_mode="split", batch_size=2)
+    with pytest.raises(ValueError, match=r"data.rescale"):
+        SRDataModule(rescale=(0.0, 1.0))
+    with pytest.raises(ImageError, match=r"unknown image source 'NoSuchSet'"):
+        SRDataModule(train_sources=["NoSuchSet"])
+    dm = SRDataModule(scale_mode="split", patch_size=41, val_sets=["builtin_val"])
+    with pytest.raises(
+        ValueError, match=r"data.patch_size=41 is not divisible by scale\(s\) \[2, 3, 4\].*multiple of 12"
+    ):
+        dm.lr_divisible_check(("lr",))
+    dm.lr_divisible_check(("ilr",))
+    with pytest.raises(ValueError, match=r"power-of-two scale.*x3"):
+        SRDataModule(scales=[2, 3], scale_mode="split", patch_size=48).lr_divisible_check(("pyramid",))
+
+
+def test_datamodule_bad_image_is_named_before_workers(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (120, 130, 3), dtype=np.uint8)).save(tmp_path / f"ok{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    dm = SRDataModule(train_sources=[str(tmp_path)], val_sets=["builtin_val"], num_workers=2)
+    with pytest.raises(ImageError, match=r"broken\.jpg"):
+        dm.setup("fit")
+    with pytest.raises(ImageError, match=r"broken\.jpg"):
+        dm.train_dataloader()  # also without an explicit setup
+    dm = SRDataModule(
+        train_sources=[str(tmp_path)],
+        val_sets=["builtin_val"],
+        num_workers=0,
+        on_bad_image="warn",
+        batches_per_epoch=1,
+    )
+    with pytest.warns(UserWarning, match=r"skipping .*broken\.jpg"):
+        dm.setup("fit")
+    assert len(dm.train_images()) == 2 and len(list(dm.train_dataloader())) == 1
