@@ -22,7 +22,9 @@ from lit_sr.methods.bicubic import Bicubic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--model", default="vdsr")
@@ -30,17 +32,35 @@ def main() -> None:
     minutes = int(args.minutes)
     seconds = round((args.minutes - minutes) * 60)
     override = {
-        "data": {"train_sources": ["Sun80"], "scales": [2], "scale_mode": "per_batch", "val_sets": ["Set5"],
-                 "val_scales": [2]},
-        "trainer": {"max_time": f"00:00:{minutes:02d}:{seconds:02d}", "logger": False, "check_val_every_n_epoch": 1000,
-                    "enable_checkpointing": False},
+        "data": {
+            "train_sources": ["Sun80"],
+            "scales": [2],
+            "scale_mode": "per_batch",
+            "val_sets": ["Set5"],
+            "val_scales": [2],
+        },
+        "trainer": {
+            "max_time": f"00:00:{minutes:02d}:{seconds:02d}",
+            "logger": False,
+            "check_val_every_n_epoch": 1000,
+            "enable_checkpointing": False,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"
         path.write_text(yaml.safe_dump(override))
         start = time.perf_counter()
-        cli = SRCLI(args=["fit", "--config", str(experiment_config(args.model, args.preset)), "--config", str(path),
-                          "--run_dir", str(Path(tmp) / "run")])
+        cli = SRCLI(
+            args=[
+                "fit",
+                "--config",
+                str(experiment_config(args.model, args.preset)),
+                "--config",
+                str(path),
+                "--run_dir",
+                str(Path(tmp) / "run"),
+            ]
+        )
         elapsed = time.perf_counter() - start
         wandb.finish()
         steps = cli.trainer.global_step

@@ -47,11 +47,15 @@ class SRCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_dir", type=str | None, default=None, help="where the run writes everything")
+        parser.add_argument(
+            "--run_dir", type=str | None, default=None, help="where the run writes everything"
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         method = cfg.model.class_path.rsplit(".", 1)[-1].lower()
+        if cfg.get("ckpt_path") == "last" and not cfg.run_dir:
+            cfg.run_dir = str(latest_run(method))  # resume the newest run of this method in its own folder
         run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         cfg.run_dir = run_dir
         cfg.trainer.default_root_dir = run_dir
@@ -61,12 +65,16 @@ class SRCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.trainer.logger is not None:
             cfg = self.config[self.subcommand]
-            self.trainer.logger.log_hyperparams({"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)})
+            self.trainer.logger.log_hyperparams(
+                {"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)}
+            )
 
     def _instantiate_trainer(self, config, callbacks):
         config = dict(config)
         if config.get("logger") in (None, True):
-            config["logger"] = SRWandbLogger(save_dir=str(self.run_dir), name=self.run_dir.name, tags=self._tags)
+            config["logger"] = SRWandbLogger(
+                save_dir=str(self.run_dir), name=self.run_dir.name, tags=self._tags
+            )
         if config.get("enable_checkpointing", True) is not False and not any(
             isinstance(c, ModelCheckpoint) for c in callbacks + list(config.get("callbacks") or [])
         ):
@@ -88,6 +96,17 @@ class SRCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def latest_run(method: str, root: str | Path = "runs") -> Path:
+    """The newest ``runs/<method>/<time>`` folder holding ``checkpoints/last.ckpt`` (for ``--ckpt_path last``)."""
+    candidates = sorted(Path(root).glob(f"{method}/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise SystemExit(
+            f"--ckpt_path last: no {root}/{method}/*/checkpoints/last.ckpt to resume; pass --run_dir of the run "
+            "or --ckpt_path with a checkpoint file"
+        )
+    return candidates[-1].parent.parent
+
+
 def experiment_config(model: str, preset: str) -> Path:
     """``experiments/<model>/<preset>.yaml`` in the current folder or the repository."""
     for root in (Path.cwd(), REPO):
@@ -95,7 +114,9 @@ def experiment_config(model: str, preset: str) -> Path:
         if path.is_file():
             return path
     available = sorted(p.parent.name + "/" + p.stem for p in (REPO / "experiments").glob("*/*.yaml"))
-    raise SystemExit(f"no experiment config experiments/{model}/{preset}.yaml; available: {', '.join(available)}")
+    raise SystemExit(
+        f"no experiment config experiments/{model}/{preset}.yaml; available: {', '.join(available)}"
+    )
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -121,7 +142,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     table = format_table(rows, scales)
     out = cli.run_dir / "benchmark"
     write_results(out, rows[args.model], args.model, ckpt, method.hparams.ssim_variant, str(config), table)
-    print(f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}:\n\n{table}\n\nwritten to {out}/results.md")
+    print(
+        f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}:\n\n{table}\n\nwritten to {out}/results.md"
+    )
     logger = trainer.logger
     if isinstance(logger, SRWandbLogger):
         columns = ["dataset", "scale", "method", "psnr_y", "ssim_y"]
@@ -172,14 +195,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit-sr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lit-sr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fit a method's preset, then print its benchmark table against bicubic")
     p.add_argument("model", help="experiments/<model>/ folder, e.g. vdsr")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper")
     p = sub.add_parser("benchmark", help="paper-style PSNR/SSIM table for bicubic or a checkpoint")
     p.add_argument("method", help="'bicubic' or a checkpoint path")
-    p.add_argument("--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders")
+    p.add_argument(
+        "--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders"
+    )
     p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--ssim", default="ssim_index", choices=["ssim_index", "matlab"])

@@ -45,7 +45,9 @@ def resolve_method(method_or_ckpt: str, ssim_variant: str = "ssim_index") -> tup
     return method, str(path)
 
 
-def run_benchmark(method: SRMethod, datasets: Sequence[str], scales: Sequence[int], accelerator: str = "auto") -> Results:
+def run_benchmark(
+    method: SRMethod, datasets: Sequence[str], scales: Sequence[int], accelerator: str = "auto"
+) -> Results:
     """Validate ``method`` on every (dataset, scale) pair; returns results keyed by dataset and ``x<scale>``."""
     unsupported = [s for s in scales if s not in method.supported_scales]
     if unsupported:
@@ -69,7 +71,11 @@ def run_benchmark(method: SRMethod, datasets: Sequence[str], scales: Sequence[in
 def git_commit() -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def he_init_(module: nn.Module, mode: Literal["fan_in", "fan_out"] = "fan_in", negative_slope: float = 0.0) -> None:
+def he_init_(
+    module: nn.Module, mode: Literal["fan_in", "fan_out"] = "fan_in", negative_slope: float = 0.0
+) -> None:
     """He-normal init of every conv / transposed-conv weight in ``module``; biases set to zero."""
     nonlinearity = "relu" if negative_slope == 0 else "leaky_relu"
     for m in module.modules():

@@ -147,7 +147,11 @@ def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
 
     if (stage.epochs is None) == (stage.steps is None):
         raise StageConfigError(f"{path}: give exactly one of 'epochs' or 'steps' (stage {stage.name!r})")
-    _positive(stage.epochs if stage.steps is None else stage.steps, f"{path}.{'epochs' if stage.steps is None else 'steps'}", True)
+    _positive(
+        stage.epochs if stage.steps is None else stage.steps,
+        f"{path}.{'epochs' if stage.steps is None else 'steps'}",
+        True,
+    )
     opt = stage.optimizer
     if opt.name not in OPTIMIZERS:
         raise StageConfigError(f"{path}.optimizer.name: {opt.name!r} is not one of {sorted(OPTIMIZERS)}")
@@ -247,7 +251,8 @@ def apply_trainable(net: nn.Module, stage: Stage) -> None:
                 )
     for name, p in net.named_parameters():
         p.requires_grad_(
-            stage.trainable is None or any(name == pre or name.startswith(pre + ".") for pre in stage.trainable)
+            stage.trainable is None
+            or any(name == pre or name.startswith(pre + ".") for pre in stage.trainable)
         )
 
 

@@ -24,24 +24,50 @@ def lit_sr(*args, cwd):
 
 def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
     override = tmp_path / "small.yaml"
-    override.write_text(yaml.safe_dump({
-        "model": {"init_args": {"net": {"depth": 4, "width": 8}, "image_log_every_n_epochs": 0,
-                                "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1e-3}}]}},
-        "data": {"val_sets": ["Set5"], "val_scales": [2, 3], "batches_per_epoch": 2, "batch_size": 2,
-                 "num_workers": 0},
-        "trainer": {"precision": "32-true"},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "init_args": {
+                        "net": {"depth": 4, "width": 8},
+                        "image_log_every_n_epochs": 0,
+                        "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1e-3}}],
+                    }
+                },
+                "data": {
+                    "val_sets": ["Set5"],
+                    "val_scales": [2, 3],
+                    "batches_per_epoch": 2,
+                    "batch_size": 2,
+                    "num_workers": 0,
+                },
+                "trainer": {"precision": "32-true"},
+            }
+        )
+    )
     base = ["--config", str(QUICK), "--config", str(override), "--trainer.enable_progress_bar", "false"]
     lit_sr("fit", *base, "--run_dir", str(tmp_path / "fit"), cwd=tmp_path)
     ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
     results = {}
-    for name, extra in {"single": [], "ddp": ["--trainer.strategy", "ddp", "--trainer.devices", "2",
-                                             "--trainer.accelerator", "cpu"]}.items():
-        proc = lit_sr("validate", *base, "--ckpt_path", str(ckpt), "--run_dir", str(tmp_path / name), *extra,
-                      cwd=tmp_path)
+    for name, extra in {
+        "single": [],
+        "ddp": ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+    }.items():
+        proc = lit_sr(
+            "validate",
+            *base,
+            "--ckpt_path",
+            str(ckpt),
+            "--run_dir",
+            str(tmp_path / name),
+            *extra,
+            cwd=tmp_path,
+        )
         assert ("MEMBER: 2/2" in proc.stderr) == (name == "ddp")  # really two ranks
         run = read_run(find_runs(tmp_path / name)[-1])
-        results[name] = {k: run.series(k)[-1] for k in
-                         ("val/Set5/x2/psnr_y", "val/Set5/x3/psnr_y", "val/Set5/x2/ssim_y", "val/psnr_y")}
+        results[name] = {
+            k: run.series(k)[-1]
+            for k in ("val/Set5/x2/psnr_y", "val/Set5/x3/psnr_y", "val/Set5/x2/ssim_y", "val/psnr_y")
+        }
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, abs=1e-9), key

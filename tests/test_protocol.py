@@ -19,7 +19,16 @@ from lit_sr.metrics import PSNRY, SSIMY, psnr_y, ssim_y
 # Keys cubic (a = -0.5) at the distances that occur for x2 / x1/2, worked out by hand:
 # cubic(0.25) = 0.8671875, cubic(0.75) = 0.2265625, cubic(1.25) = -0.0703125, cubic(1.75) = -0.0234375.
 UP2_WEIGHTS = [-0.0703125, 0.8671875, 0.2265625, -0.0234375]  # pixels k-1, k, k+1, k+2 for output at k + 0.25
-DOWN2_WEIGHTS = [-0.01171875, -0.03515625, 0.11328125, 0.43359375, 0.43359375, 0.11328125, -0.03515625, -0.01171875]
+DOWN2_WEIGHTS = [
+    -0.01171875,
+    -0.03515625,
+    0.11328125,
+    0.43359375,
+    0.43359375,
+    0.11328125,
+    -0.03515625,
+    -0.01171875,
+]
 
 
 def test_output_sizes_are_matlab_ceil():
@@ -70,13 +79,17 @@ def test_batched_float32_differentiable():
     assert x.grad is not None and x.grad.shape == x.shape
     single = imresize(x[1:2, 1:2].detach(), 1 / 2)
     torch.testing.assert_close(out[1:2, 1:2].detach(), single)
-    torch.testing.assert_close(imresize(x.detach().float(), 3), imresize(x.detach(), 3).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        imresize(x.detach().float(), 3), imresize(x.detach(), 3).float(), atol=1e-5, rtol=0
+    )
     with pytest.raises(TypeError, match="float tensor"):
         imresize(torch.zeros(4, 4, dtype=torch.uint8), 2)
 
 
 def test_rgb2ycbcr_is_matlab_bt601_studio_range():
-    rgb = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)[:, :, None, None]
+    rgb = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)[
+        :, :, None, None
+    ]
     y = rgb_to_y(rgb).flatten() * 255
     torch.testing.assert_close(y, torch.tensor([235.0, 16.0, 16 + 65.481], dtype=torch.float64))
     ycc = rgb_to_ycbcr(rgb)[:, :, 0, 0] * 255
@@ -111,13 +124,17 @@ def test_psnr_is_per_image_on_8_bits_with_shave():
 def test_ssim_index_matches_scikit_image_gaussian_ssim(data_root):
     from PIL import Image
 
-    hr = torch.from_numpy(np.asarray(Image.open(data_root / "Set5" / "butterfly.png"), dtype=np.float64) / 255)
+    hr = torch.from_numpy(
+        np.asarray(Image.open(data_root / "Set5" / "butterfly.png"), dtype=np.float64) / 255
+    )
     hr_y = to_y(hr.permute(2, 0, 1)[None])[..., :255, :255]  # modcrop to x3
     sr_y = imresize(imresize(hr_y, 1 / 3), 3)
     ours = ssim_y(sr_y, hr_y, shave=3).item()
     a = torch.round(sr_y.clamp(0, 1) * 255)[0, 0, 3:-3, 3:-3].numpy()
     b = torch.round(hr_y * 255)[0, 0, 3:-3, 3:-3].numpy()
-    ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    ref = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     assert ours == pytest.approx(ref, abs=1e-9)
     matlab = ssim_y(sr_y, hr_y, shave=3, variant="matlab").item()
     assert matlab != ours and matlab == pytest.approx(ours, abs=0.01)
@@ -136,13 +153,36 @@ BICUBIC = {
 
 def test_lit_sr_benchmark_reproduces_the_published_bicubic_table(data_root, tmp_path):
     env = {**os.environ, "LIT_SR_DATA": str(data_root)}
-    cmd = [sys.executable, "-m", "lit_sr.cli", "benchmark", "bicubic", "--data", "Set5", "Set14",
-           "--scales", "2", "3", "4", "8", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_sr.cli",
+        "benchmark",
+        "bicubic",
+        "--data",
+        "Set5",
+        "Set14",
+        "--scales",
+        "2",
+        "3",
+        "4",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| Set5 | bicubic | 33.66 / 0.929" in proc.stdout
     payload = json.loads((tmp_path / "results.json").read_text())
-    assert set(payload["meta"]) >= {"method", "checkpoint", "config", "git_commit", "protocol", "ssim_variant", "date"}
+    assert set(payload["meta"]) >= {
+        "method",
+        "checkpoint",
+        "config",
+        "git_commit",
+        "protocol",
+        "ssim_variant",
+        "date",
+    }
     assert payload["meta"]["method"] == "bicubic" and payload["meta"]["ssim_variant"] == "ssim_index"
     for dataset, row in BICUBIC.items():
         for scale, (psnr, ssim) in row.items():

@@ -47,15 +47,25 @@ def test_parse_errors_name_the_key():
 
 def test_lr_schedules_with_floor():
     (step,) = parse_stages([_stage(lr_schedule={"name": "step", "step_size": 20, "gamma": 0.1})])
-    assert [lr_at(step, e * 10, 10) for e in (0, 19, 20, 40, 79)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.0001])
+    assert [lr_at(step, e * 10, 10) for e in (0, 19, 20, 40, 79)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001, 0.0001]
+    )
     (halving,) = parse_stages([_stage(lr_schedule={"name": "halving", "step_size": 50, "min_lr": 0.02})])
     assert [lr_at(halving, e, 1) for e in (0, 50, 100, 150)] == pytest.approx([0.1, 0.05, 0.025, 0.02])
     (multi,) = parse_stages([_stage(lr_schedule={"name": "multistep", "milestones": [2, 5], "gamma": 0.5})])
     assert [lr_at(multi, e, 1) for e in (0, 2, 4, 5)] == pytest.approx([0.1, 0.05, 0.05, 0.025])
     (cos,) = parse_stages([_stage(epochs=1, lr_schedule={"name": "cosine", "min_lr": 0.0})])
     assert [lr_at(cos, s, 100) for s in (0, 50, 100)] == pytest.approx([0.1, 0.05, 0.0], abs=1e-12)
-    (steps,) = parse_stages([{"name": "s", "steps": 30, "optimizer": {"lr": 1.0},
-                              "lr_schedule": {"name": "step", "unit": "step", "step_size": 10, "gamma": 0.5}}])
+    (steps,) = parse_stages(
+        [
+            {
+                "name": "s",
+                "steps": 30,
+                "optimizer": {"lr": 1.0},
+                "lr_schedule": {"name": "step", "unit": "step", "step_size": 10, "gamma": 0.5},
+            }
+        ]
+    )
     assert [lr_at(steps, s, 1000) for s in (0, 9, 10, 29)] == pytest.approx([1.0, 1.0, 0.5, 0.25])
 
 
@@ -69,8 +79,14 @@ def test_plan_locates_stages_across_epochs_and_steps():
 
 
 def test_param_groups_lr_multipliers_and_weight_decay():
-    (stage,) = parse_stages([_stage(optimizer={"name": "sgd", "lr": 0.2, "weight_decay": 1e-4},
-                                    param_groups=[{"match": r"\.bias$", "lr_mult": 0.1, "weight_decay_mult": 0.0}])])
+    (stage,) = parse_stages(
+        [
+            _stage(
+                optimizer={"name": "sgd", "lr": 0.2, "weight_decay": 1e-4},
+                param_groups=[{"match": r"\.bias$", "lr_mult": 0.1, "weight_decay_mult": 0.0}],
+            )
+        ]
+    )
     net = TwoLayer()
     opt = build_optimizer(net, stage)
     bias_group, default = opt.param_groups
@@ -94,9 +110,15 @@ def test_trainable_prefixes_freeze_the_rest():
 
 
 def test_adjustable_clipping_bounds_each_element_by_theta_over_group_lr():
-    (stage,) = parse_stages([_stage(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0},
-                                    param_groups=[{"match": r"\.bias$", "lr_mult": 0.1}],
-                                    clip={"mode": "adjustable", "theta": 0.01})])
+    (stage,) = parse_stages(
+        [
+            _stage(
+                optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0},
+                param_groups=[{"match": r"\.bias$", "lr_mult": 0.1}],
+                clip={"mode": "adjustable", "theta": 0.01},
+            )
+        ]
+    )
     net = TwoLayer()
     opt = build_optimizer(net, stage)
     grad = torch.linspace(-1.0, 1.0, net.first.weight.numel()).reshape(net.first.weight.shape)

@@ -22,8 +22,18 @@ def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict | None = Non
     override = {"model": {"init_args": model}, "data": data, "trainer": trainer or {}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(override))
-    args = ["fit", "--config", str(REPO / "experiments/vdsr/quick.yaml"), "--config", str(path),
-            "--run_dir", str(tmp_path / name), "--trainer.enable_progress_bar", "false", *extra]
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "experiments/vdsr/quick.yaml"),
+        "--config",
+        str(path),
+        "--run_dir",
+        str(tmp_path / name),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
     try:
         return SRCLI(args=args)
     finally:
@@ -32,19 +42,39 @@ def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict | None = Non
 
 TWO_STAGES = [
     {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
-    {"name": "main", "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-     "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5}, "clip": {"mode": "adjustable", "theta": 0.001}},
+    {
+        "name": "main",
+        "epochs": 2,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
+        "clip": {"mode": "adjustable", "theta": 0.001},
+    },
 ]
-TINY = {"variant": "vdsr_small", "net": {"depth": 4, "width": 8}, "stages": TWO_STAGES, "image_log_every_n_epochs": 1}
-TINY_DATA = {"batches_per_epoch": STEPS, "batch_size": 4, "num_workers": 0, "scales": [2], "scale_mode": "per_batch",
-             "val_sets": ["Set5"], "val_scales": [2], "val_max_images": 1}
+TINY = {
+    "variant": "vdsr_small",
+    "net": {"depth": 4, "width": 8},
+    "stages": TWO_STAGES,
+    "image_log_every_n_epochs": 1,
+}
+TINY_DATA = {
+    "batches_per_epoch": STEPS,
+    "batch_size": 4,
+    "num_workers": 0,
+    "scales": [2],
+    "scale_mode": "per_batch",
+    "val_sets": ["Set5"],
+    "val_scales": [2],
+    "val_max_images": 1,
+}
 
 
 @pytest.fixture(scope="module")
 def staged_run(tmp_path_factory, data_root):
     """Two stages (Adam, then SGD with adjustable clipping), stopped after epoch 2 (inside stage 2)."""
     tmp = tmp_path_factory.mktemp("staged")
-    cli = fit(tmp, "staged", TINY, TINY_DATA, {"max_epochs": 2, "log_every_n_steps": 1, "precision": "32-true"})
+    cli = fit(
+        tmp, "staged", TINY, TINY_DATA, {"max_epochs": 2, "log_every_n_steps": 1, "precision": "32-true"}
+    )
     return tmp, cli
 
 
@@ -56,7 +86,12 @@ def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
     steps = [int(h["trainer/global_step"]) for h in rows]
     stage = dict(zip(steps, (h["stage"] for h in rows)))
     lr = dict(zip(steps, (h["lr"] for h in rows)))
-    assert {s: stage[s] for s in (0, STEPS - 1, STEPS, 2 * STEPS - 1)} == {0: 0, STEPS - 1: 0, STEPS: 1, 2 * STEPS - 1: 1}
+    assert {s: stage[s] for s in (0, STEPS - 1, STEPS, 2 * STEPS - 1)} == {
+        0: 0,
+        STEPS - 1: 0,
+        STEPS: 1,
+        2 * STEPS - 1: 1,
+    }
     assert lr[0] == pytest.approx(1e-3) and lr[STEPS] == pytest.approx(0.05)
     clip = {int(h["trainer/global_step"]): h["clip_bound"] for h in run.history if "clip_bound" in h}
     assert min(clip) == STEPS  # no clipping in stage 1
@@ -71,8 +106,14 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
     ckpt = tmp / "staged" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
     assert saved["lit_sr_stage_index"] == 1 and saved["global_step"] == 2 * STEPS
-    cli = fit(tmp_path, "resumed", TINY, TINY_DATA, {"log_every_n_steps": 1, "precision": "32-true"},
-              ["--ckpt_path", str(ckpt)])
+    cli = fit(
+        tmp_path,
+        "resumed",
+        TINY,
+        TINY_DATA,
+        {"log_every_n_steps": 1, "precision": "32-true"},
+        ["--ckpt_path", str(ckpt)],
+    )
     assert cli.trainer.global_step == 3 * STEPS  # resumed at step 24, ran the third and last epoch only
     assert cli.model._stage_index == 1
     opt = cli.trainer.optimizers[0]
@@ -87,11 +128,26 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
 def learned_run(tmp_path_factory, data_root):
     """A small VDSR trained for about a minute at x2 on the built-in photos, validated on Set5 x2."""
     tmp = tmp_path_factory.mktemp("learn")
-    model = {"variant": "vdsr_small", "stages": [
-        {"name": "train", "epochs": 2, "optimizer": {"name": "adam", "lr": 1.0e-3},
-         "lr_schedule": {"name": "cosine", "min_lr": 1.0e-4}}]}
-    data = {"batches_per_epoch": 100, "batch_size": 16, "num_workers": 1, "scales": [2], "scale_mode": "per_batch",
-            "val_sets": ["Set5"], "val_scales": [2]}
+    model = {
+        "variant": "vdsr_small",
+        "stages": [
+            {
+                "name": "train",
+                "epochs": 2,
+                "optimizer": {"name": "adam", "lr": 1.0e-3},
+                "lr_schedule": {"name": "cosine", "min_lr": 1.0e-4},
+            }
+        ],
+    }
+    data = {
+        "batches_per_epoch": 100,
+        "batch_size": 16,
+        "num_workers": 1,
+        "scales": [2],
+        "scale_mode": "per_batch",
+        "val_sets": ["Set5"],
+        "val_scales": [2],
+    }
     cli = fit(tmp, "learn", model, data, {"log_every_n_steps": 5, "check_val_every_n_epoch": 2})
     return tmp, cli
 

@@ -48,3 +48,19 @@ def test_he_init_fan_modes():
     assert net.body[0].weight.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.1)
     out = VDSRNet(init_fan_mode="fan_out")
     assert out.body[0].weight.std().item() == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.1)
+
+
+def test_tiled_super_resolve_equals_the_untiled_forward():
+    from lit_sr.methods.vdsr import VDSR
+
+    torch.manual_seed(0)
+    method = VDSR(variant="vdsr", tile_size=0).eval()  # the paper network: receptive field 41x41
+    lr = torch.rand(1, 1, 70, 90)
+    with torch.no_grad():
+        whole = method.super_resolve(lr, 3)
+        method.hparams.tile_size, method.hparams.tile_overlap = 40, 12
+        tiled = method.super_resolve(lr, 3)
+    assert tiled.shape == whole.shape == (1, 1, 210, 270)
+    assert (tiled - whole).abs().max().item() <= 1 / 255
+    with pytest.raises(ValueError, match=r"supports scales \[2, 3, 4\], not x8"):
+        method.super_resolve(lr, 8)

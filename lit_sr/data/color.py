@@ -10,14 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_RGB2YCBCR = torch.tensor(
-    [
-        [65.481, 128.553, 24.966],
-        [-37.797, -74.203, 112.0],
-        [112.0, -93.786, -18.214],
-    ],
-    dtype=torch.float64,
-) / 255.0
+_RGB2YCBCR = (
+    torch.tensor(
+        [
+            [65.481, 128.553, 24.966],
+            [-37.797, -74.203, 112.0],
+            [112.0, -93.786, -18.214],
+        ],
+        dtype=torch.float64,
+    )
+    / 255.0
+)
 _OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64) / 255.0
 
 

@@ -222,9 +222,8 @@ class SRDataModule(pl.LightningDataModule):
         """Decode the images of the stage up front (errors name the file), and check the method's needs."""
         if stage in (None, "fit"):
             self.train_images()
-        sets = {"fit": self.val_sets, "validate": self.val_sets, "test": self.test_sets}.get(
-            stage or "", self.val_sets + self.test_sets
-        )
+        by_stage = {"fit": self.val_sets, "validate": self.val_sets, "test": self.test_sets, "predict": []}
+        sets = by_stage.get(stage or "", self.val_sets + self.test_sets)
         for s in sets:
             for scale in self.val_scales:
                 self.benchmark_set(s, scale)

@@ -4,9 +4,11 @@
 ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``; see ``degrade.py`` for the
 crop geometry and what the batch becomes on the device. Per sample: a random image, a random rescale
 (factor on a grid, default 0.5..1.0 step 0.1, raised when the image would get smaller than the crop),
-one of the 8 D4 flips/rotations, then a crop whose origin is a multiple of the sample's scale.
-Grayscale images are shipped replicated to 3 channels with ``gray`` = True, so ``degrade`` uses them
-as their own Y (full range) instead of converting them as RGB.
+one of the 8 D4 flips/rotations, then a crop whose origin is a multiple of the sample's scale. Only
+the window that becomes the crop is cut, resized (``A.Resize``, OpenCV cubic: this is augmentation;
+the LR is still made by MATLAB bicubic in ``degrade``) and flipped, so the cost per sample does not
+grow with the image size. Grayscale images are shipped replicated to 3 channels with ``gray`` =
+True, so ``degrade`` uses them as their own Y (full range) instead of converting them as RGB.
 
 ``BenchmarkSet`` is the evaluation protocol of the papers' bicubic tables: modcropped uint8 HR,
 Y in float64, LR = MATLAB bicubic 1/s kept in float64 (never rounded), computed once per image.
@@ -35,7 +37,7 @@ from lit_sr.data.sources import resolve_images
 def d4_view(img: np.ndarray, k: int) -> np.ndarray:
     """Element ``k`` (0..7) of the D4 group on an HxWxC array: rotation by 90*(k % 4), transposed if k >= 4.
 
-    Returns a view (no copy), so only the pixels that end up in the crop are ever copied.
+    Returns a view (no copy).
     """
     out = np.rot90(img, k % 4, axes=(0, 1))
     return out.transpose(1, 0, 2) if k >= 4 else out

@@ -80,7 +80,9 @@ def imresize(
     MATLAB. The result is not clipped or rounded. ``x`` may be any float dtype, any leading shape.
     """
     if not torch.is_floating_point(x):
-        raise TypeError(f"imresize needs a float tensor in [0, 1], got {x.dtype}; convert with x.float() / 255")
+        raise TypeError(
+            f"imresize needs a float tensor in [0, 1], got {x.dtype}; convert with x.float() / 255"
+        )
     if x.dim() < 2:
         raise ValueError(f"imresize needs at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]

@@ -81,7 +81,9 @@ class SRMethod(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
-        self.stages: list[Stage] = parse_stages(stages, "model.init_args.stages") if stages is not None else []
+        self.stages: list[Stage] = (
+            parse_stages(stages, "model.init_args.stages") if stages is not None else []
+        )
         self._stage_index = 0
         self._plan: StagePlan | None = None
         self._metrics = nn.ModuleDict()
@@ -129,7 +131,9 @@ class SRMethod(L.LightningModule):
         with torch.autocast(self.device.type, enabled=False):
             tile = self.hparams.tile_size
             if tile and max(x.shape[-2:]) > tile:
-                return tiled_forward(lambda t: self.sr_forward(t, scale), x, tile, self.hparams.tile_overlap, scale)
+                return tiled_forward(
+                    lambda t: self.sr_forward(t, scale), x, tile, self.hparams.tile_overlap, scale
+                )
             return self.sr_forward(x, scale)
 
     def forward(self, lr_y: Tensor, scale: int) -> Tensor:
@@ -183,7 +187,9 @@ class SRMethod(L.LightningModule):
         index, step = located
         if index != self._stage_index:
             self._stage_index = index
-            self.trainer.strategy.setup_optimizers(self.trainer)  # calls configure_optimizers for the new stage
+            self.trainer.strategy.setup_optimizers(
+                self.trainer
+            )  # calls configure_optimizers for the new stage
         lr = lr_at(self.stages[index], step, self.plan().steps_per_epoch)
         for opt in self.trainer.optimizers:
             set_lr(opt, lr)
@@ -191,7 +197,9 @@ class SRMethod(L.LightningModule):
         self.log("lr", lr, prog_bar=True, on_step=True, on_epoch=False)
         return None
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
         if gradient_clip_val:
             raise ValueError("set clipping in the stage (stages.N.clip), not trainer.gradient_clip_val")
         bound = clip_gradients(optimizer, self.stage.clip)
@@ -214,7 +222,11 @@ class SRMethod(L.LightningModule):
     def _metric(self, split: str, dataset: str, scale: int, name: str):
         key = f"{split}|{dataset}|{scale}|{name}".replace(".", "_")
         if key not in self._metrics:
-            metric = PSNRY(shave=scale) if name == "psnr_y" else SSIMY(shave=scale, variant=self.hparams.ssim_variant)
+            metric = (
+                PSNRY(shave=scale)
+                if name == "psnr_y"
+                else SSIMY(shave=scale, variant=self.hparams.ssim_variant)
+            )
             self._metrics[key] = metric.to(self.device)
         return self._metrics[key]
 
@@ -244,8 +256,11 @@ class SRMethod(L.LightningModule):
                 metric = self._metric(split, dataset, scale, name)
                 value = metric.compute()  # per-image values gathered across ranks, then averaged
                 row[name] = float(value)
-                row["n_images"] = int(metric.values.numel() if isinstance(metric.values, Tensor) else sum(
-                    v.numel() for v in metric.values))
+                row["n_images"] = int(
+                    metric.values.numel()
+                    if isinstance(metric.values, Tensor)
+                    else sum(v.numel() for v in metric.values)
+                )
                 self.log(metric_key(split, dataset, scale, name), value, add_dataloader_idx=False)
                 metric.reset()
             results.setdefault(dataset, {})[f"x{scale}"] = row

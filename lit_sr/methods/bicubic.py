@@ -16,9 +16,16 @@ from lit_sr.methods.base import SRMethod
 
 
 class Bicubic(SRMethod):
-    def __init__(self, supported_scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index") -> None:
-        super().__init__(variant=None, supported_scales=supported_scales, tile_size=0, ssim_variant=ssim_variant,
-                         image_log_every_n_epochs=0)
+    def __init__(
+        self, supported_scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index"
+    ) -> None:
+        super().__init__(
+            variant=None,
+            supported_scales=supported_scales,
+            tile_size=0,
+            ssim_variant=ssim_variant,
+            image_log_every_n_epochs=0,
+        )
 
     @property
     def compute_dtype(self) -> torch.dtype:

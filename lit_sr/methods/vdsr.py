@@ -26,7 +26,11 @@ class VDSRNet(nn.Module):
     """depth 3x3 convs (1 -> width -> ... -> 1), ReLU between, output = input + predicted residual."""
 
     def __init__(
-        self, depth: int = 20, width: int = 64, bias: bool = True, init_fan_mode: Literal["fan_in", "fan_out"] = "fan_in"
+        self,
+        depth: int = 20,
+        width: int = 64,
+        bias: bool = True,
+        init_fan_mode: Literal["fan_in", "fan_out"] = "fan_in",
     ) -> None:
         super().__init__()
         if depth < 2:
