@@ -44,6 +44,7 @@ bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py $(ARGS)
 
 sweep: $(STAMP)  ## make sweep MODEL=cmsc [WORKERS=N] [STORAGE=URL]
+	WANDB_SILENT=true \
 	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 dashboard: $(STAMP)

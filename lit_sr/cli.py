@@ -219,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        SRCLI(args=argv)
+        SRCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
         return 0
     if argv and argv[0] == "sweep":
         from lit_sr.sweep.cli import main as sweep_main
