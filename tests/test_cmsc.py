@@ -12,7 +12,7 @@ from PIL import Image
 
 from lit_sr.data.color import to_y
 from lit_sr.data.resize import imresize
-from lit_sr.methods.cmsc import CMSC, CMSCOutput, MSCModule, cascaded_loss, default_alpha
+from lit_sr.methods.cmsc import CMSCNet, CMSCOutput, MSCModule, cascaded_loss, default_alpha
 from lit_sr.metrics import psnr_y
 from lit_sr.registry import build_registered
 
@@ -23,9 +23,9 @@ def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _tiny(**kw) -> CMSC:
+def _tiny(**kw) -> CMSCNet:
     torch.manual_seed(0)
-    return CMSC(**{**dict(num_subnets=3, num_modules=1, channels=4), **kw})
+    return CMSCNet(**{**dict(num_subnets=3, num_modules=1, channels=4), **kw})
 
 
 def _load_y(path: Path) -> torch.Tensor:
@@ -97,8 +97,12 @@ def test_cascaded_loss_alpha_mix_is_exact():
     final = torch.full_like(target, 4.0)  # MSE 16
     total, parts = cascaded_loss(final, ys, target, alpha=0.25, base_loss=lambda p, t: F.mse_loss(p, t))
     assert total.item() == pytest.approx(0.25 * 5 + 0.75 * 16)
-    assert {k: v.item() for k, v in parts.items()} == {"intermediate": 5.0, "final": 16.0, "sub1": 1.0,
-                                                       "sub2": 9.0}
+    assert {k: v.item() for k, v in parts.items()} == {
+        "intermediate": 5.0,
+        "final": 16.0,
+        "sub1": 1.0,
+        "sub2": 9.0,
+    }
     l1_total, _ = cascaded_loss(final, ys, target, alpha=0.25, base_loss=lambda p, t: (p - t).abs().mean())
     assert l1_total.item() == pytest.approx(0.25 * 2 + 0.75 * 4)  # base_loss is really used
     assert cascaded_loss(final, ys, target, alpha=0.0)[0].item() == pytest.approx(16.0)
@@ -190,8 +194,8 @@ def test_cmsc_small_starts_at_bicubic_and_beats_it_after_short_fit(data_root, on
     gen = torch.Generator().manual_seed(0)
     for _ in range(FIT_STEPS):
         ys, xs = torch.randint(0, 256 - 32, (2, 8), generator=gen)
-        hr_b = torch.cat([hr[..., y:y + 32, x:x + 32] for y, x in zip(ys.tolist(), xs.tolist())])
-        ilr_b = torch.cat([ilr[..., y:y + 32, x:x + 32] for y, x in zip(ys.tolist(), xs.tolist())])
+        hr_b = torch.cat([hr[..., y : y + 32, x : x + 32] for y, x in zip(ys.tolist(), xs.tolist())])
+        ilr_b = torch.cat([ilr[..., y : y + 32, x : x + 32] for y, x in zip(ys.tolist(), xs.tolist())])
         final, inter = model(ilr_b)
         loss, _ = cascaded_loss(final, inter, hr_b, default_alpha(model.num_subnets))
         opt.zero_grad()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_sr.methods.lapsrn import LapSRN, MSLapSRN
+from lit_sr.methods.lapsrn import LapSRNNet, MSLapSRNNet
 from lit_sr.registry import build_registered, registered_models
 
 
@@ -45,9 +45,9 @@ def test_registered_variants_and_types():
     ms |= {"lapsrn_ns_d10r1", "ms_lapsrn_small"}
     assert lapsrn | ms <= names
     for name in lapsrn:
-        assert isinstance(build_registered(name), LapSRN)
+        assert isinstance(build_registered(name), LapSRNNet)
     for name in ms:
-        assert isinstance(build_registered(name), MSLapSRN)
+        assert isinstance(build_registered(name), MSLapSRNNet)
     small = build_registered("lapsrn_x4_small")
     assert (small.scale, small.num_levels, small.supported_scales) == (4, 2, (2, 4))
     assert n_params(small) < n_params(build_registered("lapsrn_x4")) / 10
@@ -164,7 +164,7 @@ def test_ms_lapsrn_depth_formula():
     assert build_registered("lapsrn_ns_d10r1").depth_layers(8) == 35
 
 
-def _zero_block(model: MSLapSRN, last_bias: float = 0.0) -> None:
+def _zero_block(model: MSLapSRNNet, last_bias: float = 0.0) -> None:
     convs = [m for m in model.block if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         for conv in convs:
@@ -201,13 +201,13 @@ def test_local_residual_variants(skip, expected_offset):
 
 def test_user_errors_have_clear_messages():
     with pytest.raises(ValueError, match="scale must be a power of two >= 2.*got 3.*x4"):
-        LapSRN(scale=3)
+        LapSRNNet(scale=3)
     with pytest.raises(ValueError, match="upconv_kernel must be 3 .* or 4 .*got 5"):
-        LapSRN(upconv_kernel=5)  # type: ignore[arg-type]
+        LapSRNNet(upconv_kernel=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="skip must be one of .*got 'XS'"):
-        MSLapSRN(skip="XS")  # type: ignore[arg-type]
+        MSLapSRNNet(skip="XS")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="MSLapSRN scales: scale must be a power of two.*got 6"):
-        MSLapSRN(scales=(2, 6))
+        MSLapSRNNet(scales=(2, 6))
     with pytest.raises(ValueError, match=r"\(N, 1, h, w\), got shape \(1, 3, 8, 8\).*to_y"):
         build_registered("lapsrn_x4_small")(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\(N, 1, h, w\), got shape \(1, 8, 8\)"):

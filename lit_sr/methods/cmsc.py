@@ -14,18 +14,26 @@ Registered variants (``lit_sr.registry.build_registered(name, **overrides)``):
   zero-initialised branch ends and reconstruction, so it starts exactly at bicubic and gains on it within
   a few hundred Adam steps.
 
-The plain network and the pure loss come first; nothing here imports Lightning.
+Training (``CMSC``, the LightningModule at the end; ``experiments/cmsc/{quick,paper}.yaml``): input the ILR
+patch of the batch, scales {2, 3, 4} mixed in every batch; loss = cascaded supervision (``alpha``, default
+1/(S+1)) of MSE with the papers' reduction (``lit_sr.losses.mse``, 1/2 per-sample sum, batch mean); the parts
+(``intermediate``, ``final``, ``sub1``..``subS``, ``bicubic``) and the assembly weights w_s are logged.
+
+The plain network (``CMSCNet``) and the pure loss come first and import no Lightning; ``CMSC`` follows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_sr.data.resize import imresize
+from lit_sr.losses import Reduction, mse
+from lit_sr.methods.base import SRMethod
 from lit_sr.nn import he_init_
 from lit_sr.registry import register_model
 
@@ -34,7 +42,7 @@ ASSEMBLY_MODES: tuple[str, ...] = ("free", "softmax", "equal")
 
 
 class CMSCOutput(NamedTuple):
-    """What ``CMSC.forward`` returns: the assembled prediction and the S intermediate ones (all N,1,H,W).
+    """What ``CMSCNet.forward`` returns: the assembled prediction and the S intermediate ones (all N,1,H,W).
 
     A NamedTuple so ``final, intermediates = model(ilr)`` works and export sees a plain tuple.
     """
@@ -51,8 +59,9 @@ def _conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
 def _branch(channels: int, kernel: int, convs: int) -> nn.Sequential:
     """One MSC branch H_k: conv-ReLU-conv (convs=2) or conv-ReLU (convs=1, keeps the module non-linear)."""
     if convs == 2:
-        return nn.Sequential(_conv(channels, channels, kernel), nn.ReLU(inplace=True),
-                             _conv(channels, channels, kernel))
+        return nn.Sequential(
+            _conv(channels, channels, kernel), nn.ReLU(inplace=True), _conv(channels, channels, kernel)
+        )
     return nn.Sequential(_conv(channels, channels, kernel), nn.ReLU(inplace=True))
 
 
@@ -75,8 +84,14 @@ class MSCModule(nn.Module):
 class CMSCSubnet(nn.Module):
     """One subnetwork: [optional entry conv+ReLU] -> M MSC modules on a0 = b0 -> (a_M + b_M)/2 + input."""
 
-    def __init__(self, channels: int, num_modules: int, kernels: tuple[int, int], convs_per_branch: int,
-                 entry_conv: bool) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_modules: int,
+        kernels: tuple[int, int],
+        convs_per_branch: int,
+        entry_conv: bool,
+    ) -> None:
         super().__init__()
         self.entry = None
         if entry_conv:
@@ -91,7 +106,7 @@ class CMSCSubnet(nn.Module):
         return (a + b) * 0.5 + g  # residual-features learning: identity skip around the subnetwork
 
 
-class CMSC(nn.Module):
+class CMSCNet(nn.Module):
     """Cascaded multi-scale cross network on the ILR Y image; returns ``CMSCOutput(final, intermediates)``.
 
     Args:
@@ -128,22 +143,31 @@ class CMSC(nn.Module):
         zero_init_reconstruction: bool = False,
     ) -> None:
         super().__init__()
-        branch_kernels = _check_args(num_subnets, num_modules, channels, branch_kernels, assembly,
-                                     convs_per_branch)
+        branch_kernels = _check_args(
+            num_subnets, num_modules, channels, branch_kernels, assembly, convs_per_branch
+        )
         self.num_subnets = num_subnets
         self.num_modules = num_modules
         self.share_weights = share_weights
         self.assembly = assembly
         # Every constructor value, for run logging (the spec asks each run to log its [proposal] choices).
-        self.config = dict(num_subnets=num_subnets, num_modules=num_modules, channels=channels,
-                           share_weights=share_weights, branch_kernels=branch_kernels, assembly=assembly,
-                           convs_per_branch=convs_per_branch, entry_conv=entry_conv,
-                           zero_init_branch_end=zero_init_branch_end,
-                           zero_init_reconstruction=zero_init_reconstruction)
+        self.config = dict(
+            num_subnets=num_subnets,
+            num_modules=num_modules,
+            channels=channels,
+            share_weights=share_weights,
+            branch_kernels=branch_kernels,
+            assembly=assembly,
+            convs_per_branch=convs_per_branch,
+            entry_conv=entry_conv,
+            zero_init_branch_end=zero_init_branch_end,
+            zero_init_reconstruction=zero_init_reconstruction,
+        )
         self.depth = 2 + num_subnets * (num_modules * convs_per_branch + int(entry_conv)) + 1
 
-        self.features = nn.Sequential(_conv(1, channels, 3), nn.ReLU(inplace=True),
-                                      _conv(channels, channels, 3), nn.ReLU(inplace=True))
+        self.features = nn.Sequential(
+            _conv(1, channels, 3), nn.ReLU(inplace=True), _conv(channels, channels, 3), nn.ReLU(inplace=True)
+        )
         # Shared weights: the same module object serves every subnetwork (not copies), so it gets S gradients.
         self.subnets = nn.ModuleList(
             CMSCSubnet(channels, num_modules, branch_kernels, convs_per_branch, entry_conv)
@@ -166,8 +190,9 @@ class CMSC(nn.Module):
         elif assembly == "softmax":
             self.assembly_param = nn.Parameter(torch.zeros(num_subnets))  # logits; softmax gives 1/S
         else:
-            self.register_buffer("assembly_param", torch.full((num_subnets,), 1.0 / num_subnets),
-                                 persistent=False)
+            self.register_buffer(
+                "assembly_param", torch.full((num_subnets,), 1.0 / num_subnets), persistent=False
+            )
 
     def subnet(self, s: int) -> CMSCSubnet:
         """Subnetwork s (0-based); the same object for every s when weights are shared."""
@@ -181,8 +206,10 @@ class CMSC(nn.Module):
 
     def forward(self, ilr: Tensor) -> CMSCOutput:
         if ilr.dim() != 4 or ilr.shape[1] != 1:
-            raise ValueError(f"CMSC takes the bicubic-upsampled Y image as (N, 1, H, W); got shape "
-                             f"{tuple(ilr.shape)} (convert RGB to Y first, e.g. lit_sr.data.color.to_y)")
+            raise ValueError(
+                f"CMSC takes the bicubic-upsampled Y image as (N, 1, H, W); got shape "
+                f"{tuple(ilr.shape)} (convert RGB to Y first, e.g. lit_sr.data.color.to_y)"
+            )
         g = self.features(ilr)
         intermediates = []
         for s in range(self.num_subnets):
@@ -195,17 +222,26 @@ class CMSC(nn.Module):
         return CMSCOutput(final, intermediates)
 
 
-def _check_args(num_subnets: int, num_modules: int, channels: int, branch_kernels: Sequence[int],
-                assembly: str, convs_per_branch: int) -> tuple[int, int]:
+def _check_args(
+    num_subnets: int,
+    num_modules: int,
+    channels: int,
+    branch_kernels: Sequence[int],
+    assembly: str,
+    convs_per_branch: int,
+) -> tuple[int, int]:
     """Validate the constructor values; one clear message naming the key and the fix."""
     for key, value in (("num_subnets", num_subnets), ("num_modules", num_modules), ("channels", channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"CMSC: {key} must be a positive integer, got {value!r}")
     kernels = tuple(branch_kernels)
-    if len(kernels) != 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0
-                                for k in kernels):
-        raise ValueError(f"CMSC: branch_kernels must be two odd positive kernel sizes such as (3, 5), "
-                         f"got {branch_kernels!r}")
+    if len(kernels) != 2 or any(
+        isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels
+    ):
+        raise ValueError(
+            f"CMSC: branch_kernels must be two odd positive kernel sizes such as (3, 5), "
+            f"got {branch_kernels!r}"
+        )
     if assembly not in ASSEMBLY_MODES:
         raise ValueError(f"CMSC: assembly must be one of {', '.join(ASSEMBLY_MODES)}, got {assembly!r}")
     if convs_per_branch not in (1, 2):
@@ -244,14 +280,92 @@ def cascaded_loss(
 
 
 @register_model
-def cmsc(**overrides) -> CMSC:
+def cmsc(**overrides) -> CMSCNet:
     """Paper size: S=4, M=4, 64 channels, shared modules, kernels (3, 5); 1,153,285 parameters, depth 35."""
-    return CMSC(**{**dict(num_subnets=4, num_modules=4, channels=64, share_weights=True), **overrides})
+    return CMSCNet(**{**dict(num_subnets=4, num_modules=4, channels=64, share_weights=True), **overrides})
 
 
 @register_model
-def cmsc_small(**overrides) -> CMSC:
+def cmsc_small(**overrides) -> CMSCNet:
     """CPU preset: S=2, M=2, 32 channels, shared, kernels (3, 5), starts at bicubic; 149,379 parameters."""
-    defaults = dict(num_subnets=2, num_modules=2, channels=32, share_weights=True, zero_init_branch_end=True,
-                    zero_init_reconstruction=True)
-    return CMSC(**{**defaults, **overrides})
+    defaults = dict(
+        num_subnets=2,
+        num_modules=2,
+        channels=32,
+        share_weights=True,
+        zero_init_branch_end=True,
+        zero_init_reconstruction=True,
+    )
+    return CMSCNet(**{**defaults, **overrides})
+
+
+class CMSC(SRMethod):
+    """CMSC training: cascaded supervision of the S intermediate predictions and the assembled output.
+
+    One model for every trained scale (the network sees the ILR, so the scale only changes the input).
+    """
+
+    batch_needs = ("ilr",)
+
+    def __init__(
+        self, variant: str = "cmsc", alpha: float | None = None, reduction: Reduction = "paper", **kwargs: Any
+    ) -> None:
+        """
+        Args:
+            variant: ``cmsc`` (paper size) or ``cmsc_small``; ``net`` overrides its arguments.
+            alpha: weight of the mean intermediate loss against the assembled one [proposal];
+                None = 1/(S+1) (spec default). The resolved number goes into the hparams: the run logs it.
+            reduction: ``paper`` (1/2 per-sample sum, batch mean: the scale VDSR's lr 0.1 and theta 0.01
+                assume) or ``mean`` (per pixel: 1/840.5 of ``paper`` on 41x41 patches).
+        """
+        super().__init__(variant=variant, **kwargs)
+        if reduction not in ("paper", "mean"):
+            raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
+        for i, stage in enumerate(self.stages):
+            if stage.loss_weights:
+                raise ValueError(
+                    f"model.init_args.stages.{i}.loss_weights={dict(stage.loss_weights)} is not "
+                    f"read by CMSC; remove it and set model.init_args.alpha instead"
+                )
+        num_subnets = self.net.num_subnets
+        if alpha is None:
+            alpha = default_alpha(num_subnets)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"model.init_args.alpha must be a number in [0, 1] (or null for 1/(S+1) = "
+                f"{default_alpha(num_subnets):.4g}), got {alpha!r}"
+            )
+        self.alpha = float(alpha)
+        self.reduction = reduction
+        # Log and checkpoint what was used, not only what was overridden: alpha and every network option (the
+        # spec's [proposal]s). A dict argument updates the hparams and the initial copy the loggers receive.
+        self.save_hyperparameters({"alpha": self.alpha, "net": dict(self.net.config)})
+
+    def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        return mse(pred, target, self.reduction)
+
+    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
+        return self.net(imresize(lr_y, scale)).final
+
+    def compute_loss(self, batch: dict | list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        # ``split`` scale mode gives one dict per scale; ILR patches of every scale have the same size.
+        parts_in = batch if isinstance(batch, (list, tuple)) else [batch]
+        ilr = torch.cat([b["ilr"] for b in parts_in])
+        hr = torch.cat([b["hr"] for b in parts_in])
+        final, intermediates = self.net(ilr)
+        total, parts = cascaded_loss(final, intermediates, hr, self.alpha, base_loss=self._loss)
+        # The loss of the bicubic input itself: a run that learns ends below it.
+        parts["bicubic"] = self._loss(ilr, hr).detach()
+        return total, parts
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        total = super().training_step(batch, batch_idx)
+        # w_s may go negative or let one prediction dominate (spec gotcha): written every log_every_n_steps.
+        for s, w in enumerate(self.net.assembly_weights().detach().float().tolist()):
+            self.log(f"assembly/w{s + 1}", w, on_step=True, on_epoch=False)
+        return total
+
+    def on_fit_start(self) -> None:
+        if self.logger is not None:
+            n_params = sum(p.numel() for p in self.net.parameters())
+            self.logger.log_hyperparams({"net_params": n_params, "net_depth": self.net.depth})

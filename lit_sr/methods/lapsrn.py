@@ -1,8 +1,9 @@
 """LapSRN (Lai et al., CVPR 2017) and MS-LapSRN (Lai et al., TPAMI 2018) on the LR Y channel.
 
-Spec: shared/docs/methods/lapsrn.md. Both networks take the LR Y image (N, 1, h, w) in [0, 1] at its
-native size and return a list of level outputs from coarse to fine (x2, x4, ...): each level adds a
-predicted residual to a learned x2 upsampling (``BilinearUpsample2x``, trained) of the previous level.
+Spec: shared/docs/methods/lapsrn.md. Both networks (``LapSRNNet``, ``MSLapSRNNet``) take the LR Y image
+(N, 1, h, w) in [0, 1] at its native size and return a list of level outputs from coarse to fine (x2, x4,
+...): each level adds a predicted residual to a learned x2 upsampling (``BilinearUpsample2x``, trained) of
+the previous level. The LightningModules ``LapSRN`` and ``MSLapSRN`` train them (see ``PyramidSRMethod``).
 
 Registered variants (``lit_sr.registry.build_registered(name, **overrides)``; every constructor argument
 can be overridden by keyword):
@@ -17,6 +18,13 @@ can be overridden by keyword):
   levels only.
 - ``ms_lapsrn_small``: D = 2, R = 2, 32 channels; quick CPU preset.
 
+Training (``experiments/lapsrn/``, ``experiments/ms_lapsrn/``): Charbonnier (eps 1e-3) at every level
+against the HR image MATLAB-bicubic-downsampled to that level (the DataModule's ``pyramid``), with the
+official reduction (per-sample pixel sum, batch mean; lr 1e-5 is tuned for it); SGD momentum 0.9, biases
+at 0.1x the lr (a stage ``param_groups`` rule). LapSRN trains one scale (``per_batch``); MS-LapSRN splits
+every batch over {2, 4, 8} (``split``) and sums the losses over all scales and levels. x3 = the x4
+pyramid, then MATLAB bicubic to the x3 size.
+
 Porting the official MatConvNet weights needs a different feature-upsampler alignment (padding 0, then
 drop the last row and column); the ``padding=1, output_padding=1`` used here gives the same size shifted
 by one pixel, which is fine for training from scratch.
@@ -25,14 +33,19 @@ by one pixel, which is fine for training from scratch.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
+from lit_sr.data.resize import imresize
+from lit_sr.losses import Reduction, charbonnier
+from lit_sr.methods.base import SRMethod
 from lit_sr.nn import BilinearUpsample2x, he_init_
 from lit_sr.registry import register_model
 
-__all__ = ["LapSRN", "MSLapSRN"]
+__all__ = ["LapSRN", "LapSRNNet", "MSLapSRN", "MSLapSRNNet", "PyramidSRMethod"]
 
 LEAK = 0.2
 INPUT_CONV_STD = 1e-3
@@ -95,7 +108,7 @@ class _LapSRNLevel(nn.Module):
         return feat, self.img_up(img) + self.residual_conv(feat)
 
 
-class LapSRN(nn.Module):
+class LapSRNNet(nn.Module):
     """LapSRN: log2(scale) levels, each with its own weights; returns the level outputs coarse to fine."""
 
     def __init__(
@@ -148,7 +161,7 @@ class LapSRN(nn.Module):
         return outputs
 
 
-class MSLapSRN(nn.Module):
+class MSLapSRNNet(nn.Module):
     """MS-LapSRN: one recursive block, feature upsampler, residual head and image upsampler shared
     across all levels and scales; ``forward(lr, scale)`` returns log2(scale) level outputs."""
 
@@ -237,33 +250,33 @@ class MSLapSRN(nn.Module):
 @register_model
 def lapsrn_x2(
     depth_per_level: int = 10, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRN:
+) -> LapSRNNet:
     """Released LapSRN x2: 1 level, d = 10 (407,441 parameters)."""
-    return LapSRN(2, depth_per_level, channels, upconv_kernel, bias)
+    return LapSRNNet(2, depth_per_level, channels, upconv_kernel, bias)
 
 
 @register_model
 def lapsrn_x4(
     depth_per_level: int = 10, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRN:
+) -> LapSRNNet:
     """Released LapSRN x4: 2 levels, d = 10 (814,242 parameters; the paper's 812k counts weights only)."""
-    return LapSRN(4, depth_per_level, channels, upconv_kernel, bias)
+    return LapSRNNet(4, depth_per_level, channels, upconv_kernel, bias)
 
 
 @register_model
 def lapsrn_x8(
     depth_per_level: int = 5, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRN:
+) -> LapSRNNet:
     """Released LapSRN x8: 3 levels, d = 5 (667,123 parameters)."""
-    return LapSRN(8, depth_per_level, channels, upconv_kernel, bias)
+    return LapSRNNet(8, depth_per_level, channels, upconv_kernel, bias)
 
 
 @register_model
 def lapsrn_x4_small(
     depth_per_level: int = 3, channels: int = 32, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRN:
+) -> LapSRNNet:
     """Small LapSRN x4 for quick CPU runs: d = 3, 32 channels."""
-    return LapSRN(4, depth_per_level, channels, upconv_kernel, bias)
+    return LapSRNNet(4, depth_per_level, channels, upconv_kernel, bias)
 
 
 @register_model
@@ -274,9 +287,9 @@ def ms_lapsrn_d5r2(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """Released MS-LapSRN D5R2 (222,801 parameters)."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -287,9 +300,9 @@ def ms_lapsrn_d5r5(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """Released MS-LapSRN D5R5 (222,801 parameters)."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -300,9 +313,9 @@ def ms_lapsrn_d5r8(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """Released MS-LapSRN D5R8, the paper's best model (222,801 parameters; 84 layers at x4)."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -313,9 +326,9 @@ def ms_lapsrn_d2r5(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """MS-LapSRN D2R5 (112,017 parameters), the paper's smallest shared block."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -326,9 +339,9 @@ def ms_lapsrn_d4r4(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """MS-LapSRN D4R4 (185,873 parameters)."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -339,9 +352,9 @@ def lapsrn_ns_d10r1(
     skip: Literal["NS", "DS", "SS"] = "NS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """MS-LapSRN NS-D10R1: weights shared across levels only, no recursion, no skip (407,441 parameters)."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
 
 
 @register_model
@@ -352,6 +365,154 @@ def ms_lapsrn_small(
     skip: Literal["NS", "DS", "SS"] = "SS",
     scales: tuple[int, ...] = (2, 4, 8),
     bias: bool = True,
-) -> MSLapSRN:
+) -> MSLapSRNNet:
     """Small MS-LapSRN for quick CPU runs: D = 2, R = 2, 32 channels."""
-    return MSLapSRN(depth, recursions, channels, skip, scales, bias)
+    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: the LightningModules.
+
+
+class PyramidSRMethod(SRMethod):
+    """Training shared by LapSRN and MS-LapSRN: Charbonnier at every level of every scale in the batch.
+
+    ``compute_loss`` takes one batch dict (``per_batch`` mode: one scale) or a list of them (``split``
+    mode: one per scale). Level l (1 = coarsest, output x2^l) of scale S is the loss part
+    ``x<S>_level<l>``, and the total is the sum of those parts. Each part is ``n_S / N * charbonnier``
+    (n_S samples of scale S in a batch of N): with the ``paper`` reduction the total is then the sum over
+    all pixels of all levels and scales divided by N, the objective of the official MatConvNet trainer (one
+    graph for the whole batch, gradients divided by the batch size), so lr 1e-5 means the same for any
+    split. ``bicubic_x<S>`` (not in the total) is the same loss for MATLAB bicubic at the finest level: a
+    run that learns gets its finest-level part below it.
+
+    ``sr_forward`` returns the finest level for the scale; x3 runs the x4 pyramid and MATLAB-bicubic
+    resizes the output to the x3 size (``SR_LapSRN.m``). The scales come from the network.
+    """
+
+    batch_needs = ("lr", "pyramid")
+    #: the network class this method trains, and a hint naming its variants (for the error message)
+    network_type: type[nn.Module] = nn.Module
+    variants_hint = ""
+
+    def __init__(
+        self,
+        variant: str,
+        eps: float = 1e-3,
+        reduction: Reduction = "paper",
+        coarse_level_weight: float = 1.0,
+        supported_scales: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            variant: registered network name; ``net`` (in kwargs) overrides its arguments.
+            eps: Charbonnier epsilon (1e-3 in the papers; change it only for ablations).
+            reduction: ``paper`` (per-sample pixel sum, batch mean: what lr 1e-5 assumes) or ``mean``
+                (per pixel: rescale the lr by about the patch area).
+            coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
+            supported_scales: fixed by the network; must stay unset.
+            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_sets``, ...).
+        """
+        if supported_scales is not None:
+            raise ValueError(
+                f"model.init_args.supported_scales={list(supported_scales)} cannot be set for "
+                f"{type(self).__name__}: the network variant fixes its scales; remove the key"
+            )
+        if reduction not in ("paper", "mean"):
+            raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
+        if not eps > 0:
+            raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
+        if not coarse_level_weight >= 0:
+            raise ValueError(
+                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
+                f"got {coarse_level_weight!r}"
+            )
+        super().__init__(variant=variant, supported_scales=(), **kwargs)
+        if not isinstance(self.net, self.network_type):
+            other = "MSLapSRN" if self.network_type is LapSRNNet else "LapSRN"
+            raise ValueError(
+                f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
+                f"{type(self).__name__} trains {self.network_type.__name__} variants ({self.variants_hint}); "
+                f"pick one of those, or set model.class_path to lit_sr.methods.lapsrn.{other}"
+            )
+        self.eps = float(eps)
+        self.reduction: Reduction = reduction
+        self.coarse_level_weight = float(coarse_level_weight)
+
+    @property
+    def supported_scales(self) -> list[int]:
+        """The network's pyramid scales, plus x3 when it has an x4 output."""
+        scales = set(self.net.supported_scales)
+        if 4 in scales:
+            scales.add(3)
+        return sorted(scales)
+
+    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
+        if scale == 3:
+            h, w = lr_y.shape[-2:]
+            return imresize(self.net(lr_y, 4)[-1], size=(3 * h, 3 * w))
+        return self.net(lr_y, scale)[-1]
+
+    def compute_loss(self, batch: dict | list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        groups = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+        n_total = sum(int(g["hr"].shape[0]) for g in groups)
+        parts: dict[str, Tensor] = {}
+        reference: dict[str, Tensor] = {}
+        for group in groups:
+            scale = int(group["scale"][0])
+            preds, targets = self.net(group["lr"], scale), group["pyramid"]
+            if len(preds) != len(targets):
+                raise ValueError(
+                    f"x{scale} batch has {len(targets)} pyramid targets, but the network made "
+                    f"{len(preds)} levels"
+                )
+            share = group["hr"].shape[0] / n_total
+            for level, (pred, target) in enumerate(zip(preds, targets), start=1):
+                weight = 1.0 if level == len(preds) else self.coarse_level_weight
+                parts[f"x{scale}_level{level}"] = share * weight * self._charbonnier(pred, target)
+            with torch.no_grad(), torch.autocast(group["lr"].device.type, enabled=False):  # fp32 reference
+                bicubic = imresize(group["lr"].float(), size=tuple(targets[-1].shape[-2:]))
+                reference[f"bicubic_x{scale}"] = share * self._charbonnier(bicubic, targets[-1].float())
+        total = torch.stack(list(parts.values())).sum()
+        return total, {**parts, **reference}
+
+    def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
+        return charbonnier(pred, target, self.eps, self.reduction)
+
+    def on_fit_start(self) -> None:
+        """Fail before training when the data asks for scales this network cannot train or evaluate."""
+        dm = getattr(self.trainer, "datamodule", None)
+        trainable = list(self.net.supported_scales)
+        bad = [s for s in getattr(dm, "scales", []) if s not in trainable]
+        if bad:
+            raise ValueError(
+                f"data.scales={dm.scales} holds {bad}, but {self.hparams.variant} has pyramid outputs for "
+                f"{trainable} only; train those scales (x3 is evaluated through x4, never trained)"
+            )
+        bad = [s for s in getattr(dm, "val_scales", []) if s not in self.supported_scales]
+        if bad:
+            raise ValueError(
+                f"data.val_scales={dm.val_scales} holds {bad}, but {self.hparams.variant} super-resolves "
+                f"{self.supported_scales} only; drop them from data.val_scales"
+            )
+
+
+class LapSRN(PyramidSRMethod):
+    """LapSRN training: one model per scale (``per_batch`` batches of that scale), deep supervision."""
+
+    network_type = LapSRNNet
+    variants_hint = "lapsrn_x2, lapsrn_x4, lapsrn_x8, lapsrn_x4_small"
+
+    def __init__(self, variant: str = "lapsrn_x4", **kwargs: Any) -> None:
+        super().__init__(variant=variant, **kwargs)
+
+
+class MSLapSRN(PyramidSRMethod):
+    """MS-LapSRN training: one shared model for x2, x4 and x8 (``split`` batches), x3 through x4."""
+
+    network_type = MSLapSRNNet
+    variants_hint = "ms_lapsrn_d5r2, ms_lapsrn_d5r5, ms_lapsrn_d5r8, ms_lapsrn_small, lapsrn_ns_d10r1, ..."
+
+    def __init__(self, variant: str = "ms_lapsrn_d5r8", **kwargs: Any) -> None:
+        super().__init__(variant=variant, **kwargs)
