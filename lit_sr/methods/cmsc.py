@@ -18,8 +18,10 @@ Training (``CMSC``, the LightningModule at the end; ``experiments/cmsc/{quick,pa
 patch of the batch, scales {2, 3, 4} mixed in every batch; loss = cascaded supervision (``alpha``, default
 1/(S+1)) of MSE with the papers' reduction (``lit_sr.losses.mse``, 1/2 per-sample sum, batch mean); the parts
 (``intermediate``, ``final``, ``sub1``..``subS``, ``bicubic``) and the assembly weights w_s are logged.
+Both presets start from zero-initialised branch ends and reconstruction: with He init alone the paper-size
+cascade started at a loss of about 1e7 (bicubic about 1.4) on real patches (see experiments/cmsc/paper.yaml).
 
-The plain network (``CMSCNet``) and the pure loss come first and import no Lightning; ``CMSC`` follows.
+The plain network (``CMSCNet``, no Lightning code, exportable) and the pure loss come first; ``CMSC`` follows.
 """
 
 from __future__ import annotations
