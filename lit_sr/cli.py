@@ -222,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        SRCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+        import wandb
+
+        try:
+            SRCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+        finally:
+            wandb.finish()  # flush the run file now rather than in an exit hook
         return 0
     if argv and argv[0] == "sweep":
         from lit_sr.sweep.cli import main as sweep_main

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import read_logged
 
 from lit_sr.cli import REPO
-from lit_sr.wandb_offline import find_runs, read_run
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 
@@ -64,7 +64,7 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
             cwd=tmp_path,
         )
         assert ("MEMBER: 2/2" in proc.stderr) == (name == "ddp")  # really two ranks
-        run = read_run(find_runs(tmp_path / name)[-1])
+        run = read_logged(tmp_path / name, "val/psnr_y")
         results[name] = {
             k: run.series(k)[-1]
             for k in ("val/Set5/x2/psnr_y", "val/Set5/x3/psnr_y", "val/Set5/x2/ssim_y", "val/psnr_y")

@@ -7,12 +7,12 @@ import pytest
 import torch
 import wandb
 import yaml
+from conftest import read_logged
 
 from lit_sr.cli import REPO, SRCLI
 from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.base import load_method
 from lit_sr.methods.bicubic import Bicubic
-from lit_sr.wandb_offline import find_runs, read_run
 
 STEPS = 12  # batches per epoch in the stage tests
 
@@ -81,7 +81,7 @@ def staged_run(tmp_path_factory, data_root):
 def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
     tmp, cli = staged_run
     assert cli.model._stage_index == 1 and isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
-    run = read_run(find_runs(tmp / "staged")[-1])
+    run = read_logged(tmp / "staged", "clip_bound")
     rows = [h for h in run.history if "stage" in h]
     steps = [int(h["trainer/global_step"]) for h in rows]
     stage = dict(zip(steps, (h["stage"] for h in rows)))
@@ -118,7 +118,7 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
     assert cli.model._stage_index == 1
     opt = cli.trainer.optimizers[0]
     assert isinstance(opt, torch.optim.SGD) and all("momentum_buffer" in opt.state[p] for p in opt.state)
-    run = read_run(find_runs(tmp_path / "resumed")[-1])
+    run = read_logged(tmp_path / "resumed", "lr")
     rows = {int(h["trainer/global_step"]): h for h in run.history if "lr" in h}
     assert min(rows) == 2 * STEPS and rows[2 * STEPS]["stage"] == 1
     assert rows[2 * STEPS]["lr"] == pytest.approx(0.05 * 0.5)  # second epoch of stage 2: one halving
@@ -158,14 +158,14 @@ def test_short_run_beats_bicubic(learned_run, data_root):
     assert bicubic == pytest.approx(33.66, abs=0.01)
     trained = cli.model.last_results["Set5"]["x2"]["psnr_y"]
     assert trained > bicubic + 0.05, f"trained {trained:.3f} dB vs bicubic {bicubic:.3f} dB"
-    run = read_run(find_runs(tmp / "learn")[-1])
+    run = read_logged(tmp / "learn", "val/Set5/x2/psnr_y")
     loss, bic = run.series("train/loss_mse"), run.series("train/loss_bicubic")
     assert np.mean(loss[-5:]) < np.mean(bic[-5:])  # the training loss fell below the bicubic MSE
 
 
 def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):
     tmp, cli = learned_run
-    run = read_run(find_runs(tmp / "learn")[-1])
+    run = read_logged(tmp / "learn", "val/Set5/x2/psnr_y")
     logged_psnr = run.series("val/Set5/x2/psnr_y")[-1]
     logged_ssim = run.series("val/Set5/x2/ssim_y")[-1]
     assert logged_psnr == pytest.approx(cli.model.last_results["Set5"]["x2"]["psnr_y"], abs=1e-9)
