@@ -43,3 +43,77 @@ def multi_level(
         raise ValueError(f"{len(preds)} predictions but {len(targets)} targets")
     weights = weights or [1.0] * len(preds)
     return sum(w * loss_fn(p, t) for w, p, t in zip(weights, preds, targets))
+
+
+# ---- gradient-sensitive loss (DRN-GSL, arXiv 1809.07099; formulas are the spec's [proposal]) ----------------
+
+MaskMode = Literal["soft", "hard"]
+GradForm = Literal["grad_of_masked", "masked_grad"]
+_GSL_EPS = 1e-12
+
+
+def sobel_gradients(x: Tensor) -> Tensor:
+    """Raw 3x3 Sobel responses (kornia, kernel [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], replicate border):
+    (N, C, H, W) -> (N, C, 2, H, W), x then y."""
+    from kornia.filters import spatial_gradient  # kornia loads in about a second: only when a GSL is used
+
+    return spatial_gradient(x, mode="sobel", order=1, normalized=False)
+
+
+def gradient_magnitude(x: Tensor) -> Tensor:
+    """Sobel magnitude sqrt(Gx^2 + Gy^2 + 1e-12) per channel, averaged over channels: (N, C, H, W) -> (N, 1, H, W)."""
+    g = sobel_gradients(x)
+    return torch.sqrt(g.pow(2).sum(2) + _GSL_EPS).mean(1, keepdim=True)
+
+
+def gradient_mask(target: Tensor, mode: MaskMode = "soft", quantile: float = 0.8) -> Tensor:
+    """Edge mask (N, 1, H, W) in [0, 1] of the (detached) target's Sobel magnitude G.
+
+    ``soft``: per-image min-max normalisation (G - min G) / (max G - min G + 1e-12).
+    ``hard``: 1 where G exceeds the image's ``quantile``-quantile of G, else 0.
+    """
+    g = gradient_magnitude(target.detach().float())
+    flat = g.flatten(1)
+    if mode == "soft":
+        lo, hi = flat.min(1).values, flat.max(1).values
+        return ((g - lo.view(-1, 1, 1, 1)) / (hi - lo + _GSL_EPS).view(-1, 1, 1, 1)).to(target.dtype)
+    if mode == "hard":
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"gradient_mask: quantile must be in (0, 1) (the spec uses 0.8), got {quantile!r}")
+        q = torch.quantile(flat, quantile, dim=1)
+        return (g > q.view(-1, 1, 1, 1)).to(target.dtype)
+    raise ValueError(f"gradient_mask: mode must be 'soft' or 'hard', got {mode!r}")
+
+
+def gradient_sensitive_loss(
+    pred: Tensor,
+    target: Tensor,
+    low_weight: float = 1.0,
+    l1_weight: float = 0.0,
+    mask_mode: MaskMode = "soft",
+    quantile: float = 0.8,
+    grad_form: GradForm = "grad_of_masked",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSL = mean|grad(M*pred) - grad(M*target)| + low_weight * mean|(1 - M)(pred - target)|
+    + l1_weight * mean|pred - target|, with M = ``gradient_mask(target)`` (detached, so the prediction
+    cannot game it) and grad the stacked Sobel x/y responses. ``grad_form="masked_grad"`` uses
+    mean|M * (grad pred - grad target)| instead, which does not reward matching the mask's own edges.
+
+    Returns the total and its parts ``high``, ``low``, ``l1`` (unweighted means), all with mean reduction.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"gradient_sensitive_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    mask = gradient_mask(target, mask_mode, quantile)
+    if grad_form == "grad_of_masked":
+        high = (sobel_gradients(mask * pred) - sobel_gradients(mask * target)).abs().mean()
+    elif grad_form == "masked_grad":
+        high = (mask.unsqueeze(2) * (sobel_gradients(pred) - sobel_gradients(target))).abs().mean()
+    else:
+        raise ValueError(
+            f"gradient_sensitive_loss: grad_form must be 'grad_of_masked' or 'masked_grad', got {grad_form!r}"
+        )
+    diff = pred - target
+    low = ((1 - mask) * diff).abs().mean()
+    l1 = diff.abs().mean()
+    total = high + low_weight * low + l1_weight * l1
+    return total, {"high": high, "low": low, "l1": l1}
