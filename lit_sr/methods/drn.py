@@ -16,9 +16,10 @@ authors' public 2020 dual-regression code (guoyongcs/DRN ``model/drn.py``, ``mod
 Registered variants (``lit_sr.create_model(name, **overrides)``):
 
 - ``drn_s_x4`` (B 30, F 16), ``drn_s_x8`` (B 30, F 8), ``drn_l_x4`` (B 40, F 20), ``drn_l_x8`` (B 36, F 10):
-  the 2020 DRN-S / DRN-L (primal 4,804,065 / 5,403,000 / 9,825,893 / 10,004,018 parameters counting the
-  two frozen MeanShift convs; duals 2 x 864 / 3 x 432 / 2 x 1,080 / 3 x 540).
-- ``drn_small_x4`` (B 4, F 8): the quick CPU preset.
+  the 2020 DRN-S / DRN-L (primal 4,804,065 / 5,403,000 / 9,825,893 / 10,004,018 parameters in the 2020
+  count, which includes the two MeanShift convs: here those 24 values are constant buffers; duals 2 x 864 /
+  3 x 432 / 2 x 1,080 / 3 x 540).
+- ``drn_small_x4`` (B 4, F 16): the quick CPU preset (primal 935,097 parameters).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_sr.losses import gradient_mask
+from lit_sr.losses import GradForm, MaskMode, gradient_mask, gradient_sensitive_loss
+from lit_sr.methods.base import SRMethod
 from lit_sr.metrics import quantize
 from lit_sr.registry import register_model
 
-__all__ = ["DRNDual", "DRNNet", "DRNPrimal", "RCAB", "edge_psnr_y"]
+__all__ = ["DRN", "DRNDual", "DRNNet", "DRNPrimal", "RCAB", "edge_psnr_y"]
 
 #: DIV2K RGB mean of the 2020 code (in [0, 1]); the Y value is its BT.601 studio-range luma.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -52,18 +56,22 @@ def _conv(cin: int, cout: int, kernel: int = 3, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=bias)
 
 
-class MeanShift(nn.Conv2d):
-    """Frozen 1x1 conv adding (``sign`` = +1) or subtracting (-1) a per-channel mean."""
+class MeanShift(nn.Module):
+    """1x1 conv adding (``sign`` = +1) or subtracting (-1) a per-channel mean, held as constant buffers.
+
+    The 2020 code makes it a Conv2d and sets ``requires_grad`` on the module object (a no-op), so its 2 x 12
+    parameters are trained and counted; here they are buffers, so no optimizer or stage ``trainable`` rule
+    can change them (the spec's primal counts minus 24).
+    """
 
     def __init__(self, mean: Sequence[float], sign: int) -> None:
+        super().__init__()
         channels = len(mean)
-        super().__init__(channels, channels, 1)
-        with torch.no_grad():
-            self.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-            self.bias.copy_(sign * torch.tensor(mean, dtype=torch.float32))
-        # The 2020 code sets requires_grad on the module object (a no-op); here the shift really is frozen.
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.register_buffer("weight", torch.eye(channels).view(channels, channels, 1, 1))
+        self.register_buffer("bias", sign * torch.tensor(mean, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
 
 
 class ChannelAttention(nn.Module):
@@ -256,6 +264,205 @@ def drn_l_x8(n_blocks: int = 36, n_feats: int = 10, **kwargs: Any) -> DRNNet:
 
 
 @register_model
-def drn_small_x4(n_blocks: int = 4, n_feats: int = 8, **kwargs: Any) -> DRNNet:
-    """Small DRN x4 for quick CPU runs: B = 4, F = 8."""
+def drn_small_x4(n_blocks: int = 4, n_feats: int = 16, **kwargs: Any) -> DRNNet:
+    """Small DRN x4 for quick CPU runs: DRN-S x4 with B = 4 (primal 935,097 parameters, duals 2 x 864)."""
     return _drn(4, n_blocks, n_feats, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: the LightningModule.
+
+
+class DRN(SRMethod):
+    """DRN-GSL training: primal and dual networks trained jointly in one stage.
+
+    Loss per group (one scale; each group weighted by its share n / N of the batch), all with mean reduction:
+
+        L = L_final(y_P, hr) + sum_{i<P} L1(y_i, x_i) + dual_weight * sum_i L1(D_i(y_{i+1}), x_i)
+
+    with y_0..y_P the primal outputs (coarse first), x_0 the LR input and x_1.. the HR pyramid (MATLAB bicubic,
+    the DataModule's ``pyramid``). ``loss="gsl"`` makes L_final the gradient-sensitive loss
+    (``lit_sr.losses.gradient_sensitive_loss``: mask from the detached HR's Sobel magnitude, ``mask_mode``
+    soft/hard, ``grad_form``, ``gsl_low_weight`` = lambda_L, ``gsl_l1_weight`` = mu); ``loss="l1"`` is the 2020
+    DRN baseline. Logged parts: ``final``, ``intermediate``, ``dual`` (unweighted sums), the GSL's ``gsl_high``,
+    ``gsl_low``, ``gsl_l1`` and ``bicubic`` (L_final of MATLAB bicubic against HR, the level to go below).
+
+    Optimizer: the stage's one optimizer over ``self.net``, i.e. primal and dual parameters together. The 2020
+    code steps one Adam for the primal and one per dual with identical settings; Adam is per-parameter, so
+    with equal hyper-parameters one Adam over all parameters gives the same updates, and it keeps Lightning's
+    automatic optimisation (needed to skip a batch by returning None) and the stage engine. Separate
+    optimizers would only matter when sweeping dual-specific hyper-parameters, which the spec does not.
+
+    Exploding batches: a batch whose loss exceeds ``skip_factor`` (1e6, the 2020 ``skip_threshold``) times
+    the previous epoch's mean training loss, or is not finite, is skipped (no backward, no step), counted in
+    ``train/skipped_batches`` and warned about; more than ``max_consecutive_skips`` in a row is an error.
+    Under DDP the decision is shared, so every rank skips together.
+
+    ``channels``: ``rgb`` (the paper's; metrics are Y of the 8-bit RGB output) or ``y`` (the network sees and
+    returns Y, built with one colour channel).
+    """
+
+    name = "drn"
+    channels = "rgb"
+    batch_needs = ("lr", "pyramid")
+
+    def __init__(
+        self,
+        variant: str = "drn_s_x4",
+        loss: Literal["gsl", "l1"] = "gsl",
+        dual_weight: float = 0.1,
+        gsl_low_weight: float = 1.0,
+        gsl_l1_weight: float = 0.0,
+        mask_mode: MaskMode = "soft",
+        mask_quantile: float = 0.8,
+        grad_form: GradForm = "grad_of_masked",
+        channels: Literal["rgb", "y"] = "rgb",
+        skip_factor: float = 1e6,
+        max_consecutive_skips: int = 20,
+        net: dict[str, Any] | None = None,
+        supported_scales: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            variant: registered DRN network (``drn_s_x4``, ``drn_s_x8``, ``drn_l_x4``, ``drn_l_x8``,
+                ``drn_small_x4``); ``net`` overrides its ``n_blocks`` / ``n_feats``.
+            loss: the final output's loss, ``gsl`` (DRN-GSL) or ``l1`` (the 2020 DRN).
+            dual_weight: lambda_D of the dual L1 terms (0.1 in the 2020 code).
+            gsl_low_weight, gsl_l1_weight: lambda_L and mu of the GSL (1 and 0).
+            mask_mode, mask_quantile: the GSL mask, ``soft`` (min-max) or ``hard`` (above the quantile).
+            grad_form: ``grad_of_masked`` or ``masked_grad`` (see the GSL).
+            channels: ``rgb`` or ``y``.
+            skip_factor, max_consecutive_skips: the exploding-batch rule above.
+            supported_scales: fixed by the variant; must stay unset.
+        """
+        checks = {
+            "loss": (loss in ("gsl", "l1"), "'gsl' or 'l1'"),
+            "dual_weight": (dual_weight >= 0, ">= 0 (0.1 in the 2020 code)"),
+            "gsl_low_weight": (gsl_low_weight >= 0, ">= 0 (1 by default)"),
+            "gsl_l1_weight": (gsl_l1_weight >= 0, ">= 0 (0 by default)"),
+            "mask_mode": (mask_mode in ("soft", "hard"), "'soft' or 'hard'"),
+            "mask_quantile": (0 < mask_quantile < 1, "in (0, 1) (0.8 by default)"),
+            "grad_form": (grad_form in ("grad_of_masked", "masked_grad"), "'grad_of_masked' or 'masked_grad'"),
+            "channels": (channels in ("rgb", "y"), "'rgb' (the paper's) or 'y'"),
+            "skip_factor": (skip_factor > 1, "> 1 (1e6 in the 2020 code)"),
+            "max_consecutive_skips": (max_consecutive_skips >= 1, ">= 1"),
+        }
+        for key, (ok, what) in checks.items():
+            if not ok:
+                raise ValueError(f"model.init_args.{key} must be {what}, got {locals()[key]!r}")
+        if supported_scales is not None:
+            raise ValueError(
+                f"model.init_args.supported_scales={list(supported_scales)} cannot be set for DRN: the variant "
+                "fixes its one scale (drn_*_x4 or drn_*_x8); remove the key"
+            )
+        n_colors = 1 if channels == "y" else 3
+        net = dict(net or {})
+        if net.get("n_colors", n_colors) != n_colors:
+            raise ValueError(
+                f"model.init_args.net.n_colors={net['n_colors']} contradicts channels={channels!r}; "
+                "remove net.n_colors (channels sets it)"
+            )
+        if channels == "y":
+            net["n_colors"] = 1
+        super().__init__(variant=variant, net=net, supported_scales=(), **kwargs)
+        if not isinstance(self.net, DRNNet):
+            raise ValueError(
+                f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, not a DRN network; "
+                "use drn_s_x4, drn_s_x8, drn_l_x4, drn_l_x8 or drn_small_x4"
+            )
+        self.channels = channels  # per instance: every base path (degrade, evaluation, upscale) reads self.channels
+        self.loss, self.dual_weight = loss, float(dual_weight)
+        self.gsl_options = {
+            "low_weight": float(gsl_low_weight),
+            "l1_weight": float(gsl_l1_weight),
+            "mask_mode": mask_mode,
+            "quantile": float(mask_quantile),
+            "grad_form": grad_form,
+        }
+        self.skip_factor, self.max_consecutive_skips = float(skip_factor), int(max_consecutive_skips)
+        self._previous_epoch_loss: float | None = None
+        self._epoch_loss_sum, self._epoch_batches = 0.0, 0
+        self._skipped_total, self._skipped_in_a_row = 0, 0
+
+    @property
+    def supported_scales(self) -> list[int]:
+        return [self.net.scale]
+
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
+        return self.net(lr)[-1]
+
+    def final_loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The final output's loss (GSL or L1) in fp32, with the GSL's parts."""
+        pred, target = pred.float(), target.float()
+        if self.loss == "l1":
+            return F.l1_loss(pred, target), {}
+        total, parts = gradient_sensitive_loss(pred, target, **self.gsl_options)
+        return total, {f"gsl_{k}": v for k, v in parts.items()}
+
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        n_total = sum(len(g["hr"]) for g in groups)
+        sums: dict[str, Tensor] = {}
+        for group in groups:
+            outputs = self.net(group["lr"])
+            targets = [group["lr"], *group["pyramid"]]
+            if len(targets) != len(outputs):
+                raise ValueError(
+                    f"x{int(group['scale'][0])} batch has {len(targets)} LR/pyramid targets, but "
+                    f"{self.hparams.variant} made {len(outputs)} outputs (it is a x{self.net.scale} model)"
+                )
+            share = len(group["hr"]) / n_total
+            final, gsl_parts = self.final_loss(outputs[-1], targets[-1])
+            coarse = [F.l1_loss(o.float(), t.float()) for o, t in zip(outputs[:-1], targets[:-1])]
+            duals = [F.l1_loss(d.float(), t.float()) for d, t in zip(self.net.dual_outputs(outputs), targets[:-1])]
+            parts = {"final": final, "intermediate": torch.stack(coarse).sum(), "dual": torch.stack(duals).sum()}
+            for key, value in {**parts, **gsl_parts}.items():
+                sums[key] = sums.get(key, 0.0) + share * value
+        total = sums["final"] + sums["intermediate"] + self.dual_weight * sums["dual"]
+        sums["bicubic"] = self.bicubic_loss(groups, lambda p, t: self.final_loss(p, t)[0])
+        return total, sums
+
+    # ---- skipping exploding batches -------------------------------------------------------------------
+    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor | None:
+        total, parts = self.compute_loss(batch)
+        value = float(total.detach())
+        limit = math.inf if self._previous_epoch_loss is None else self.skip_factor * self._previous_epoch_loss
+        skip = self.trainer.strategy.reduce_boolean_decision(not (value <= limit), all=False)
+        if skip:
+            self._skipped_total += 1
+            self._skipped_in_a_row += 1
+            self.log("train/skipped_batches", float(self._skipped_total), on_step=True, on_epoch=False)
+            rank_zero_warn(
+                f"DRN: skipped the batch at step {self.global_step}: loss {value:.4g} exceeds "
+                f"{self.skip_factor:g} x the previous epoch's mean {self._previous_epoch_loss} or is not finite "
+                f"({self._skipped_total} skipped so far)"
+            )
+            if self._skipped_in_a_row > self.max_consecutive_skips:
+                raise FloatingPointError(
+                    f"DRN: {self._skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
+                    f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)"
+                )
+            return None
+        self._skipped_in_a_row = 0
+        self._epoch_loss_sum += value
+        self._epoch_batches += 1
+        n = sum(len(g["hr"]) for g in batch)
+        self.log("train/loss", total, prog_bar=True, batch_size=n)
+        for name, part in parts.items():
+            self.log(f"train/loss_{name}", part, batch_size=n)
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_batches:
+            self._previous_epoch_loss = self._epoch_loss_sum / self._epoch_batches
+        self._epoch_loss_sum, self._epoch_batches = 0.0, 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["drn_previous_epoch_loss"] = self._previous_epoch_loss
+        checkpoint["drn_skipped_batches"] = self._skipped_total
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._previous_epoch_loss = checkpoint.get("drn_previous_epoch_loss")
+        self._skipped_total = int(checkpoint.get("drn_skipped_batches", 0))
