@@ -1,6 +1,6 @@
 """Y-PSNR and edge-region PSNR of DRN checkpoints (the README's loss: l1 vs loss: gsl ablation).
 
-    python bench/drn_edge_psnr.py runs/drn/ablate-gsl/checkpoints/best.ckpt runs/drn/ablate-l1/... [--sets Set5]
+    python bench/drn_edge_psnr.py bicubic runs/drn/ablate-gsl/checkpoints/best.ckpt runs/drn/ablate-l1/... [--sets Set5]
 
 Each image goes through the one evaluation path (``SRMethod.sr_y``: Y of the 8-bit output), then
 ``lit_sr.metrics.psnr_y`` (whole image) and ``lit_sr.methods.drn.edge_psnr_y`` (the hard-mask edge region of HR,
@@ -14,14 +14,15 @@ import argparse
 import numpy as np
 import torch
 
-from lit_sr.checkpoint import load_method
 from lit_sr.data.datasets import BenchmarkSet
+from lit_sr.evaluate import resolve_method
 from lit_sr.methods.drn import edge_psnr_y
 from lit_sr.metrics import psnr_y
 
 
-def evaluate(ckpt: str, sets: list[str], scale: int, quantile: float) -> dict[str, tuple[float, float]]:
-    method = load_method(ckpt).eval()
+def evaluate(ckpt: str, sets: list[str], scale: int, quantile: float) -> tuple[str, dict[str, tuple[float, float]]]:
+    """(the method's final loss, or "-" for bicubic; {set: (mean Y-PSNR, mean edge PSNR)})."""
+    method = resolve_method(ckpt)[0].eval()
     out = {}
     for name in sets:
         data = BenchmarkSet.from_source(name, scale)
@@ -35,7 +36,7 @@ def evaluate(ckpt: str, sets: list[str], scale: int, quantile: float) -> dict[st
             full.append(psnr_y(sr, hr, scale).item())
             edge.append(edge_psnr_y(sr, hr, scale, quantile).item())
         out[name] = (float(np.mean(full)), float(np.mean(edge)))
-    return out
+    return str(getattr(method, "loss", "-")), out
 
 
 def main() -> None:
@@ -48,8 +49,7 @@ def main() -> None:
     print(f"| checkpoint | loss | {' | '.join(f'{s} Y-PSNR | {s} edge PSNR' for s in args.sets)} |")
     print("|---|---|" + "---|---|" * len(args.sets))
     for ckpt in args.checkpoints:
-        res = evaluate(ckpt, args.sets, args.scale, args.quantile)
-        loss = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"].get("loss", "?")
+        loss, res = evaluate(ckpt, args.sets, args.scale, args.quantile)
         cells = " | ".join(f"{res[s][0]:.2f} | {res[s][1]:.2f}" for s in args.sets)
         print(f"| {ckpt} | {loss} | {cells} |")
 
