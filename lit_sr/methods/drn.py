@@ -19,7 +19,7 @@ Registered variants (``lit_sr.create_model(name, **overrides)``):
   the 2020 DRN-S / DRN-L (primal 4,804,065 / 5,403,000 / 9,825,893 / 10,004,018 parameters in the 2020
   count, which includes the two MeanShift convs: here those 24 values are constant buffers; duals 2 x 864 /
   3 x 432 / 2 x 1,080 / 3 x 540).
-- ``drn_small_x4`` (B 4, F 16): the quick CPU preset (primal 935,097 parameters).
+- ``drn_small_x4`` (B 4, F 16): the quick CPU preset (primal 933,369 parameters).
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def drn_l_x8(n_blocks: int = 36, n_feats: int = 10, **kwargs: Any) -> DRNNet:
 
 @register_model
 def drn_small_x4(n_blocks: int = 4, n_feats: int = 16, **kwargs: Any) -> DRNNet:
-    """Small DRN x4 for quick CPU runs: DRN-S x4 with B = 4 (primal 935,097 parameters, duals 2 x 864)."""
+    """Small DRN x4 for quick CPU runs: DRN-S x4 with B = 4 (primal 933,369 parameters, duals 2 x 864)."""
     return _drn(4, n_blocks, n_feats, **kwargs)
 
 
