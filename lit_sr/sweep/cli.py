@@ -16,8 +16,6 @@ import sys
 
 from lit_sr.sweep.config import SweepError, load_sweep
 
-SHARED = ("preset", "study_name", "root", "n_trials")
-
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"lit-sr sweep{'' if command == 'run' else ' ' + command}", description=__doc__,
@@ -54,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             from lit_sr.sweep.study import run_sweep
 
-            same = [args.sweep, *(x for k in SHARED if getattr(args, k) is not None for x in (f"--{k.replace('_', '-')}", str(getattr(args, k))))]
-            code = run_sweep(sweep, args.workers, same)
+            code = run_sweep(sweep, args.workers)
             if code == 130 or args.no_report:
                 return code
         from lit_sr.sweep.report import report

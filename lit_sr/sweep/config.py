@@ -129,8 +129,8 @@ def get_path(cfg: Any, path: str) -> Any:
     """The value at ``path``; ``KeyError`` naming the first missing segment."""
     node = cfg
     for i, part in enumerate(_parts(path)):
-        ok = isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if not ok:
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_list or isinstance(node, dict) and part in node):
             where = ".".join(path.split(".")[:i]) or "the top level"
             there = sorted(map(str, node)) if isinstance(node, dict) else f"{type(node).__name__} {node!r}"[:80]
             raise KeyError(f"no {part!r} under {where} (there: {there})")
@@ -262,7 +262,8 @@ def load_sweep(
     """Parse and check a sweep file; the keyword arguments are command-line overrides."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"sweep file not found: {path} (sweeps/ has {sorted(p.name for p in (REPO / 'sweeps').glob('*.yaml'))})")
+        known = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))
+        raise SweepError(f"sweep file not found: {path} (sweeps/ has {known})")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method, study, fixed, params")
@@ -274,7 +275,7 @@ def load_sweep(
     if unknown := sorted(set(raw) - set(SweepFile.__dataclass_fields__)):
         raise SweepError(f"{path}: unknown key(s) {unknown}; a sweep file has {list(SweepFile.__dataclass_fields__)}")
     spec = parse(SweepFile, {**raw, "params": {}}, str(path))
-    spec.params = {name: parse(Param, knob, f"{path}: params.{name}") for name, knob in (raw.get("params") or {}).items()}
+    spec.params = {n: parse(Param, knob, f"{path}: params.{n}") for n, knob in (raw.get("params") or {}).items()}
     if not spec.params:
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
     preset_path = find_preset(spec.method, preset, path)

@@ -26,7 +26,8 @@ PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "in
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials, best first."""
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (sign * t.value, t.number))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (sign * t.value, t.number))
 
 
 def _fmt(value: Any) -> str:
@@ -62,7 +63,8 @@ def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
                 plt.close(fig)
-                getattr(vis, f"plot_{name}")(study, **kwargs).write_html(out / f"{name}.html", include_plotlyjs="directory")
+                html = getattr(vis, f"plot_{name}")(study, **kwargs)
+                html.write_html(out / f"{name}.html", include_plotlyjs="directory")
         except Exception as err:  # noqa: BLE001 - a plot Optuna cannot draw yet (too few trials) is skipped
             skipped[name] = f"{type(err).__name__}: {err}"
     return skipped
@@ -104,7 +106,8 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     try:
         study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))
     except KeyError as err:
-        raise SweepError(f"no study {sweep.study_name!r} in {url.split('@')[-1]}: run `lit-sr sweep {sweep.path}`") from err
+        where = url.split("@")[-1]  # no password in messages
+        raise SweepError(f"no study {sweep.study_name!r} in {where}: run `lit-sr sweep {sweep.path}` first") from err
     out = sweep.study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     trials, best, metric = study.get_trials(deepcopy=False), ranked(study), sweep.study.metric

@@ -186,7 +186,7 @@ def run_worker(sweep: Sweep, index: int = 0, workers: int = 1) -> int:
     return 0
 
 
-def run_sweep(sweep: Sweep, workers: int, worker_argv: list[str]) -> int:
+def run_sweep(sweep: Sweep, workers: int = 1) -> int:
     """Create the study, start ``workers`` copies of ``lit-sr sweep worker`` and wait; 0 when all ended well."""
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
@@ -197,9 +197,10 @@ def run_sweep(sweep: Sweep, workers: int, worker_argv: list[str]) -> int:
           f"({', '.join(f'{states.count(s)} {s}' for s in sorted(set(states))) or 'new'}); "
           f"trials under {sweep.study_dir}/", flush=True)
     env = dict(os.environ, **{STORAGE_ENV: sweep.storage_url})
-    procs = [subprocess.Popen([sys.executable, "-m", "lit_sr.sweep.cli", "worker", *worker_argv,
-                               "--worker-index", str(i), "--workers", str(workers)], env=env)
-             for i in range(workers)]
+    cmd = [sys.executable, "-m", "lit_sr.sweep.cli", "worker", str(sweep.path), "--preset", sweep.preset,
+           "--study-name", sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials),
+           "--workers", str(workers)]
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers)]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:  # Ctrl-C reached the workers too: their running trials end FAIL
