@@ -39,7 +39,6 @@ TINY_FIXED = {
     "model.init_args.stages.0.optimizer": {"name": "sgd", "lr": 1.0e-3, "momentum": 0.9},
     "model.init_args.stages.0.lr_schedule": {"name": "constant"},
     "data.train_sources": ["builtin"],
-    "data.val_sets": ["builtin_val"],
     "data.batches_per_epoch": 4,
     "data.batch_size": 4,
     "data.num_workers": 0,

@@ -34,7 +34,9 @@ from jsonargparse import ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-REPO = Path(__file__).resolve().parents[2]
+from lit_sr.presets import preset_path as find_preset
+from lit_sr.presets import sweep_path
+
 DEFAULT_ROOT = Path("runs") / "sweeps"
 #: set by the sweep for every trial; a sweep file may not set them
 RESERVED = ("run_dir", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
@@ -234,15 +236,6 @@ class Sweep:
                 "params": {n: p.paths for n, p in self.spec.params.items()}}
 
 
-def find_preset(method: str, preset: str, where: Path) -> Path:
-    """``experiments/<method>/<preset>.yaml`` in the current folder or the repository."""
-    for root in (Path.cwd(), REPO):
-        if (path := root / "experiments" / method / f"{preset}.yaml").is_file():
-            return path
-    available = sorted(p.stem for p in (REPO / "experiments" / method).glob("*.yaml"))
-    raise SweepError(f"{where}: no experiments/{method}/{preset}.yaml (presets of {method!r}: {available})")
-
-
 def _merge(raw: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """``presets.<name>`` over the file: each section merged key by key, each key's value replaced whole."""
     out = dict(raw)
@@ -261,9 +254,13 @@ def load_sweep(
 ) -> Sweep:
     """Parse and check a sweep file; the keyword arguments are command-line overrides."""
     path = Path(path)
-    if not path.is_file():
-        known = sorted(p.name for p in (REPO / "sweeps").glob("*.yaml"))
-        raise SweepError(f"sweep file not found: {path} (sweeps/ has {known})")
+    if not path.is_file() and path.suffix in (".yaml", ".yml"):
+        raise SweepError(f"sweep file not found: {path}")
+    if not path.is_file():  # a method name: sweeps/<method>.yaml
+        try:
+            path = sweep_path(str(path))
+        except ValueError as err:
+            raise SweepError(str(err)) from err
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method, study, fixed, params")
@@ -278,7 +275,10 @@ def load_sweep(
     spec.params = {n: parse(Param, knob, f"{path}: params.{n}") for n, knob in (raw.get("params") or {}).items()}
     if not spec.params:
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
-    preset_path = find_preset(spec.method, preset, path)
+    try:
+        preset_path = find_preset(spec.method, preset)
+    except ValueError as err:
+        raise SweepError(f"{path}: {err}") from err
     base = yaml.safe_load(preset_path.read_text()) or {}
     for key, value in spec.fixed.items():
         if key.startswith(RESERVED):

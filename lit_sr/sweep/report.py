@@ -70,31 +70,34 @@ def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
     return skipped
 
 
-def test_table(best: FrozenTrial, out: Path) -> str:
+def test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     """Benchmark the best trial's checkpoint on the test sets of its config (cached per checkpoint)."""
-    from lit_sr.data.sources import data_root
+    from lit_sr.checkpoint import load_method
+    from lit_sr.data.sources import default_test_sets
     from lit_sr.evaluate import format_table as bench_table
     from lit_sr.evaluate import run_benchmark, write_results
-    from lit_sr.methods.base import load_method
+    from lit_sr.methods.bicubic import Bicubic
 
     ckpt = best.user_attrs.get("checkpoint")
     if not ckpt or not Path(ckpt).is_file():
         return f"no test table: trial {best.number} left no checkpoint ({ckpt})"
     cached = out / "results.json"
     if cached.is_file() and json.loads(cached.read_text())["meta"]["checkpoint"] == ckpt:
-        return (out / "results.md").read_text().split("\n\n", 1)[-1].strip()
+        return (out / "results.md").read_text().rsplit("\n\n", 1)[-1].strip()
     cfg = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "trial.yaml").read_text())
     data = cfg.get("data") or {}
-    sets = data.get("test_sets") or [s for s in ("Set5", "Set14") if (data_root() / s).is_dir()]
+    sets = data["test_sets"] if data.get("test_sets") is not None else default_test_sets()
     if not sets:
-        return f"no test table: no test_sets in the trial's config and no Set5/Set14 under {data_root()}"
+        return "no test table: the trial's data.test_sets is empty and the data root has no Set5/Set14"
     method = load_method(ckpt)
     scales = [s for s in (data.get("val_scales") or data.get("scales") or method.supported_scales)
               if s in method.supported_scales]
-    results = run_benchmark(method, sets, scales)
-    table = bench_table({f"trial-{best.number}": results}, scales)
-    write_results(out, results, str(get_path(cfg, "model.class_path")), ckpt, method.hparams.ssim_variant,
-                  str(Path(best.user_attrs["run_dir"]) / "trial.yaml"), table)
+    rows = {"bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), sets, scales),
+            f"trial-{best.number}": run_benchmark(method, sets, scales)}
+    table = bench_table(rows, scales)
+    write_results(out, rows[f"trial-{best.number}"], str(get_path(cfg, "model.class_path")), ckpt,
+                  method.hparams.ssim_variant, str(Path(best.user_attrs["run_dir"]) / "trial.yaml"), table,
+                  meta={"selection": {"metric": metric, "value": best.value, "trial": best.number}})
     return table
 
 
@@ -127,7 +130,7 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
               f"  checkpoint {b.user_attrs.get('checkpoint')}", f"  W&B run {b.user_attrs.get('wandb_run')}", "", table]
     if test:
         lines += ["", f"Test sets of the best trial (chosen on {metric} {b.value:.4f}, validation):", "",
-                  test_table(b, out / "test"), "",
+                  test_table(b, out / "test", metric), "",
                   "The test numbers were not used to choose this trial: it was chosen on validation only."]
     skipped = write_plots(study, out, metric)
     lines += ["", f"report and plots in {out}/"] + [f"  skipped plot {k}: {v}" for k, v in skipped.items()]
