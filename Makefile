@@ -14,7 +14,7 @@ LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
+.PHONY: install train test lint benchmark bench-data bench-train sweep sweep-report dashboard clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,sweep]'
 	touch $@
 
 train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
@@ -43,9 +43,13 @@ bench-data: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py $(ARGS)
 
-sweep: $(STAMP)  ## make sweep MODEL=cmsc [WORKERS=N] [STORAGE=URL]
+sweep: $(STAMP)  ## make sweep MODEL=cmsc [PRESET=quick|paper] [WORKERS=N] [STORAGE=URL] [ARGS="--n-trials 4"]
 	WANDB_SILENT=true \
-	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
+	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --preset $(PRESET) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
+
+sweep-report: $(STAMP)  ## the best trial, top-k, plots and its test table: make sweep-report MODEL=cmsc
+	WANDB_SILENT=true \
+	$(BIN)/lit-sr sweep report sweeps/$(MODEL).yaml --preset $(PRESET) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard --host 127.0.0.1 $(or $(STORAGE),sqlite:///runs/sweeps/optuna.db)

@@ -1,24 +1,10 @@
-"""Sweep files (``sweeps/<method>.yaml``): the search space of a study and how every trial's config is built.
+"""Sweep files (``sweeps/<method>.yaml``, format in the README "Sweeps"): the search space and the trial configs.
 
-A sweep file is layered on a preset (``experiments/<method>/<preset>.yaml``)::
-
-    method: cmsc                  # experiments/<method>/<preset>.yaml is the base config; the W&B tag
-    preset: quick
-    study:                        # lit_sr.sweep.config.Study: n_trials, metric, direction, sampler, pruner, ...
-      n_trials: 8
-      sampler: {class_path: optuna.samplers.TPESampler, init_args: {seed: 0, n_startup_trials: 4}}
-      pruner: {class_path: optuna.pruners.MedianPruner, init_args: {n_startup_trials: 2}}
-    fixed:                        # config path -> value, set in every trial (the per-trial budget)
-      data.batches_per_epoch: 30
-    params:                       # knob -> Optuna distribution + the config path(s) it sets
-      lr: {type: float, low: 2.0e-4, high: 3.0e-3, log: true, paths: [model.init_args.stages.0.optimizer.lr]}
-    presets:                      # overlays chosen with --preset, merged section by section
-      paper: {study: {n_trials: 40}}
-
-The file is parsed into the dataclasses below through jsonargparse (it names a bad key or type), the
-distributions are Optuna's own (they reject bad bounds), and samplers/pruners are any importable class
-built by jsonargparse from ``class_path``/``init_args``. Every ``params`` path must exist in the preset
-once ``fixed`` is applied; a ``fixed`` path may add a new leaf under an existing mapping.
+A sweep file is layered on a preset (``experiments/<method>/<preset>.yaml``); ``presets.<name>`` overlays it.
+It is parsed into the dataclasses below by jsonargparse (which names a bad key or type); the distributions
+are Optuna's own (they reject bad bounds); samplers and pruners are any class, built from
+``class_path``/``init_args``. Every ``params`` path must exist in the preset once ``fixed`` is applied;
+a ``fixed`` path may add a new leaf under an existing mapping.
 """
 
 from __future__ import annotations
@@ -117,11 +103,6 @@ def parse(kind: Any, value: Any, where: str) -> Any:
         raise SweepError(f"{where}: {msg}".replace('Parser key "obj":', "").replace("\n  ", "\n")) from err
 
 
-def build(spec: dict[str, Any], base: type, where: str) -> Any:
-    """Instantiate ``{class_path, init_args}`` as a subclass of ``base`` (e.g. any Optuna sampler)."""
-    return parse(base, spec, where)
-
-
 # ---- dotted config paths (list items by index) ------------------------------------------------------------
 def _parts(path: str) -> list[str | int]:
     return [int(p) if p.isdigit() else p for p in path.split(".")]
@@ -183,10 +164,10 @@ class Sweep:
         args = spec.setdefault("init_args", {})
         if isinstance(args.get("seed"), int):
             args["seed"] = int(args["seed"]) + seed_offset
-        return build(spec, optuna.samplers.BaseSampler, f"{self.path}: study.sampler")
+        return parse(optuna.samplers.BaseSampler, spec, f"{self.path}: study.sampler")
 
     def pruner(self) -> optuna.pruners.BasePruner:
-        return build(self.study.pruner, optuna.pruners.BasePruner, f"{self.path}: study.pruner")
+        return parse(optuna.pruners.BasePruner, self.study.pruner, f"{self.path}: study.pruner")
 
     def preset_values(self) -> dict[str, Any]:
         """The preset's own value of every knob (its first path) that the knob's distribution can hold."""

@@ -1,24 +1,13 @@
-"""Optuna studies on Optuna's own worker model.
+"""Optuna studies on Optuna's own worker model (the README "Sweeps" explains the use).
 
-``lit-sr sweep FILE --workers N`` creates the study (only then may workers start: two processes creating
-the schema of an empty database race), then starts N copies of the worker command
-``lit-sr sweep worker FILE ...`` and waits. A worker is ``study.optimize(objective,
-callbacks=[MaxTrialsCallback(n_trials, states=None)])``: it stops once the study holds ``n_trials``
-trials of any state, so a study may overshoot ``n_trials`` by at most ``workers - 1`` (trials already
-started when the last slot was taken). The same command on another machine with
-``--storage postgresql+psycopg2://...`` joins the study; running it again resumes up to ``n_trials``.
-
-The objective writes ``trial-<n>/trial.yaml`` (the preset + ``fixed`` + the trial's knobs, a W&B logger
-and ``lit_sr.sweep.trial.OptunaTrialCallback``) and runs ``python -m lit_sr.cli fit --config trial.yaml``
-as a child process: Lightning's DDP launcher needs a process of its own. The child reports to the trial
-and prunes it (optuna-integration's callback); its ``result.json`` gives the objective its value, or a
-PRUNED/FAIL reason (user attribute ``reason``).
-
-Dead workers: the storage records a heartbeat per running trial (``RDBStorage(heartbeat_interval=...)``);
-a trial silent for ``grace_period`` is failed by the next worker that starts a trial, and
-``RetryHeartbeatStaleTrialCallback`` enqueues it again with the same params. The retry resumes from the
-dead trial's ``checkpoints/last.ckpt`` when it exists. A trial's child dies with its worker
-(PR_SET_PDEATHSIG, set in the child).
+``lit-sr sweep FILE --workers N`` creates the study first (workers creating the schema of an empty database
+at once race), then starts N copies of ``lit-sr sweep worker FILE ...``. A worker is ``study.optimize(
+objective, callbacks=[MaxTrialsCallback(n_trials, states=None)])``, so a study may overshoot ``n_trials``
+by at most ``workers - 1``. The objective runs each trial as a child ``python -m lit_sr.cli fit --config
+trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of its own); the child reports to the
+trial and prunes it (``lit_sr.sweep.trial``) and its ``result.json`` gives the value or the reason.
+A dead worker's trial is failed by the heartbeat of ``RDBStorage`` and retried with the same params by
+``RetryHeartbeatStaleTrialCallback``, from the dead trial's ``checkpoints/last.ckpt`` when there is one.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import optuna
 from lightning.pytorch.loggers import WandbLogger
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lit_sr.sweep.config import build
+from lit_sr.sweep.config import parse
 from lit_sr.sweep.study import STORAGE_ENV, WORKER_ENV, make_storage
 
 
@@ -45,8 +45,8 @@ class OptunaTrialCallback(pl.Callback):
             if str(os.getppid()) != os.environ.get(WORKER_ENV, str(os.getppid())):
                 os.kill(os.getpid(), signal.SIGKILL)  # the worker died before prctl
         storage = make_storage(url)
-        loaded = optuna.load_study(study_name=study, storage=storage, pruner=build(pruner, optuna.pruners.BasePruner,
-                                                                                   "study.pruner"))
+        pruner_obj = parse(optuna.pruners.BasePruner, pruner, "study.pruner")
+        loaded = optuna.load_study(study_name=study, storage=storage, pruner=pruner_obj)
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), trial)
         self.trial = optuna.Trial(loaded, trial_id)
         self.pruning = PyTorchLightningPruningCallback(self.trial, monitor=metric)
