@@ -221,7 +221,9 @@ def test_sqlite_hands_each_waiting_trial_to_one_worker_which_plain_optuna_does_n
     assert sorted(got) == list(range(40))
     # The upstream behaviour the workaround exists for (optuna 5.0.0: 50-58 claims of 40 trials). If this
     # fails, Optuna claims WAITING trials atomically on SQLite: drop lit_sr.sweep.study._serialize_sqlite.
-    doubled = [len(claims(tmp_path / str(i), "plain")) for i in range(2)]
+    doubled = []
+    while len(doubled) < 3 and max(doubled, default=0) <= 40:  # a race: usually the first attempt shows it
+        doubled.append(len(claims(tmp_path / str(len(doubled)), "plain")))
     assert max(doubled) > 40, doubled
 
 
@@ -330,7 +332,7 @@ def test_the_pruner_stops_a_trial_at_its_first_validation_and_a_rerun_resumes_up
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint(tmp_path, data_root):
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 30, "model.init_args.stages.0.epochs": 4}  # seconds to kill in
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 20, "model.init_args.stages.0.epochs": 3}  # seconds to kill in
     path = write_sweep(tmp_path, "kill", study={"n_trials": 1}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
@@ -356,7 +358,7 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_chec
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from"] == str(ckpt.resolve())
     epochs = list(retry.intermediate_values)  # resumed after the last checkpointed epoch, not from epoch 0
-    assert epochs[0] >= 1 and epochs == list(range(epochs[0], 4)), epochs
+    assert epochs[0] >= 1 and epochs == list(range(epochs[0], 3)), epochs
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from lit_sr.sweep.config import Sweep, SweepError, get_path
-from lit_sr.sweep.study import make_storage
+from lit_sr.sweep.study import describe, make_storage
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
 
@@ -70,7 +70,7 @@ def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
     return skipped
 
 
-def test_table(best: FrozenTrial, out: Path, metric: str) -> str:
+def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     """Benchmark the best trial's checkpoint on the test sets of its config (cached per checkpoint)."""
     from lit_sr.checkpoint import load_method
     from lit_sr.data.sources import default_test_sets
@@ -119,9 +119,7 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     (out / "trials.json").write_text(json.dumps(
         [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "user_attrs": t.user_attrs,
           "intermediate_values": t.intermediate_values} for t in trials], indent=2, default=str))
-    states = [t.state.name for t in trials]
-    lines = [f"study {study.study_name}: {len(trials)} trials ("
-             + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) + ")"]
+    lines = [f"study {study.study_name}: {describe(trials)}"]
     if not best:
         return "\n".join([*lines, "no COMPLETE trial yet"])
     b = best[0]
@@ -130,7 +128,7 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
               f"  checkpoint {b.user_attrs.get('checkpoint')}", f"  W&B run {b.user_attrs.get('wandb_run')}", "", table]
     if test:
         lines += ["", f"Test sets of the best trial (chosen on {metric} {b.value:.4f}, validation):", "",
-                  test_table(b, out / "test", metric), "",
+                  best_trial_test_table(b, out / "test", metric), "",
                   "The test numbers were not used to choose this trial: it was chosen on validation only."]
     skipped = write_plots(study, out, metric)
     lines += ["", f"report and plots in {out}/"] + [f"  skipped plot {k}: {v}" for k, v in skipped.items()]

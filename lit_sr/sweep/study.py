@@ -33,6 +33,7 @@ from lit_sr.sweep.config import Sweep, SweepError
 
 STORAGE_ENV = "LIT_SR_SWEEP_STORAGE"  # the storage URL (it may hold a password) never goes on a command line
 WORKER_ENV = "LIT_SR_SWEEP_WORKER_PID"
+RESULT_ATTRS = ("checkpoint", "wandb_run", "best_epoch", "n_params", "reason")  # result.json -> user attributes
 
 
 class TrialFailed(RuntimeError):
@@ -75,6 +76,12 @@ def _serialize_sqlite(storage: RDBStorage) -> None:
     storage.engine.dispose()  # connections opened before the listeners existed
 
 
+def describe(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """``3 trials (2 COMPLETE, 1 PRUNED)``."""
+    states = [t.state.name for t in trials]
+    return f"{len(trials)} trials (" + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) + ")"
+
+
 def create_study(sweep: Sweep) -> optuna.Study:
     """Create (or load) the study and, on an empty one, enqueue the preset's own values as trial 0."""
     storage = make_storage(sweep.storage_url, sweep, create_tables=True)
@@ -110,6 +117,9 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
     """The objective: one child ``lit-sr fit`` per trial; returns its best ``study.metric``."""
 
     def run(trial: optuna.Trial) -> float:
+        for key in RESULT_ATTRS:  # a retry starts with its dead original's attributes: not its results
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
         values = {name: _suggest(trial, name, dist) for name, dist in sweep.distributions().items()}
         if broken := sweep.violations(values):  # outside the feasible region: never trained
             trial.set_user_attr("reason", "; ".join(broken))
@@ -142,7 +152,7 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
             child.kill()
             raise
         out = json.loads(result.read_text()) if result.is_file() else {"state": "fail", "reason": None}
-        for key in ("checkpoint", "wandb_run", "best_epoch", "n_params", "reason"):
+        for key in RESULT_ATTRS:
             if out.get(key) is not None:
                 trial.set_user_attr(key, out[key])
         if out["state"] == "complete":
@@ -181,10 +191,8 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> int:
         raise SweepError(f"--workers must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(sweep)
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    print(f"study {sweep.study_name}: {len(states)} of n_trials={sweep.study.n_trials} trials "
-          f"({', '.join(f'{states.count(s)} {s}' for s in sorted(set(states))) or 'new'}); "
-          f"trials under {sweep.study_dir}/", flush=True)
+    print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
+          f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
     env = dict(os.environ, **{STORAGE_ENV: sweep.storage_url})
     cmd = [sys.executable, "-m", "lit_sr.sweep.cli", "worker", str(sweep.path), "--preset", sweep.preset,
            "--study-name", sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials),
