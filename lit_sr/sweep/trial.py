@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class OptunaTrialCallback(pl.Callback):
         url = os.environ.get(STORAGE_ENV)
         if url is None:
             return
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks > 0 are children of rank 0
+        if sys.platform.startswith("linux") and os.environ.get("LOCAL_RANK", "0") == "0":  # ranks > 0: rank 0's
             ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG: die with the worker
             if str(os.getppid()) != os.environ.get(WORKER_ENV, str(os.getppid())):
                 os.kill(os.getpid(), signal.SIGKILL)  # the worker died before prctl
