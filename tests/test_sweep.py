@@ -202,28 +202,30 @@ print(" ".join(map(str, got)))
 """
 
 
-def claims(folder: Path, storage: str) -> list[int]:
-    """Four processes pop 40 enqueued (WAITING) trials at once; the trial numbers each one was handed."""
+def claims(folder: Path, storages: list[str]) -> dict[str, list[int]]:
+    """Four processes per storage pop 40 enqueued (WAITING) trials at once: the trial numbers they were handed."""
     folder.mkdir(parents=True, exist_ok=True)
-    db = folder / f"{storage}.db"
-    study = optuna.create_study(study_name="race", storage=f"sqlite:///{db}")
-    for i in range(40):
-        study.enqueue_trial({"x": i})
-    start = time.time() + 3  # all four claim together, after their imports
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, f"sqlite:///{db}", str(start), storage],
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    return [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
+    start = time.time() + 4  # every process claims together, after its imports
+    procs = {}
+    for storage in storages:
+        url = f"sqlite:///{folder / storage}.db"
+        study = optuna.create_study(study_name="race", storage=url)
+        for i in range(40):
+            study.enqueue_trial({"x": i})
+        procs[storage] = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(start), storage],
+                                           stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    return {k: [int(n) for p in ps for n in p.communicate(timeout=120)[0].split()] for k, ps in procs.items()}
 
 
 @pytest.mark.slow
 def test_sqlite_hands_each_waiting_trial_to_one_worker_which_plain_optuna_does_not(tmp_path):
-    got = claims(tmp_path, "ours")
-    assert sorted(got) == list(range(40))
+    got = claims(tmp_path, ["ours", "plain"])
+    assert sorted(got["ours"]) == list(range(40))
     # The upstream behaviour the workaround exists for (optuna 5.0.0: 50-58 claims of 40 trials). If this
     # fails, Optuna claims WAITING trials atomically on SQLite: drop lit_sr.sweep.study._serialize_sqlite.
-    doubled = []
-    while len(doubled) < 3 and max(doubled, default=0) <= 40:  # a race: usually the first attempt shows it
-        doubled.append(len(claims(tmp_path / str(len(doubled)), "plain")))
+    doubled = [len(got["plain"])]
+    while len(doubled) < 3 and max(doubled) <= 40:  # a race: usually the first attempt shows it
+        doubled.append(len(claims(tmp_path / str(len(doubled)), ["plain"])["plain"]))
     assert max(doubled) > 40, doubled
 
 
@@ -398,14 +400,16 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_postgresql_storage_with_two_workers(tmp_path, data_root, postgres_url):
-    path = write_sweep(tmp_path, "pg", study={"n_trials": 2})
+def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
+    path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})
     with sweep_env(data_root):
         code = main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
                      "--no-report"])
     assert code == 0
     assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
     trials = load(postgres_url, "pg").get_trials()
-    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
     assert all(read_run(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
