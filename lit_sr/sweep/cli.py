@@ -34,7 +34,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "run":
         p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     if command == "worker":
-        p.add_argument("--worker-index", type=int, default=0, help="added to the sampler's seed")
+        p.add_argument("--worker-index", type=int, default=0, help="this worker's index (added to the sampler's seed)")
     return p
 
 

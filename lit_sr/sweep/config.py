@@ -159,7 +159,7 @@ class Sweep:
         return {name: p.distribution() for name, p in self.spec.params.items()}
 
     def sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-        """The study's sampler; local worker ``i`` adds ``i`` to a seed so workers draw different startup params."""
+        """The study's sampler, ``seed_offset`` added to its seed (if it has one)."""
         spec = copy.deepcopy(self.study.sampler)
         args = spec.setdefault("init_args", {})
         if isinstance(args.get("seed"), int):

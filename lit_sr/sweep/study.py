@@ -172,10 +172,11 @@ def run_worker(sweep: Sweep, index: int = 0, workers: int = 1) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = os.environ.get(STORAGE_ENV, sweep.storage_url)
     storage = make_storage(url, sweep)
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sweep.sampler(index),
-                              pruner=sweep.pruner())
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage, pruner=sweep.pruner())
     fail_stale_trials(study)  # a dead worker's trial becomes a WAITING retry now, before the count below
     trials = study.get_trials(deepcopy=False)
+    # Seed + worker index + trials so far: local workers, and machines joining later, draw different params.
+    study.sampler = sweep.sampler(index + len(trials))
     if len(trials) >= sweep.study.n_trials and not any(t.state == TrialState.WAITING for t in trials):
         print(f"[worker {index}] study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: "
               "nothing to run", flush=True)
