@@ -316,31 +316,19 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
 
 
 @pytest.mark.slow
-def test_the_pruner_stops_a_trial_at_its_first_validation_and_a_rerun_resumes_up_to_n_trials(tmp_path, data_root):
-    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
-    path = write_sweep(tmp_path, "prune", study={"n_trials": 1, "pruner": pruner})
-    args = [str(path), "--root", str(tmp_path / "runs"), "--no-report"]
-    with sweep_env(data_root):
-        assert main(args) == 0
-        (trial,) = load(sqlite_url(tmp_path / "runs"), "prune").trials
-        assert trial.state == TrialState.PRUNED and trial.user_attrs["reason"].startswith("pruned: ")
-        assert list(trial.intermediate_values) == [0]  # the second epoch never ran
-        logged = read_run(trial.user_attrs["wandb_run"]).series("val/psnr_y")
-        assert trial.intermediate_values[0] == pytest.approx(logged[0])
-        assert main([*args, "--n-trials", "2"]) == 0 and main([*args, "--n-trials", "2"]) == 0
-    trials = load(sqlite_url(tmp_path / "runs"), "prune").trials
-    assert [t.number for t in trials] == [0, 1] and trials[1].state == TrialState.PRUNED  # one added, then none
-
-
-@pytest.mark.slow
-def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_checkpoint(tmp_path, data_root):
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 20, "model.init_args.stages.0.epochs": 3}  # seconds to kill in
-    path = write_sweep(tmp_path, "kill", study={"n_trials": 1}, fixed=fixed)
+def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
+    tmp_path, data_root
+):
+    # 3 epochs of 50 batches: seconds to kill the worker in. Every trial is pruned at its second validation.
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0, "n_warmup_steps": 1}}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 50, "model.init_args.stages.0.epochs": 3}
+    path = write_sweep(tmp_path, "kill", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
+    args = [str(path), "--root", str(root), "--no-report"]
     with sweep_env(data_root):
-        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", str(path), "--root", str(root),
-                                   "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", *args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
             trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
@@ -354,13 +342,22 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_from_its_chec
         assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
         time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
         # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
-        assert main([str(path), "--root", str(root), "--no-report"]) == 0
-    dead, retry = load(url, "kill").get_trials()
+        assert main(args) == 0
+        dead, retry = load(url, "kill").get_trials()
+        # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
+        assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0
     assert dead.state == TrialState.FAIL
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
-    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from"] == str(ckpt.resolve())
-    epochs = list(retry.intermediate_values)  # resumed after the last checkpointed epoch, not from epoch 0
-    assert epochs[0] >= 1 and epochs == list(range(epochs[0], 3)), epochs
+    assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
+    assert min(retry.intermediate_values) >= 1  # resumed after the checkpointed epoch, not from epoch 0
+    trials = load(url, "kill").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    new = trials[2]
+    for t in (retry, new):  # pruned at the first validation past the warm-up, the last epoch never ran
+        assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("pruned: ")
+        assert max(t.intermediate_values) == 1
+    logged = read_run(new.user_attrs["wandb_run"]).series("val/psnr_y")
+    assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
