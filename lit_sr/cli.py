@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from lit_sr.callbacks import AtomicCheckpointIO, StageProgressBar
+from lit_sr.checkpoint import check_ckpt_path
+from lit_sr.cluster import add_cluster_support, add_trainer_arguments, train_overrides
 from lit_sr.data.datamodule import SRDataModule
+from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
 from lit_sr.methods.base import SRMethod
 
@@ -93,7 +97,14 @@ class SRCLI(LightningCLI):
             callbacks.append(StageProgressBar())
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
+        add_cluster_support(config, callbacks, self.run_dir)  # step checkpoints, signals, writable run_dir
         return super()._instantiate_trainer(config, callbacks)
+
+    def _parse_ckpt_path(self) -> None:
+        # Read --ckpt_path safely and refuse a checkpoint of another method before Lightning applies its hparams.
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        check_ckpt_path(cfg.get("ckpt_path"), cfg.model.class_path)
+        super()._parse_ckpt_path()
 
 
 def latest_run(method: str, root: str | Path = "runs") -> Path:
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a method's preset, then print its benchmark table against bicubic")
     p.add_argument("model", help="experiments/<model>/ folder, e.g. vdsr")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper")
+    add_trainer_arguments(p)
     p = sub.add_parser("benchmark", help="paper-style PSNR/SSIM table for bicubic or a checkpoint")
     p.add_argument("method", help="'bicubic' or a checkpoint path")
     p.add_argument(
@@ -219,8 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lit-sr``: a user mistake prints one line ``lit-sr: error: ...`` and returns 2 (``--debug``: traceback)."""
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        os.environ[DEBUG_VAR] = "1"  # DDP ranks re-run the command line: they inherit it
+        argv = [a for a in argv if a != "--debug"]
+        if from_command_line:
+            sys.argv[1:] = argv
+    debug = os.environ.get(DEBUG_VAR) == "1"
+    return run_reporting_errors(_main, argv, from_command_line, argv=argv, debug=debug)
+
+
+def _main(argv: list[str], from_command_line: bool) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         import wandb
 
@@ -236,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
-        return cmd_train(args, rest)
+        return cmd_train(args, [*train_overrides(args), *rest])
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return {"benchmark": cmd_benchmark, "upscale": cmd_upscale}[args.command](args)

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
 from lit_sr.data.degrade import MODES, check_patch, crop_size, degrade
 from lit_sr.data.images import ImageCache
+from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_val_sets, resolve_images
 
 DEFAULT_NEEDS = ("lr", "ilr")
@@ -252,8 +253,9 @@ class SRDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
+            trainer=self.trainer,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

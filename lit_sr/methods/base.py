@@ -15,7 +15,6 @@ A method subclass provides its network (``self.net``, built from a registered va
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from lit_sr.data.color import to_y
 from lit_sr.data.resize import imresize
+from lit_sr.errors import DivergedError
 from lit_sr.inference import tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY
 from lit_sr.registry import build_registered
@@ -143,9 +143,10 @@ class SRMethod(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
         if not torch.isfinite(total):
-            raise FloatingPointError(
+            raise DivergedError(
                 f"non-finite training loss {total.item()} at step {self.global_step} (stage "
-                f"{self.stage.name if self.stage else '?'}); lower the lr or tighten clipping"
+                f"{self.stage.name if self.stage else '?'}, lr {self.trainer.optimizers[0].param_groups[0]['lr']:.4g})"
+                "; lower the lr or tighten clipping"
             )
         n = _batch_size(batch)
         self.log("train/loss", total, prog_bar=True, batch_size=n)
@@ -315,12 +316,4 @@ def _panel(batch: dict, sr_y: Tensor, scale: int, size: int = 128) -> np.ndarray
     return (strip * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def load_method(checkpoint_path: str, map_location: str | torch.device = "cpu") -> SRMethod:
-    """Load any lit_sr checkpoint without knowing its class (it is stored in the checkpoint)."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    path = ckpt.get(CLASS_KEY)
-    if path is None:
-        raise ValueError(f"{checkpoint_path} is not a lit_sr checkpoint (no {CLASS_KEY!r} entry)")
-    module, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load_from_checkpoint(checkpoint_path, map_location=map_location)
+from lit_sr.checkpoint import load_method  # noqa: E402,F401  (moved; re-exported until callers import lit_sr.checkpoint)
