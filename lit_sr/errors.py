@@ -56,7 +56,21 @@ def _one_line(text: str) -> str:
 
 
 def user_error_message(err: BaseException, argv: Sequence[str] = ()) -> str | None:
-    """The one-line message for an exception caused by the user, or None for a bug (shown with its traceback)."""
+    """The one-line message for an exception caused by the user, or None for a bug (shown with its traceback).
+
+    Follows ``raise ... from`` causes: jsonargparse re-raises a failed ``__init__`` as its own ValueError.
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        message = _direct_message(err, argv)
+        if message is not None:
+            return message
+        err = err.__cause__
+    return None
+
+
+def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:
     if isinstance(err, UserError):
         return _one_line(err)
     if isinstance(err, SystemExit) and isinstance(err.code, str):
