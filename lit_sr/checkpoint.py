@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,11 @@ _registered_safe = False
 
 
 def _safe_types() -> list[type]:
-    """Non-builtin types found in lit_sr checkpoints (hyperparameters, callback and loop states)."""
+    """Non-builtin types lit_sr checkpoints may hold: Lightning's hyperparameter dict. Everything else lit_sr
+    stores (hparams, stages, callback / loop / data-stream states) is plain dicts, lists, numbers and tensors."""
     from lightning.fabric.utilities.data import AttributeDict
 
-    return [AttributeDict, Path, type(Path())]
+    return [AttributeDict]
 
 
 def register_safe_types() -> None:
@@ -68,10 +70,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _global_name(err: Exception) -> str:
-    for line in str(err).splitlines():
-        if "Unsupported global" in line:
-            return line.split("GLOBAL", 1)[-1].split(" was not")[0].strip()
-    return "an unsupported global"
+    """The blocked global of torch's weights-only unpickler message (``posix.system``, ``getattr``, ...)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else "an unsupported global"
 
 
 def registered_method_classes() -> dict[str, type[SRMethod]]:

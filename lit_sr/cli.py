@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lit_sr.callbacks import AtomicCheckpointIO, StageProgressBar
 from lit_sr.checkpoint import check_ckpt_path
-from lit_sr.cluster import add_cluster_support, add_trainer_arguments, train_overrides
+from lit_sr.cluster import add_cluster_support, add_trainer_arguments, prepare_run_dir, train_overrides
 from lit_sr.data.datamodule import SRDataModule
 from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
@@ -75,6 +75,7 @@ class SRCLI(LightningCLI):
 
     def _instantiate_trainer(self, config, callbacks):
         config = dict(config)
+        prepare_run_dir(self.run_dir)  # a clear error for an unwritable run_dir, before the logger creates it
         if config.get("logger") in (None, True):
             config["logger"] = SRWandbLogger(
                 save_dir=str(self.run_dir), name=self.run_dir.name, tags=self._tags
@@ -97,7 +98,7 @@ class SRCLI(LightningCLI):
             callbacks.append(StageProgressBar())
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
-        add_cluster_support(config, callbacks, self.run_dir)  # step checkpoints, signals, writable run_dir
+        add_cluster_support(config, callbacks)  # step checkpoints, SIGTERM/SIGUSR1 stop, LIT_SR_IGNORE_SLURM
         return super()._instantiate_trainer(config, callbacks)
 
     def _parse_ckpt_path(self) -> None:

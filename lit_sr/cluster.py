@@ -212,8 +212,11 @@ class SignalCheckpoint(Callback):
 
 
 # ---- what every ``lit-sr`` run gets -----------------------------------------------------------------------
-def prepare_run_dir(run_dir: Path) -> None:
+def prepare_run_dir(run_dir: Path | None) -> None:
     """Create the run folder and check it is writable: a clear error now, not a traceback from a logger later."""
+    if run_dir is None:
+        return
+    run_dir = Path(run_dir)
     probe = run_dir / f".write-test-{os.getpid()}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,10 +229,8 @@ def prepare_run_dir(run_dir: Path) -> None:
         ) from err
 
 
-def add_cluster_support(config: dict[str, Any], callbacks: list, run_dir: Path | None) -> None:
+def add_cluster_support(config: dict[str, Any], callbacks: list) -> None:
     """Add the step checkpoint, the signal handler and (``LIT_SR_IGNORE_SLURM=1``) a local cluster environment."""
-    if run_dir is not None:
-        prepare_run_dir(Path(run_dir))
     given = callbacks + list(config.get("callbacks") or [])
     if config.get("enable_checkpointing", True) is not False:
         if not any(isinstance(c, StepCheckpoint) for c in given):

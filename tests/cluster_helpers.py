@@ -31,6 +31,18 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OptimizerStateAtStart(Callback):
+    """Keep a copy of the optimizer's ``state_dict`` when training starts (after a resume restored it)."""
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import copy
+
+        self.state = copy.deepcopy(trainer.optimizers[0].state_dict())
+
+
 def main(argv: list[str]) -> int:
     import torch
 
