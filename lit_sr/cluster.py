@@ -116,10 +116,10 @@ def _checkpoint_dir(trainer: Any) -> Path:
 def save_last(trainer: Any, filename: str = "last.ckpt") -> Path:
     """Save ``checkpoints/<filename>`` now; the run's ModelCheckpoint keeps rewriting that file (no ``last-v1``)."""
     path = _checkpoint_dir(trainer) / filename
-    trainer.save_checkpoint(path)
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.dirpath and Path(cb.dirpath) == path.parent:
+    for cb in trainer.checkpoint_callbacks:  # before saving: the saved callback state must name this file too
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and Path(cb.dirpath) == path.parent:
             cb.last_model_path = str(path)
+    trainer.save_checkpoint(path)
     return path
 
 
@@ -131,7 +131,9 @@ def _at_step_boundary(trainer: Any, batch_idx: int) -> bool:
 class StepCheckpoint(Callback):
     """Rewrite ``checkpoints/last.ckpt`` every ``every_n_steps`` optimizer steps (0: never) for exact resume.
 
-    The last step of an epoch is left to the epoch-end checkpoint (so a resume never skips a validation).
+    The last step of an epoch is saved at the end of the epoch instead, after its validation (so a resume never
+    skips a validation). Saving at every epoch end also keeps ``last.ckpt`` the newest state: Lightning 2.6's
+    ModelCheckpoint rewrites it only when the monitored score improved.
     """
 
     def __init__(self, every_n_steps: int = DEFAULT_EVERY_N_STEPS, filename: str = "last.ckpt") -> None:
@@ -145,6 +147,10 @@ class StepCheckpoint(Callback):
         if not _at_step_boundary(trainer, batch_idx) or batch_idx + 1 >= trainer.num_training_batches:
             return
         save_last(trainer, self.filename)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_steps and not trainer.sanity_checking:
+            save_last(trainer, self.filename)
 
 
 class SignalCheckpoint(Callback):
