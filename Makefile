@@ -9,7 +9,7 @@ STAMP := $(VENV)/.install.stamp
 MODEL ?= vdsr
 PRESET ?= quick
 # Distributed training (make train): devices per node, nodes, Lightning strategy, Trainer preset
-# (experiments/trainer/<TRAINER>.yaml: ddp, ddp_cpu, gpu). Empty = the method preset's own.
+# (trainers/<TRAINER>.yaml: ddp, ddp_cpu, gpu). Empty = the method preset's own.
 DEVICES ?=
 NODES ?=
 STRATEGY ?=

@@ -77,19 +77,9 @@ def _global_name(err: Exception) -> str:
 
 def registered_method_classes() -> dict[str, type[SRMethod]]:
     """``module.QualName`` -> class of every registered lit_sr method (the only classes a checkpoint may name)."""
-    import lit_sr.methods as methods
-    from lit_sr.methods.base import SRMethod
+    from lit_sr.methods import registered_methods
 
-    if hasattr(methods, "registered_methods") and hasattr(methods, "method_class"):
-        classes = [methods.method_class(name) for name in methods.registered_methods()]
-    else:  # before the method registry: every SRMethod subclass defined in a lit_sr.methods module
-        classes, todo = [], list(SRMethod.__subclasses__())
-        while todo:
-            cls = todo.pop()
-            todo.extend(cls.__subclasses__())
-            if cls.__module__.startswith("lit_sr.methods."):
-                classes.append(cls)
-    return {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+    return {f"{c.__module__}.{c.__qualname__}": c for c in registered_methods().values()}
 
 
 def method_class_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> type[SRMethod]:

@@ -2,7 +2,7 @@
 
 - ``lit-sr train <method> --devices 2 --nodes 1 --strategy ddp --trainer-preset ddp`` (``make train DEVICES=2
   NODES=1 STRATEGY=ddp TRAINER=ddp``): ``train_overrides`` turns them into LightningCLI arguments; a preset is
-  ``experiments/trainer/<name>.yaml`` (a ``trainer:`` block) applied after the method's preset.
+  ``trainers/<name>.yaml`` (a ``trainer:`` block) applied after the method's preset.
 - ``StepCheckpoint``: ``checkpoints/last.ckpt`` rewritten (atomically, by ``AtomicCheckpointIO``) every
   ``every_n_steps`` optimizer steps, so ``--ckpt_path last`` loses at most that many steps. With the data
   stream's position saved too (``lit_sr.data.resume``) a resumed run continues bit for bit.
@@ -27,21 +27,21 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_sr.errors import ConfigError, RunInterrupted, UserError
+from lit_sr.presets import config_roots
 
-REPO = Path(__file__).resolve().parents[1]
-TRAINER_PRESETS = "experiments/trainer"
+TRAINER_PRESETS = "trainers"
 IGNORE_SLURM_VAR = "LIT_SR_IGNORE_SLURM"
 DEFAULT_EVERY_N_STEPS = 100
 
 
 # ---- device / node keys and Trainer presets ---------------------------------------------------------------
 def trainer_preset_names() -> list[str]:
-    return sorted(p.stem for p in (REPO / TRAINER_PRESETS).glob("*.yaml"))
+    return sorted({p.stem for root in config_roots() for p in (root / TRAINER_PRESETS).glob("*.yaml")})
 
 
 def trainer_preset(name: str) -> Path:
-    """``experiments/trainer/<name>.yaml`` in the current folder or the repository."""
-    for root in (Path.cwd(), REPO):
+    """``trainers/<name>.yaml``, looked up like the method presets (current folder, checkout, installed)."""
+    for root in config_roots():
         path = root / TRAINER_PRESETS / f"{name}.yaml"
         if path.is_file():
             return path
@@ -235,17 +235,24 @@ def prepare_run_dir(run_dir: Path | None) -> None:
         ) from err
 
 
-def add_cluster_support(config: dict[str, Any], callbacks: list) -> None:
-    """Add the step checkpoint, the signal handler and (``LIT_SR_IGNORE_SLURM=1``) a local cluster environment."""
-    given = callbacks + list(config.get("callbacks") or [])
-    if config.get("enable_checkpointing", True) is not False:
-        if not any(isinstance(c, StepCheckpoint) for c in given):
-            callbacks.append(StepCheckpoint())
-        if not any(isinstance(c, SignalCheckpoint) for c in given):
-            callbacks.append(SignalCheckpoint())
-    if os.environ.get(IGNORE_SLURM_VAR) == "1":
-        from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
+def pin_checkpoint_dir(callbacks: list, run_dir: Path | None) -> None:
+    """Give a ModelCheckpoint without ``dirpath`` ``<run_dir>/checkpoints`` now, not in its ``setup``.
 
-        plugins = list(config.get("plugins") or [])
-        if not any(isinstance(p, ClusterEnvironment) for p in plugins):
-            config["plugins"] = [*plugins, LightningEnvironment()]
+    ``--ckpt_path last`` is resolved (from the checkpoint callbacks' folders) before any callback's setup runs.
+    """
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.dirpath is None and run_dir is not None:
+            cb.dirpath = str(Path(run_dir) / "checkpoints")
+
+
+def with_cluster_environment(config: dict[str, Any]) -> dict[str, Any]:
+    """Trainer kwargs plus, when ``LIT_SR_IGNORE_SLURM=1``, Lightning's local cluster environment (own DDP ranks)."""
+    if os.environ.get(IGNORE_SLURM_VAR) != "1":
+        return config
+    from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
+
+    plugins = config.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if any(isinstance(p, ClusterEnvironment) for p in plugins):
+        return config
+    return {**config, "plugins": [*plugins, LightningEnvironment()]}

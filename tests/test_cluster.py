@@ -21,9 +21,10 @@ import torch
 import yaml
 
 from lit_sr.checkpoint import load_method
-from lit_sr.cli import REPO, main
+from lit_sr.cli import main
 from lit_sr.cluster import SignalCheckpoint, train_overrides, trainer_preset, trainer_preset_names
-from lit_sr.evaluate import run_benchmark
+from lit_sr.data.datamodule import SRDataModule
+from lit_sr.paths import REPO
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 TESTS = Path(__file__).resolve().parent
@@ -44,10 +45,10 @@ def free_port() -> int:
 # ---- two nodes ------------------------------------------------------------------------------------------------
 def test_two_torchrun_nodes_train_as_one_job_and_validate_like_one_process(tmp_path, data_root):
     tiny = {
-        "model": {"init_args": {"net": {"depth": 4, "width": 8}, "image_log_every_n_epochs": 0,
+        "model": {"init_args": {"net": {"depth": 4, "width": 8},
                                 "stages": [{"name": "s", "steps": 4, "optimizer": {"name": "adam", "lr": 1e-3}}]}},
-        "data": {"val_sets": ["Set5"], "val_scales": [2, 3], "scales": [2], "batches_per_epoch": 4,
-                 "batch_size": 2, "num_workers": 0},
+        "data": {"train_sources": ["T91"], "val_holdout": 3, "test_sets": [], "val_scales": [2, 3],
+                 "scales": [2], "batches_per_epoch": 4, "batch_size": 2, "num_workers": 0},
         "trainer": {"precision": "32-true", "enable_progress_bar": False, "accelerator": "cpu",
                     "check_val_every_n_epoch": 1},
     }  # fmt: skip
@@ -75,14 +76,20 @@ def test_two_torchrun_nodes_train_as_one_job_and_validate_like_one_process(tmp_p
     assert saved["global_step"] == 4
     for key, value in w0.items():
         assert torch.equal(value, w1[key]) and torch.equal(value, saved["state_dict"][key]), key
-    ddp = [json.loads((out / f"rank{r}.json").read_text())["Set5"] for r in (0, 1)]
-    single = run_benchmark(load_method(ckpt), ["Set5"], [2, 3], accelerator="cpu")["Set5"]
+    ddp = [json.loads((out / f"rank{r}.json").read_text())["holdout"] for r in (0, 1)]
+    # The same validation (the same config's data: 3 held-out T91 images at x2, x3) in one process.
+    data = {**yaml.safe_load(QUICK.read_text())["data"], **tiny["data"]}
+    method = load_method(ckpt)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer.validate(method, datamodule=SRDataModule(**data), verbose=False)
+    single = method.last_results["holdout"]
     for scale in ("x2", "x3"):
-        assert single[scale]["n_images"] == 5
-        # Unpadded shards (3 + 2 images): each image scored once. SRMethod's n_images counts the rank's own
-        # shard today; a count synced over the ranks (5 on both) is accepted as well.
+        assert single[scale]["n_images"] == 3
+        # Unpadded shards (2 + 1 images): each image scored once. SRMethod's n_images counts the rank's own
+        # shard today; a count synced over the ranks (3 on both) is accepted as well.
         counts = [ddp[r][scale]["n_images"] for r in (0, 1)]
-        assert sorted(counts) == [2, 3] or counts == [5, 5], counts
+        assert sorted(counts) == [1, 2] or counts == [3, 3], counts
         for metric in ("psnr_y", "ssim_y"):
             for r in (0, 1):
                 assert ddp[r][scale][metric] == pytest.approx(single[scale][metric], abs=1e-9), (r, scale, metric)
@@ -187,10 +194,10 @@ def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path
         (bin_dir / tool).write_text(f"#!/bin/bash\n{body}\n")
         (bin_dir / tool).chmod(stat.S_IRWXU)
     tiny = {
-        "model": {"init_args": {"net": {"depth": 3, "width": 8}, "image_log_every_n_epochs": 0,
+        "model": {"init_args": {"net": {"depth": 3, "width": 8},
                                 "stages": [{"name": "s", "steps": 60, "optimizer": {"name": "adam", "lr": 1e-3}}]}},
-        "data": {"val_sets": ["Set5"], "val_scales": [2], "scales": [2], "batches_per_epoch": 30, "batch_size": 2,
-                 "num_workers": 0, "val_max_images": 1},
+        "data": {"train_sources": ["builtin"], "val_holdout": 2, "val_max_images": 1, "test_sets": ["Set5"],
+                 "val_scales": [2], "scales": [2], "batches_per_epoch": 30, "batch_size": 2, "num_workers": 0},
         "trainer": {"precision": "32-true", "enable_progress_bar": False, "accelerator": "cpu",
                     "check_val_every_n_epoch": 1,
                     "callbacks": [{"class_path": "lit_sr.cluster.StepCheckpoint", "init_args": {"every_n_steps": 2}}]},
@@ -232,7 +239,7 @@ def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path
         again.stdout + again.stderr
     )
     assert torch.load(ckpt, weights_only=True)["global_step"] == 60
-    assert (tmp_path / "runs" / "vdsr" / "slurm-4242" / "benchmark" / "results.md").is_file()
+    assert (tmp_path / "runs" / "vdsr" / "slurm-4242" / "benchmark" / "results.md").is_file()  # the test table
 
 
 # ---- device keys and Trainer presets ---------------------------------------------------------------------------
@@ -241,7 +248,7 @@ def test_device_keys_and_trainer_presets(tmp_path):
 
     args = Namespace(devices="2", nodes=3, strategy="ddp", trainer_preset="ddp")
     assert train_overrides(args) == [
-        "--config", str(REPO / "experiments/trainer/ddp.yaml"), "--trainer.devices", "2",
+        "--config", str(REPO / "trainers/ddp.yaml"), "--trainer.devices", "2",
         "--trainer.num_nodes", "3", "--trainer.strategy", "ddp",
     ]  # fmt: skip
     trainer_args = set(inspect.signature(L.Trainer.__init__).parameters)
@@ -249,7 +256,7 @@ def test_device_keys_and_trainer_presets(tmp_path):
     for name in trainer_preset_names():
         preset = yaml.safe_load(trainer_preset(name).read_text())
         assert set(preset) == {"trainer"} and set(preset["trainer"]) <= trainer_args, name
-    with pytest.raises(Exception, match=r"no experiments/trainer/nope.yaml; available: ddp, ddp_cpu, gpu"):
+    with pytest.raises(Exception, match=r"no trainers/nope.yaml; available: ddp, ddp_cpu, gpu"):
         trainer_preset("nope")
     # `make train` passes its keys through to `lit-sr train`.
     dry = subprocess.run(

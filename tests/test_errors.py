@@ -15,23 +15,23 @@ import wandb
 import yaml
 
 from lit_sr.checkpoint import load_method, registered_method_classes
-from lit_sr.cli import REPO, SRCLI, main
+from lit_sr.cli import SRCLI, main
 from lit_sr.errors import CheckpointError
 from lit_sr.methods.cmsc import CMSC
 from lit_sr.methods.vdsr import VDSR
+from lit_sr.paths import REPO
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 TINY = {
     "model": {
         "init_args": {
             "net": {"depth": 3, "width": 8},
-            "image_log_every_n_epochs": 0,
             "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1.0e-3}}],
         }
     },
     "data": {
-        "val_sets": ["Set5"], "val_scales": [2], "scales": [2], "batches_per_epoch": 2, "batch_size": 2,
-        "num_workers": 0, "val_max_images": 1,
+        "train_sources": ["builtin"], "val_holdout": 2, "test_sets": [], "val_scales": [2], "scales": [2],
+        "batches_per_epoch": 2, "batch_size": 2, "num_workers": 0, "val_max_images": 1,
     },
     "trainer": {"precision": "32-true", "enable_progress_bar": False, "check_val_every_n_epoch": 1},
 }  # fmt: skip
@@ -170,7 +170,8 @@ def test_an_unsupported_scale(tiny_ckpt, tmp_path, capsys):
 
 def test_an_unknown_method_or_variant(tmp_path, capsys):
     assert main(["train", "vdsrr"]) == 2
-    assert "no experiment config experiments/vdsrr/quick.yaml; available: " in error_line(capsys)
+    line = error_line(capsys)
+    assert "no preset experiments/vdsrr/quick.yaml" in line and "vdsr: paper, quick" in line
     args = ["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.variant", "vdsr_xl"]
     assert main(args) == 2
     assert "unknown model 'vdsr_xl'; registered variants: " in error_line(capsys)

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from lit_sr.cli import REPO
 from lit_sr.data.datasets import TrainPatches
 from lit_sr.data.images import ImageCache
 from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import resolve_images
+from lit_sr.paths import REPO
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 TESTS = Path(__file__).resolve().parent
@@ -30,7 +30,6 @@ RESUME_CONFIG = {
     "model": {
         "init_args": {
             "net": {"depth": 4, "width": 8},
-            "image_log_every_n_epochs": 0,
             "stages": [
                 {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
                 {
@@ -44,7 +43,9 @@ RESUME_CONFIG = {
         }
     },
     "data": {
-        "val_sets": ["Set5"],
+        "train_sources": ["builtin"],
+        "val_holdout": 2,
+        "test_sets": [],
         "val_scales": [2],
         "scales": [2, 3],
         "scale_mode": "per_batch",
