@@ -8,6 +8,12 @@ STAMP := $(VENV)/.install.stamp
 
 MODEL ?= vdsr
 PRESET ?= quick
+# Distributed training (make train): devices per node, nodes, Lightning strategy, Trainer preset
+# (trainers/<TRAINER>.yaml: ddp, ddp_cpu, gpu). Empty = the method preset's own.
+DEVICES ?=
+NODES ?=
+STRATEGY ?=
+TRAINER ?=
 WORKERS ?= 1
 STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
@@ -24,8 +30,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev]'
 	touch $@
 
-train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
-	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(ARGS)
+train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=1 STRATEGY=ddp TRAINER=ddp] [ARGS=...]
+	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(if $(DEVICES),--devices $(DEVICES)) \
+	  $(if $(NODES),--nodes $(NODES)) $(if $(STRATEGY),--strategy $(STRATEGY)) \
+	  $(if $(TRAINER),--trainer-preset $(TRAINER)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

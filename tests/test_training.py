@@ -114,12 +114,18 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
         TINY,
         TINY_DATA,
         {"log_every_n_steps": 1, "precision": "32-true"},
-        ["--ckpt_path", str(ckpt)],
+        ["--ckpt_path", str(ckpt), "--trainer.callbacks+=cluster_helpers.OptimizerStateAtStart"],
     )
     assert cli.trainer.global_step == 3 * STEPS  # resumed at step 24, ran the third and last epoch only
     assert cli.model.stage_index == 1
-    opt = cli.trainer.optimizers[0]
-    assert isinstance(opt, torch.optim.SGD) and all("momentum_buffer" in opt.state[p] for p in opt.state)
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
+    # The optimizer that resumed is the saved one: same groups, and every momentum buffer equal to the saved one.
+    (restored,) = [c.state for c in cli.trainer.callbacks if type(c).__name__ == "OptimizerStateAtStart"]
+    (expected,) = saved["optimizer_states"]
+    assert restored["param_groups"] == expected["param_groups"]
+    assert restored["state"].keys() == expected["state"].keys() and len(expected["state"]) > 0
+    for index, state in expected["state"].items():
+        assert torch.equal(restored["state"][index]["momentum_buffer"], state["momentum_buffer"]), index
     run = read_logged(tmp_path / "resumed", "lr")
     rows = {int(h["trainer/global_step"]): h for h in run.history if "lr" in h}
     assert min(rows) == 2 * STEPS and rows[2 * STEPS]["stage"] == 1

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lit_sr.data.color import to_y
 from lit_sr.data.degrade import check_patch, degrade
 from lit_sr.data.resize import imresize
+from lit_sr.errors import DivergedError
 from lit_sr.inference import tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY, quantize
 from lit_sr.registry import build_registered
@@ -306,7 +307,7 @@ class SRMethod(L.LightningModule):
         total, parts = self.compute_loss(batch)
         if not torch.isfinite(total):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-            raise FloatingPointError(
+            raise DivergedError(
                 f"non-finite training loss {total.item()} at step {self.global_step} (stage "
                 f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
             )
