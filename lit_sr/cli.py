@@ -33,7 +33,6 @@ from lit_sr.cluster import (
     SignalCheckpoint,
     StepCheckpoint,
     add_trainer_arguments,
-    pin_checkpoint_dir,
     prepare_run_dir,
     train_overrides,
     with_cluster_environment,
@@ -92,7 +91,8 @@ class SRCLI(LightningCLI):
         callbacks = list(trainer.callbacks or [])
         names = {c.class_path.rsplit(".", 1)[-1] for c in callbacks if isinstance(c, Namespace)}
         if trainer.enable_checkpointing is not False and not names & {"ModelCheckpoint", "RunCheckpoint"}:
-            callbacks.append(_callback(RunCheckpoint))
+            # The folder is set now: Lightning resolves --ckpt_path last before any callback's setup.
+            callbacks.append(_callback(RunCheckpoint, dirpath=str(self.run_dir / "checkpoints")))
         if trainer.enable_progress_bar is not False and not any("ProgressBar" in n for n in names):
             callbacks.append(_callback(StageProgressBar))
         if "ImagePanels" not in names:
@@ -100,16 +100,13 @@ class SRCLI(LightningCLI):
         if trainer.enable_checkpointing is not False:  # exact resume: step checkpoints, a checkpoint on SIGTERM
             callbacks += [_callback(c) for c in (StepCheckpoint, SignalCheckpoint) if c.__name__ not in names]
         trainer.callbacks = callbacks
+        trainer.plugins = with_cluster_environment(trainer.plugins)  # LIT_SR_IGNORE_SLURM: own DDP ranks
 
-    def _parse_ckpt_path(self) -> None:
-        # Read --ckpt_path safely and refuse a checkpoint of another method before Lightning applies its hparams.
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then read ``--ckpt_path`` safely: LightningCLI next unpickles its hyperparameters."""
+        super().parse_arguments(parser, args)
         cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         check_ckpt_path(cfg.get("ckpt_path"), cfg.model.class_path)
-        super()._parse_ckpt_path()
-
-    def _instantiate_trainer(self, config, callbacks):
-        pin_checkpoint_dir([*callbacks, *(config.get("callbacks") or [])], self.run_dir)  # so "last" is found
-        return super()._instantiate_trainer(with_cluster_environment(config), callbacks)  # LIT_SR_IGNORE_SLURM
 
     def before_fit(self) -> None:
         if self.trainer.logger is not None:

@@ -235,24 +235,13 @@ def prepare_run_dir(run_dir: Path | None) -> None:
         ) from err
 
 
-def pin_checkpoint_dir(callbacks: list, run_dir: Path | None) -> None:
-    """Give a ModelCheckpoint without ``dirpath`` ``<run_dir>/checkpoints`` now, not in its ``setup``.
-
-    ``--ckpt_path last`` is resolved (from the checkpoint callbacks' folders) before any callback's setup runs.
-    """
-    for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.dirpath is None and run_dir is not None:
-            cb.dirpath = str(Path(run_dir) / "checkpoints")
-
-
-def with_cluster_environment(config: dict[str, Any]) -> dict[str, Any]:
-    """Trainer kwargs plus, when ``LIT_SR_IGNORE_SLURM=1``, Lightning's local cluster environment (own DDP ranks)."""
+def with_cluster_environment(plugins: Any) -> list:
+    """Trainer plugins plus, when ``LIT_SR_IGNORE_SLURM=1``, Lightning's local cluster environment (own DDP ranks)."""
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
     if os.environ.get(IGNORE_SLURM_VAR) != "1":
-        return config
+        return plugins
     from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
 
-    plugins = config.get("plugins") or []
-    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if any(isinstance(p, ClusterEnvironment) for p in plugins):
-        return config
-    return {**config, "plugins": [*plugins, LightningEnvironment()]}
+        return plugins
+    return [*plugins, LightningEnvironment()]
