@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from lit_sr.methods import cmsc, lapsrn, vdsr  # noqa: F401  (registers the variants)
+from lit_sr.methods import cmsc, irlapsrn, lapsrn, vdsr  # noqa: F401  (registers the variants)
 from lit_sr.registry import build_registered, registered_models
 
 
