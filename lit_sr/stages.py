@@ -9,6 +9,7 @@ A stage is one phase of training read from YAML (``model.init_args.stages`` in a
       clip: {mode: adjustable, theta: 0.01}   # none | norm (value) | value (value) | adjustable (theta)
       param_groups: [{match: '\\.bias$', lr_mult: 0.1}]   # regex on parameter names, first match wins
       trainable: [levels.0]            # module-name prefixes; omitted = everything trains
+      frozen_eval: true                # modules whose parameters are all frozen run in eval mode (default)
       loss_weights: {image: 1.0}       # read by the method's loss
       targets: null                    # free-form tag read by the method (e.g. downsampled_hr)
 
@@ -80,6 +81,7 @@ class Stage:
     clip: ClipSpec = field(default_factory=ClipSpec)
     param_groups: tuple[ParamGroupSpec, ...] = ()
     trainable: tuple[str, ...] | None = None
+    frozen_eval: bool = True
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     targets: str | None = None
 
@@ -176,6 +178,8 @@ def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
             re.compile(g.match)
         except re.error as err:
             raise StageConfigError(f"{path}.param_groups.{i}.match: bad regex {g.match!r}: {err}") from err
+    if not isinstance(stage.frozen_eval, bool):
+        raise StageConfigError(f"{path}.frozen_eval must be true or false, got {stage.frozen_eval!r}")
     for key, w in stage.loss_weights.items():
         if not isinstance(w, (int, float)):
             raise StageConfigError(f"{path}.loss_weights.{key} must be a number, got {w!r}")
@@ -240,7 +244,12 @@ def lr_at(stage: Stage, step_in_stage: int, steps_per_epoch: int) -> float:
 
 
 def apply_trainable(net: nn.Module, stage: Stage) -> None:
-    """Freeze every parameter outside the stage's ``trainable`` prefixes (all train when it is unset)."""
+    """Freeze every parameter outside the stage's ``trainable`` prefixes (all train when it is unset).
+
+    With ``frozen_eval`` (the default) every module whose parameters are all frozen is put in eval mode (its
+    BN / dropout behave as at inference, as a frozen part must); everything else is in train mode. Lightning
+    keeps these per-module modes across validation.
+    """
     names = [n for n, _ in net.named_parameters()]
     if stage.trainable is not None:
         for prefix in stage.trainable:
@@ -254,6 +263,12 @@ def apply_trainable(net: nn.Module, stage: Stage) -> None:
             stage.trainable is None
             or any(name == pre or name.startswith(pre + ".") for pre in stage.trainable)
         )
+    net.train()
+    if stage.frozen_eval:
+        for module in net.modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 def build_optimizer(net: nn.Module, stage: Stage) -> torch.optim.Optimizer:

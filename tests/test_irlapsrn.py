@@ -13,6 +13,7 @@ from lit_sr.losses import hard_rank_transform, local_rank_loss, rank_agreement, 
 from lit_sr.methods.irlapsrn import InceptionResidualBlock, IRLapSRNNet
 from lit_sr.methods.lapsrn import LapSRNNet, PerLevelPyramid, PyramidLevel
 from lit_sr.registry import build_registered, registered_models
+from lit_sr.stages import StageConfigError, apply_trainable, parse_stages
 
 
 def n_params(model: nn.Module) -> int:
@@ -215,3 +216,24 @@ def test_rank_arguments_are_checked():
         soft_rank_transform(x, tau=0)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\) images, got shape \(8, 8\)"):
         hard_rank_transform(torch.rand(8, 8))
+
+
+# ---- stage engine: frozen parts in eval mode (used by the greedy pretraining) ------------------------------
+
+
+def test_frozen_modules_run_in_eval_mode_and_return_to_train_when_unfrozen():
+    net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Sequential(nn.Conv2d(1, 1, 1), nn.Dropout()), nn.ReLU())
+    freeze_first, everything = parse_stages(
+        [{"name": "a", "epochs": 1, "trainable": ["1"]}, {"name": "b", "epochs": 1}]
+    )
+    apply_trainable(net, freeze_first)
+    assert not net[0].training and not net[0].weight.requires_grad
+    assert net[1].training and net[1][1].training  # trainable module, and its parameter-free child
+    assert net[2].training  # parameter-free modules outside frozen ones keep the train mode
+    apply_trainable(net, everything)
+    assert all(m.training for m in net.modules()) and all(p.requires_grad for p in net.parameters())
+    (keep,) = parse_stages([{"name": "a", "epochs": 1, "trainable": ["1"], "frozen_eval": False}])
+    apply_trainable(net, keep)
+    assert net[0].training and not net[0].weight.requires_grad
+    with pytest.raises(StageConfigError, match=r"stages\.0\.frozen_eval must be true or false, got 'yes'"):
+        parse_stages([{"name": "a", "epochs": 1, "frozen_eval": "yes"}])
