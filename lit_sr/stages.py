@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -195,6 +195,29 @@ def parse_stages(raw: Iterable[Mapping] | None, path: str = "stages") -> list[St
     if len(set(names)) != len(names):
         raise StageConfigError(f"{path}: stage names must be unique, got {names}")
     return stages
+
+
+def merge_stages(stages: list[Stage], names: Sequence[str], name: str, **changes) -> list[Stage]:
+    """Replace the consecutive stages ``names`` by one stage ``name`` as long as all of them together.
+
+    The merged stage keeps the first one's settings (optimizer, schedule, clip, ...) with ``changes`` applied
+    (e.g. ``trainable=None``); lengths add up (all must count epochs, or all steps). Used to run several phases
+    as one, e.g. IRLapSRN's joint pretraining of every pyramid level instead of one stage per level.
+    """
+    index = [i for i, s in enumerate(stages) if s.name in names]
+    if sorted(s.name for s in stages if s.name in names) != sorted(names) or not index:
+        raise StageConfigError(f"cannot merge stages {list(names)}: the stages are {[s.name for s in stages]}")
+    if index != list(range(index[0], index[0] + len(index))):
+        raise StageConfigError(f"cannot merge stages {list(names)}: they are not consecutive")
+    parts = [stages[i] for i in index]
+    if all(s.epochs is not None for s in parts):
+        length = {"epochs": sum(s.epochs for s in parts), "steps": None}
+    elif all(s.steps is not None for s in parts):
+        length = {"steps": sum(s.steps for s in parts), "epochs": None}
+    else:
+        raise StageConfigError(f"cannot merge stages {list(names)}: some count epochs and some steps")
+    merged = replace(parts[0], name=name, **length, **changes)
+    return [*stages[: index[0]], merged, *stages[index[-1] + 1 :]]
 
 
 class StagePlan:

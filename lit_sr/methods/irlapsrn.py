@@ -16,15 +16,17 @@ Everything beyond the paper's abstract is a [proposal] of the spec and an option
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lit_sr.methods.lapsrn import LEAK, PerLevelPyramid
+from lit_sr.losses import Reduction, charbonnier, local_rank_loss, rank_agreement
+from lit_sr.methods.lapsrn import LEAK, PerLevelPyramid, PyramidSRMethod
 from lit_sr.registry import register_model
+from lit_sr.stages import merge_stages
 
-__all__ = ["InceptionResidualBlock", "IRLapSRNNet"]
+__all__ = ["IRLapSRN", "InceptionResidualBlock", "IRLapSRNNet"]
 
 
 class InceptionResidualBlock(nn.Module):
@@ -146,3 +148,152 @@ def irlapsrn_x8(**kwargs: Any) -> IRLapSRNNet:
 def irlapsrn_small(**kwargs: Any) -> IRLapSRNNet:
     """Small IRLapSRN x4 for quick CPU runs: B = 2, 32 channels, branch width 16."""
     return _irlapsrn(scale=4, **{"irb_per_level": 2, "channels": 32, "branch_width": 16, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: greedy per-level pretraining, then fine-tuning (stages in experiments/irlapsrn/*.yaml).
+
+STAGE1_MODES = ("greedy", "joint")
+
+
+class IRLapSRN(PyramidSRMethod):
+    """IRLapSRN training: image-space Charbonnier + lambda_rank x local-rank loss, on the levels a stage names.
+
+    ``stages[i].targets`` says which levels a stage supervises (the schedule is data, ``lit_sr.stages``):
+
+    - ``level_<l>``: level l only (the network runs levels 1..l), against HR MATLAB-bicubic-downsampled to
+      level l's size (the batch's ``pyramid``). The greedy pretraining stages ``pretrain_level_1..L`` use it,
+      with ``trainable`` = that level's modules (``IRLapSRNNet.level_prefixes``): lower levels are frozen and,
+      by the engine's ``frozen_eval``, in eval mode.
+    - ``all_levels``: every level against its own downsampled target (joint pretraining).
+    - ``hr`` (or null): the finest level against HR, every other level against its downsampled target with
+      weight ``loss_weights.intermediate`` (w_int, default 0: the abstract names only HR).
+
+    ``loss_weights``: ``image`` (default 1), ``rank`` (lambda_rank, default 0.1), ``intermediate`` (w_int).
+    ``stage1_mode="joint"`` merges the consecutive ``level_<l>`` stages into one ``pretrain_joint`` stage (all
+    levels trainable, target ``all_levels``, as long as all of them, the first one's optimizer and clip).
+    Loss parts: ``image``, ``rank``, ``bicubic`` (the same loss for MATLAB bicubic against HR, a reference);
+    ``train/rank_agreement`` (hard-rank agreement at the finest supervised level) is logged as a metric.
+    """
+
+    name: ClassVar[str] = "irlapsrn"
+    channels: ClassVar[Literal["y", "rgb"]] = "y"
+    batch_needs: ClassVar[tuple[str, ...]] = ("lr", "pyramid")
+    loss_terms: ClassVar[tuple[str, ...]] = ("image", "rank", "intermediate")
+    stage_targets: ClassVar[tuple[str, ...]] = ("level_1", "level_2", "level_3", "all_levels", "hr")
+    network_type = IRLapSRNNet
+    variants_hint = "irlapsrn_x2, irlapsrn_x4, irlapsrn_x8, irlapsrn_small"
+
+    def __init__(
+        self,
+        variant: str = "irlapsrn_x4",
+        eps: float = 1e-3,
+        reduction: Reduction = "mean",
+        rank_window: int = 3,
+        rank_tau: float = 0.02,
+        stage1_mode: Literal["greedy", "joint"] = "greedy",
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            variant: registered IRLapSRN network; ``net`` (in kwargs) overrides its arguments.
+            eps: Charbonnier epsilon of both loss spaces (1e-3).
+            reduction: ``mean`` (per pixel and sample: what the spec's lrs assume) or ``paper`` (per-sample sum).
+            rank_window: k of the k x k local-rank neighbourhood (3 or 5).
+            rank_tau: temperature of the soft rank (0.02 for intensities in [0, 1]).
+            stage1_mode: ``greedy`` (one stage per level, as written) or ``joint`` (see the class docstring).
+            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
+        """
+        if "coarse_level_weight" in kwargs:
+            raise ValueError(
+                "model.init_args.coarse_level_weight is LapSRN's; IRLapSRN weights its intermediate levels with "
+                "stages[i].loss_weights.intermediate (w_int): remove the key"
+            )
+        if stage1_mode not in STAGE1_MODES:
+            raise ValueError(f"model.init_args.stage1_mode must be one of {STAGE1_MODES}, got {stage1_mode!r}")
+        if not isinstance(rank_window, int) or rank_window < 3 or rank_window % 2 == 0:
+            raise ValueError(
+                f"model.init_args.rank_window must be an odd integer >= 3 (3 or 5), got {rank_window!r}"
+            )
+        if not rank_tau > 0:
+            raise ValueError(f"model.init_args.rank_tau must be > 0 (0.02 in the spec), got {rank_tau!r}")
+        super().__init__(variant=variant, eps=eps, reduction=reduction, **kwargs)
+        self.rank_window, self.rank_tau, self.stage1_mode = rank_window, float(rank_tau), stage1_mode
+        self._check_stage_levels()
+        if stage1_mode == "joint":
+            level_stages = [s.name for s in self.stages if (s.targets or "").startswith("level_")]
+            if level_stages:
+                self.stages = merge_stages(
+                    self.stages, level_stages, "pretrain_joint", trainable=None, targets="all_levels"
+                )
+        self._rank_agreement: Tensor | None = None
+
+    def _check_stage_levels(self) -> None:
+        for i, stage in enumerate(self.stages):
+            if (stage.targets or "").startswith("level_"):
+                level = int(stage.targets.removeprefix("level_"))
+                if level > self.net.num_levels:
+                    raise ValueError(
+                        f"model.init_args.stages.{i}.targets={stage.targets!r}: {self.hparams.variant} has "
+                        f"levels 1..{self.net.num_levels}; use level_1..level_{self.net.num_levels}, all_levels "
+                        "or hr"
+                    )
+
+    @property
+    def trainable_scales(self) -> list[int]:
+        """One model per scale: IRLapSRN trains the scale of its finest level only."""
+        return [self.net.scale]
+
+    def supervised_levels(self) -> tuple[int, dict[int, float]]:
+        """(levels to run, {level: weight}) for the current stage's ``targets``; levels are 1-based."""
+        top = self.net.num_levels
+        target = self.stage_target or "hr"
+        if target.startswith("level_"):
+            level = int(target.removeprefix("level_"))
+            return level, {level: 1.0}
+        if target == "all_levels":
+            return top, dict.fromkeys(range(1, top + 1), 1.0)
+        w_int = self.loss_weight("intermediate", 0.0)
+        weights = {level: w_int for level in range(1, top) if w_int}
+        return top, {**weights, top: 1.0}
+
+    def level_loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(image-space Charbonnier, local-rank loss) of one level, with this method's eps / reduction / rank."""
+        image = charbonnier(pred, target, self.eps, self.reduction)
+        rank = local_rank_loss(pred, target, self.rank_window, self.rank_tau, self.eps, self.reduction)
+        return image, rank
+
+    def _weighted_level_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        image, rank = self.level_loss(pred, target)
+        return self.loss_weight("image", 1.0) * image + self.loss_weight("rank", 0.1) * rank
+
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        run, weights = self.supervised_levels()
+        w_image, w_rank = self.loss_weight("image", 1.0), self.loss_weight("rank", 0.1)
+        n_total = sum(int(g["hr"].shape[0]) for g in groups)
+        image = rank = torch.zeros((), device=groups[0]["hr"].device)
+        agreement = []
+        for group in groups:
+            scale = int(group["scale"][0])
+            if scale != self.net.scale:
+                raise ValueError(f"{self.hparams.variant} trains x{self.net.scale} only, got a x{scale} batch")
+            preds = self.net(group["lr"], 2**run)
+            share = group["hr"].shape[0] / n_total
+            for level, weight in weights.items():
+                pred, target = preds[level - 1].float(), group["pyramid"][level - 1].float()
+                level_image, level_rank = self.level_loss(pred, target)
+                image = image + share * weight * level_image
+                rank = rank + share * weight * level_rank
+            finest = max(weights)
+            finest_pred = preds[finest - 1].detach().float()
+            agreement.append(share * rank_agreement(finest_pred, group["pyramid"][finest - 1], self.rank_window))
+        self._rank_agreement = torch.stack(agreement).sum()
+        total = w_image * image + w_rank * rank
+        bicubic = self.bicubic_loss(groups, self._weighted_level_loss)
+        return total, {"image": image, "rank": rank, "bicubic": bicubic}
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        total = super().training_step(batch, batch_idx)
+        if self._rank_agreement is not None:
+            self.log("train/rank_agreement", self._rank_agreement, on_step=True, on_epoch=False)
+        return total
