@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_sr.losses import Reduction, charbonnier, local_rank_loss, rank_agreement
-from lit_sr.methods.lapsrn import LEAK, PerLevelPyramid, PyramidSRMethod
+from lit_sr.methods.lapsrn import LEAK, PerLevelPyramid, PyramidMethod
 from lit_sr.registry import register_model
 from lit_sr.stages import merge_stages
 
@@ -156,7 +156,7 @@ def irlapsrn_small(**kwargs: Any) -> IRLapSRNNet:
 STAGE1_MODES = ("greedy", "joint")
 
 
-class IRLapSRN(PyramidSRMethod):
+class IRLapSRN(PyramidMethod):
     """IRLapSRN training: image-space Charbonnier + lambda_rank x local-rank loss, on the levels a stage names.
 
     ``stages[i].targets`` says which levels a stage supervises (the schedule is data, ``lit_sr.stages``):
@@ -204,11 +204,6 @@ class IRLapSRN(PyramidSRMethod):
             stage1_mode: ``greedy`` (one stage per level, as written) or ``joint`` (see the class docstring).
             kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
         """
-        if "coarse_level_weight" in kwargs:
-            raise ValueError(
-                "model.init_args.coarse_level_weight is LapSRN's; IRLapSRN weights its intermediate levels with "
-                "stages[i].loss_weights.intermediate (w_int): remove the key"
-            )
         if stage1_mode not in STAGE1_MODES:
             raise ValueError(f"model.init_args.stage1_mode must be one of {STAGE1_MODES}, got {stage1_mode!r}")
         if not isinstance(rank_window, int) or rank_window < 3 or rank_window % 2 == 0:

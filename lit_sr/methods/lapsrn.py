@@ -32,6 +32,7 @@ by one pixel, which is fine for training from scratch.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -52,9 +53,12 @@ __all__ = [
     "MSLapSRN",
     "MSLapSRNNet",
     "PerLevelPyramid",
+    "PyramidMethod",
     "PyramidLevel",
     "PyramidSRMethod",
 ]
+
+log = logging.getLogger(__name__)
 
 LEAK = 0.2
 INPUT_CONV_STD = 1e-3
@@ -392,21 +396,11 @@ def ms_lapsrn_small(**kwargs: Any) -> MSLapSRNNet:
 # Training: the LightningModules.
 
 
-class PyramidSRMethod(SRMethod):
-    """Training shared by LapSRN and MS-LapSRN: Charbonnier at every level of every scale in the batch.
-
-    ``compute_loss`` takes one batch dict (``per_batch`` mode: one scale) or a list of them (``split``
-    mode: one per scale). Level l (1 = coarsest, output x2^l) of scale S is the loss part
-    ``x<S>_level<l>``, and the total is the sum of those parts. Each part is ``n_S / N * charbonnier``
-    (n_S samples of scale S in a batch of N): with the ``paper`` reduction the total is then the sum over
-    all pixels of all levels and scales divided by N, the objective of the official MatConvNet trainer (one
-    graph for the whole batch, gradients divided by the batch size), so lr 1e-5 means the same for any
-    split. ``bicubic_x<S>`` (not in the total) is the same loss for MATLAB bicubic at the finest level: a
-    run that learns gets its finest-level part below it.
-
-    ``sr_forward`` returns the finest level for the scale; x3 runs the x4 pyramid and MATLAB-bicubic
-    resizes the output to the x3 size (``SR_LapSRN.m``). The scales come from the network.
-    """
+class PyramidMethod(SRMethod):
+    """What every LapSRN-family method shares: a ``LaplacianPyramid`` network of the right type, its scales
+    (the pyramid's, plus x3 through x4), ``sr_forward`` (the finest level; x3 runs the x4 pyramid, then MATLAB
+    bicubic to the x3 size, as ``SR_LapSRN.m``; logged once) and the Charbonnier options ``eps`` and
+    ``reduction``. Subclasses add the loss (``PyramidSRMethod`` for LapSRN / MS-LapSRN, ``IRLapSRN``)."""
 
     batch_needs = ("lr", "pyramid")
     #: the network class this method trains, and a hint naming its variants (for the error message)
@@ -418,7 +412,6 @@ class PyramidSRMethod(SRMethod):
         variant: str,
         eps: float = 1e-3,
         reduction: Reduction = "paper",
-        coarse_level_weight: float = 1.0,
         supported_scales: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -426,11 +419,9 @@ class PyramidSRMethod(SRMethod):
         Args:
             variant: registered network name; ``net`` (in kwargs) overrides its arguments.
             eps: Charbonnier epsilon (1e-3 in the papers; change it only for ablations).
-            reduction: ``paper`` (per-sample pixel sum, batch mean: what lr 1e-5 assumes) or ``mean``
-                (per pixel: rescale the lr by about the patch area).
-            coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
+            reduction: ``paper`` (per-sample pixel sum, batch mean) or ``mean`` (per pixel).
             supported_scales: fixed by the network; must stay unset.
-            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_sets``, ...).
+            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
         """
         if supported_scales is not None:
             raise ValueError(
@@ -441,22 +432,17 @@ class PyramidSRMethod(SRMethod):
             raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
         if not eps > 0:
             raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
-        if not coarse_level_weight >= 0:
-            raise ValueError(
-                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
-                f"got {coarse_level_weight!r}"
-            )
         super().__init__(variant=variant, supported_scales=(), **kwargs)
         if not isinstance(self.net, self.network_type):
-            other = "MSLapSRN" if self.network_type is LapSRNNet else "LapSRN"
+            other = {LapSRNNet: "lapsrn.MSLapSRN", MSLapSRNNet: "lapsrn.LapSRN"}.get(self.network_type, "lapsrn.LapSRN")
             raise ValueError(
                 f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
                 f"{type(self).__name__} trains {self.network_type.__name__} variants ({self.variants_hint}); "
-                f"pick one of those, or set model.class_path to lit_sr.methods.lapsrn.{other}"
+                f"pick one of those, or set model.class_path to lit_sr.methods.{other}"
             )
         self.eps = float(eps)
         self.reduction: Reduction = reduction
-        self.coarse_level_weight = float(coarse_level_weight)
+        self._x3_logged = False
 
     @property
     def supported_scales(self) -> list[int]:
@@ -466,11 +452,51 @@ class PyramidSRMethod(SRMethod):
             scales.add(3)
         return sorted(scales)
 
+    @property
+    def trainable_scales(self) -> list[int]:
+        """The pyramid's own scales (x3 is evaluated through x4, never trained)."""
+        return list(self.net.supported_scales)
+
     def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
         if scale == 3:
+            if not self._x3_logged:
+                log.info("%s x3: the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size", type(self).__name__)
+                self._x3_logged = True
             h, w = lr.shape[-2:]
             return imresize(self.net(lr, 4)[-1], size=(3 * h, 3 * w))
         return self.net(lr, scale)[-1]
+
+    def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
+        return charbonnier(pred, target, self.eps, self.reduction)
+
+
+class PyramidSRMethod(PyramidMethod):
+    """Training shared by LapSRN and MS-LapSRN: Charbonnier at every level of every scale in the batch.
+
+    ``compute_loss`` takes the list of groups, one per scale (``per_batch``: one group; ``split``: one per
+    scale). Level l (1 = coarsest, output x2^l) of scale S is the loss part
+    ``x<S>_level<l>``, and the total is the sum of those parts. Each part is ``n_S / N * charbonnier``
+    (n_S samples of scale S in a batch of N): with the ``paper`` reduction the total is then the sum over
+    all pixels of all levels and scales divided by N, the objective of the official MatConvNet trainer (one
+    graph for the whole batch, gradients divided by the batch size), so lr 1e-5 means the same for any
+    split. ``bicubic_x<S>`` (not in the total) is the same loss for MATLAB bicubic at the finest level: a
+    run that learns gets its finest-level part below it.
+    """
+
+    def __init__(self, variant: str, coarse_level_weight: float = 1.0, **kwargs: Any) -> None:
+        """
+        Args:
+            variant: registered network name; ``net`` (in kwargs) overrides its arguments.
+            coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
+            kwargs: ``PyramidMethod`` arguments (``eps``, ``reduction``) and ``SRMethod`` ones.
+        """
+        if not coarse_level_weight >= 0:
+            raise ValueError(
+                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
+                f"got {coarse_level_weight!r}"
+            )
+        super().__init__(variant=variant, **kwargs)
+        self.coarse_level_weight = float(coarse_level_weight)
 
     def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         n_total = sum(int(g["hr"].shape[0]) for g in groups)
@@ -494,13 +520,6 @@ class PyramidSRMethod(SRMethod):
         total = torch.stack(list(parts.values())).sum()
         return total, {**parts, **reference}
 
-    def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
-        return charbonnier(pred, target, self.eps, self.reduction)
-
-    @property
-    def trainable_scales(self) -> list[int]:
-        """The pyramid's own scales (x3 is evaluated through x4, never trained)."""
-        return list(self.net.supported_scales)
 
 
 class LapSRN(PyramidSRMethod):
