@@ -12,7 +12,6 @@ WORKERS ?= 1
 STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
-export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
 

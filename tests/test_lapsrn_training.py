@@ -9,6 +9,7 @@ import pytest
 import torch
 import wandb
 import yaml
+from wandb_offline import find_runs, read_run
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -19,7 +20,6 @@ from lit_sr.data.resize import imresize
 from lit_sr.data.sources import resolve_images
 from lit_sr.methods.lapsrn import LapSRN, LapSRNNet, MSLapSRN, MSLapSRNNet
 from lit_sr.paths import REPO
-from lit_sr.wandb_offline import find_runs, read_run
 
 EPS = 1e-3
 
@@ -182,8 +182,7 @@ def ms_run(tmp_path_factory, data_root):
         "model": {"init_args": {"net": {"channels": 8},
                                 "stages": one_stage({"name": "sgd", "lr": 1.0e-5, "momentum": 0.9})}},
         "data": {"batch_size": 6, "patch_size": 32, "batches_per_epoch": STEPS, "num_workers": 0,
-                 "val_sets": ["Set5"], "allow_selection_on_test": True, "val_scales": [2, 3, 4, 8],
-                 "val_max_images": 1},
+                 "val_sets": ["Sun80"], "test_sets": [], "val_scales": [2, 3, 4, 8], "val_max_images": 1},
         "trainer": {"log_every_n_steps": 1, "check_val_every_n_epoch": 2, "precision": "32-true"},
     }
     return tmp, fit(tmp, "ms", "experiments/ms_lapsrn/quick.yaml", override)
@@ -198,7 +197,7 @@ def test_ms_lapsrn_fit_logs_every_level_and_gives_a_checkpoint_for_every_scale(m
     assert {f"train/loss_{k}" for k in levels} | {"train/loss_bicubic_x8"} <= logged
     row = next(r for r in run.history if "train/loss" in r and "train/loss_x8_level3" in r)
     assert row["train/loss"] == pytest.approx(sum(row[f"train/loss_{k}"] for k in levels), rel=1e-5)
-    assert {f"val/Set5/x{s}/psnr_y" for s in (2, 3, 4, 8)} <= logged
+    assert {f"val/Sun80/x{s}/psnr_y" for s in (2, 3, 4, 8)} <= logged
     # Biases train at 0.1x the lr.
     groups = {g["group_name"]: g["lr"] for g in cli.trainer.optimizers[0].param_groups}
     assert groups == {r"\.bias$": pytest.approx(1e-6), "default": pytest.approx(1e-5)}
@@ -212,7 +211,7 @@ def test_ms_lapsrn_fit_logs_every_level_and_gives_a_checkpoint_for_every_scale(m
 def test_lapsrn_fit_with_a_scale_the_network_lacks_fails_before_training(tmp_path, data_root):
     override = {"model": {"init_args": {"net": {"channels": 4}}},
                 "data": {"scales": [8], "patch_size": 32, "batch_size": 2, "batches_per_epoch": 2, "num_workers": 0,
-                         "val_sets": ["Set5"], "allow_selection_on_test": True, "val_scales": [4], "val_max_images": 1}}
-    with pytest.raises(ValueError, match=r"data.scales=\[8\] holds \[8\], but LapSRN \(lapsrn_x4_small\) "
-                                         r"trains \[2, 4\] only"):
+                         "val_sets": ["Sun80"], "test_sets": [], "val_scales": [4], "val_max_images": 1}}
+    with pytest.raises(ValueError, match=r"data.scales=\[8\] holds \[8\], but LapSRN \(lapsrn_x4_small\) trains "
+                                         r"\[2, 4\] only"):
         fit(tmp_path, "bad", "experiments/lapsrn/quick.yaml", override)

@@ -101,7 +101,7 @@ class SRDataModule(pl.LightningDataModule):
         cache_dir: folder for the memory-mapped image cache (None: system temp dir).
         memmap_threshold_mb: decoded training images above this size go to a memory-mapped file.
         on_bad_image: ``error`` stops on an unreadable image; ``warn`` skips it with a warning.
-        val_max_images: use only the first N images of each validation / test set (quick runs).
+        val_max_images: use only the first N images of each validation set (quick runs; test sets stay whole).
     """
 
     def __init__(
@@ -231,8 +231,9 @@ class SRDataModule(pl.LightningDataModule):
 
     def _eval_images(self, name: str) -> ImageCache:
         if name not in self._eval_caches:
+            limit = self.val_max_images if name in self.val_sets else None  # test sets are always whole
             self._eval_caches[name] = ImageCache(
-                self._eval_paths[name][: self.val_max_images],
+                self._eval_paths[name][:limit],
                 min_size=min_benchmark_size(max(self.val_scales)),
                 on_error=self._policy,
                 min_size_hint=f"evaluation at x{max(self.val_scales)}",
