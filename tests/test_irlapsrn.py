@@ -13,7 +13,7 @@ from lit_sr.losses import hard_rank_transform, local_rank_loss, rank_agreement, 
 from lit_sr.methods.irlapsrn import InceptionResidualBlock, IRLapSRNNet
 from lit_sr.methods.lapsrn import LapSRNNet, PerLevelPyramid, PyramidLevel
 from lit_sr.registry import build_registered, registered_models
-from lit_sr.stages import StageConfigError, apply_trainable, parse_stages
+from lit_sr.stages import StageConfigError, apply_trainable, merge_stages, parse_stages
 
 
 def n_params(model: nn.Module) -> int:
@@ -237,3 +237,35 @@ def test_frozen_modules_run_in_eval_mode_and_return_to_train_when_unfrozen():
     assert net[0].training and not net[0].weight.requires_grad
     with pytest.raises(StageConfigError, match=r"stages\.0\.frozen_eval must be true or false, got 'yes'"):
         parse_stages([{"name": "a", "epochs": 1, "frozen_eval": "yes"}])
+
+
+def test_merge_stages_adds_lengths_keeps_the_first_settings_and_checks_its_input():
+    a, b, c = parse_stages([
+        {"name": "a", "epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}, "trainable": ["x"]},
+        {"name": "b", "epochs": 3, "optimizer": {"name": "sgd", "lr": 0.5}},
+        {"name": "c", "steps": 7},
+    ])
+    (merged, last) = merge_stages([a, b, c], ["a", "b"], "ab", trainable=None)
+    assert (merged.name, merged.epochs, merged.steps, merged.trainable) == ("ab", 5, None, None)
+    assert merged.optimizer.lr == 0.1 and last is c
+    with pytest.raises(StageConfigError, match="some count epochs and some steps"):
+        merge_stages([a, b, c], ["b", "c"], "bc")
+    with pytest.raises(StageConfigError, match="not consecutive"):
+        merge_stages([a, b, c], ["a", "c"], "ac")
+    with pytest.raises(StageConfigError, match=r"cannot merge stages \['a', 'z'\]"):
+        merge_stages([a, b, c], ["a", "z"], "az")
+
+
+def test_x3_runs_the_x4_pyramid_then_matlab_bicubic_and_says_so(caplog):
+    from lit_sr.data.resize import imresize
+    from lit_sr.methods.irlapsrn import IRLapSRN
+
+    method = IRLapSRN(variant="irlapsrn_small", net={"channels": 8, "branch_width": 4}).eval()
+    assert method.supported_scales == [2, 3, 4] and method.trainable_scales == [4]
+    lr = torch.rand(1, 1, 10, 12)
+    with caplog.at_level("INFO", logger="lit_sr.methods.lapsrn"), torch.no_grad():
+        sr = method.super_resolve(lr, 3)
+        method.super_resolve(lr, 3)
+    torch.testing.assert_close(sr, imresize(method.net(lr, 4)[-1], size=(30, 36)))
+    notes = [r.getMessage() for r in caplog.records if "x3" in r.getMessage()]
+    assert notes == ["IRLapSRN x3: the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size"]  # once

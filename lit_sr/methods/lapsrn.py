@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEAK = 0.2
+X3_METHOD = "the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size"
 INPUT_CONV_STD = 1e-3
 SKIPS = ("NS", "DS", "SS")
 
@@ -460,7 +461,7 @@ class PyramidMethod(SRMethod):
     def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
         if scale == 3:
             if not self._x3_logged:
-                log.info("%s x3: the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size", type(self).__name__)
+                log.info("%s x3: %s", type(self).__name__, X3_METHOD)
                 self._x3_logged = True
             h, w = lr.shape[-2:]
             return imresize(self.net(lr, 4)[-1], size=(3 * h, 3 * w))
@@ -468,6 +469,11 @@ class PyramidMethod(SRMethod):
 
     def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
         return charbonnier(pred, target, self.eps, self.reduction)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.logger is not None and 3 in self.supported_scales:  # the run's config says how x3 is made
+            self.logger.log_hyperparams({"x3_method": X3_METHOD})
 
 
 class PyramidSRMethod(PyramidMethod):
