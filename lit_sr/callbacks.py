@@ -49,12 +49,6 @@ class RunCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         super().setup(trainer, pl_module, stage)
 
-    def _find_last_checkpoints(self, trainer) -> set[str]:
-        # `--ckpt_path last` is resolved before setup: without this it would look in the logger's folder.
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        return super()._find_last_checkpoints(trainer)
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it into place: a killed run never leaves a torn file."""
