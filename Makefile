@@ -19,7 +19,7 @@ STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
 
-.PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
+.PHONY: install train test test-fast lint benchmark compare bench-data bench-train sweep dashboard clean
 
 install: $(STAMP)
 
@@ -35,14 +35,20 @@ train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=
 	  $(if $(NODES),--nodes $(NODES)) $(if $(STRATEGY),--strategy $(STRATEGY)) \
 	  $(if $(TRAINER),--trainer-preset $(TRAINER)) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP)  ## the full suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## everything but the tests that train (marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
 	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
+
+compare: $(STAMP)  ## one table of the trained runs under runs/ (or RUNS="dir ...") -> runs/compare/
+	$(BIN)/lit-sr compare $(RUNS)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py $(ARGS)

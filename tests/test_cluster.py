@@ -26,6 +26,8 @@ from lit_sr.cluster import SignalCheckpoint, train_overrides, trainer_preset, tr
 from lit_sr.data.datamodule import SRDataModule
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = {name: REPO / "scripts" / "slurm" / f"{name}.sbatch" for name in ("train", "sweep")}

@@ -15,6 +15,8 @@ from lit_sr.data.resize import imresize
 from lit_sr.methods.cmsc import CMSC, CMSCNet, cascaded_loss
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 TINY_NET = {"num_subnets": 2, "num_modules": 1, "channels": 4}
 SPEC_OPTIONS = {"num_subnets", "num_modules", "channels", "share_weights", "branch_kernels", "assembly",
                 "convs_per_branch", "entry_conv", "zero_init_branch_end", "zero_init_reconstruction"}

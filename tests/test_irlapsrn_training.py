@@ -20,6 +20,8 @@ from lit_sr.losses import charbonnier, local_rank_loss
 from lit_sr.methods.irlapsrn import IRLapSRN
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 TINY_NET = {"channels": 8, "branch_width": 4, "irb_per_level": 1}
 
 

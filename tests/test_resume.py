@@ -21,6 +21,8 @@ from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import resolve_images
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 TESTS = Path(__file__).resolve().parent
 STEPS = 6  # batches per epoch

@@ -15,6 +15,8 @@ from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.bicubic import Bicubic
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 STEPS = 12  # batches per epoch in the stage tests
 
 
