@@ -24,11 +24,11 @@ import pytest
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from wandb_offline import find_runs, read_run
 
 from lit_sr.sweep import SweepError, load_sweep
 from lit_sr.sweep.cli import main
 from lit_sr.sweep.study import create_study, make_storage
-from lit_sr.wandb_offline import find_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 LR = "model.init_args.stages.0.optimizer.lr"
@@ -132,7 +132,7 @@ def test_a_config_path_missing_from_the_preset_is_an_error_naming_it_and_the_swe
     assert msg.startswith(f"{path}: params.theta.paths: 'model.init_args.stages.0.clip.theta' does not exist in")
     assert "experiments/vdsr/quick.yaml" in msg and "no 'clip' under model.init_args.stages.0" in msg
     assert main([str(path), "--root", str(tmp_path)]) == 2  # the command prints that one message
-    assert capsys.readouterr().err.strip() == f"lit-sr sweep: error: {msg}"
+    assert capsys.readouterr().err.strip() == f"lit-sr: error: {msg}"
     # the same path exists once `fixed` gives stage 0 a clip rule
     fixed = {**TINY_FIXED, "model.init_args.stages.0.clip": {"mode": "adjustable", "theta": 0.01}}
     assert list(load_sweep(write_sweep(tmp_path, "ok", fixed=fixed, params=bad)).spec.params) == ["theta"]

@@ -11,8 +11,9 @@ import pytest
 import torch
 import wandb
 from wandb.proto import wandb_internal_pb2 as pb
+from wandb_offline import find_runs, read_run
 
-from lit_sr.wandb_offline import find_runs, read_run
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
 BIG = "0123456789" * 7_000  # 70 kB: a record spread over three 32 KiB blocks (first/middle/last chunks)
 

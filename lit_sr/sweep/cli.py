@@ -12,9 +12,11 @@ running it again resumes the study up to its n_trials.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from lit_sr.sweep.config import SweepError, load_sweep
+from lit_sr.errors import DEBUG_VAR, run_reporting_errors
+from lit_sr.sweep.config import load_sweep
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -39,29 +41,30 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lit-sr sweep ...`` (``argv`` without ``sweep``); a user error prints one message and returns 2."""
+    """``lit-sr sweep ...`` (``argv`` without ``sweep``); a user error prints one line ``lit-sr: error: ...``, code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_reporting_errors(_dispatch, argv, argv=argv, debug=os.environ.get(DEBUG_VAR) == "1")
+
+
+def _dispatch(argv: list[str]) -> int:
     command = argv.pop(0) if argv and argv[0] in ("worker", "report") else "run"
     args = _parser(command).parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep, args.preset, args.n_trials, args.study_name, args.storage, args.root)
-        if command == "worker":
-            from lit_sr.sweep.study import run_worker
+    sweep = load_sweep(args.sweep, args.preset, args.n_trials, args.study_name, args.storage, args.root)
+    if command == "worker":
+        from lit_sr.sweep.study import run_worker
 
-            return run_worker(sweep, args.worker_index, args.workers)
-        if command == "run":
-            from lit_sr.sweep.study import run_sweep
+        return run_worker(sweep, args.worker_index, args.workers)
+    code = 0
+    if command == "run":
+        from lit_sr.sweep.study import run_sweep
 
-            code = run_sweep(sweep, args.workers)
-            if code == 130 or args.no_report:
-                return code
-        from lit_sr.sweep.report import report
+        code = run_sweep(sweep, args.workers)
+        if code == 130 or args.no_report:
+            return code
+    from lit_sr.sweep.report import report
 
-        print(report(sweep, getattr(args, "top_k", None), test=not getattr(args, "no_test", False)), flush=True)
-        return code if command == "run" else 0
-    except SweepError as err:
-        print(f"lit-sr sweep: error: {err}", file=sys.stderr)
-        return 2
+    print(report(sweep, getattr(args, "top_k", None), test=not getattr(args, "no_test", False)), flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from jsonargparse import ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from lit_sr.errors import ConfigError
 from lit_sr.presets import preset_path as find_preset
 from lit_sr.presets import sweep_path
 
@@ -28,7 +29,7 @@ DEFAULT_ROOT = Path("runs") / "sweeps"
 RESERVED = ("run_dir", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep file or command is wrong; the message names the file, the key and the fix."""
 
 
