@@ -41,7 +41,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lit-sr sweep ...`` (``argv`` without ``sweep``); a user error prints one line ``lit-sr: error: ...``, code 2."""
+    """``lit-sr sweep ...`` (``argv`` without ``sweep``); a user error prints ``lit-sr: error: ...``, code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_reporting_errors(_dispatch, argv, argv=argv, debug=os.environ.get(DEBUG_VAR) == "1")
 
