@@ -205,8 +205,9 @@ class SRMethod(L.LightningModule):
             dtype = next((p.dtype for p in self.parameters()), self.compute_dtype)
             net = self.net
             if net is not None:
-                probe = copy.deepcopy(net)
-                with torch.no_grad():
+                with torch.inference_mode(False):  # under validate/test a copy made here would be an inference tensor
+                    probe = copy.deepcopy(net)
+                with torch.inference_mode(False), torch.no_grad():
                     for p in probe.parameters():
                         p.uniform_(0.5, 1.0).div_(p[0].numel() if p.dim() > 1 else 1)
                 self.net = probe
