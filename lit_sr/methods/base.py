@@ -205,11 +205,12 @@ class SRMethod(L.LightningModule):
             dtype = next((p.dtype for p in self.parameters()), self.compute_dtype)
             net = self.net
             if net is not None:
-                with torch.inference_mode(False):  # under validate/test a copy made here would be an inference tensor
+                with torch.inference_mode(False), torch.no_grad():  # eval runs in inference mode: copy outside it
                     probe = copy.deepcopy(net)
-                with torch.inference_mode(False), torch.no_grad():
                     for p in probe.parameters():
-                        p.uniform_(0.5, 1.0).div_(p[0].numel() if p.dim() > 1 else 1)
+                        p.data = torch.empty_like(p, device=p.device).uniform_(0.5, 1.0) / (
+                            p[0].numel() if p.dim() > 1 else 1
+                        )
                 self.net = probe
             size = 48
             try:
