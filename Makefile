@@ -8,12 +8,18 @@ STAMP := $(VENV)/.install.stamp
 
 MODEL ?= vdsr
 PRESET ?= quick
+# Distributed training (make train): devices per node, nodes, Lightning strategy, Trainer preset
+# (trainers/<TRAINER>.yaml: ddp, ddp_cpu, gpu). Empty = the method preset's own.
+DEVICES ?=
+NODES ?=
+STRATEGY ?=
+TRAINER ?=
 WORKERS ?= 1
 STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
 
-.PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
+.PHONY: install train test test-fast lint benchmark compare bench-data bench-train sweep sweep-report dashboard clean
 
 install: $(STAMP)
 
@@ -21,14 +27,19 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,sweep]'
 	touch $@
 
-train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
-	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(ARGS)
+train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=1 STRATEGY=ddp TRAINER=ddp] [ARGS=...]
+	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(if $(DEVICES),--devices $(DEVICES)) \
+	  $(if $(NODES),--nodes $(NODES)) $(if $(STRATEGY),--strategy $(STRATEGY)) \
+	  $(if $(TRAINER),--trainer-preset $(TRAINER)) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP)  ## the full suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## everything but the tests that train (marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,15 +47,22 @@ lint: $(STAMP)
 benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
 	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
 
+compare: $(STAMP)  ## one table of the trained runs under runs/ (or RUNS="dir ...") -> runs/compare/
+	$(BIN)/lit-sr compare $(RUNS)
+
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py $(ARGS)
 
 bench-train: $(STAMP)
 	$(BIN)/python bench/bench_train.py $(ARGS)
 
-sweep: $(STAMP)  ## make sweep MODEL=cmsc [WORKERS=N] [STORAGE=URL]
+sweep: $(STAMP)  ## make sweep MODEL=cmsc [PRESET=quick|paper] [WORKERS=N] [STORAGE=URL] [ARGS="--n-trials 4"]
 	WANDB_SILENT=true \
-	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
+	$(BIN)/lit-sr sweep sweeps/$(MODEL).yaml --preset $(PRESET) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
+
+sweep-report: $(STAMP)  ## the best trial, top-k, plots and its test table: make sweep-report MODEL=cmsc
+	WANDB_SILENT=true \
+	$(BIN)/lit-sr sweep report sweeps/$(MODEL).yaml --preset $(PRESET) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard --host 127.0.0.1 $(or $(STORAGE),sqlite:///runs/sweeps/optuna.db)

@@ -18,6 +18,8 @@ from lit_sr.methods import method_class, registered_methods
 from lit_sr.methods.base import SRMethod
 from lit_sr.registry import register_model
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 
 class TinyNet(nn.Module):
     """Bicubic plus a learned 3x3 residual: enough to learn, small enough for a test."""

@@ -15,6 +15,8 @@ from lit_sr.data.resize import imresize
 from lit_sr.methods.cmsc import CMSC, CMSCNet, cascaded_loss
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 TINY_NET = {"num_subnets": 2, "num_modules": 1, "channels": 4}
 SPEC_OPTIONS = {"num_subnets", "num_modules", "channels", "share_weights", "branch_kernels", "assembly",
                 "convs_per_branch", "entry_conv", "zero_init_branch_end", "zero_init_reconstruction"}
@@ -48,7 +50,7 @@ def test_loss_on_hand_built_batch_is_the_cascaded_paper_mse():
     hr = torch.zeros(2, 1, 6, 5)
     hr[1] = 0.1
     batch = {"ilr": ilr, "hr": hr, "scale": torch.tensor([2, 4])}
-    total, parts = method.compute_loss(batch)
+    total, parts = method.compute_loss([batch])
     # Per sample 1/2 * 30 px * err^2; sample 0: Y_s err 0.2, final err 0.3; sample 1: 0.1 and 0.2.
     sub = (0.5 * 30 * 0.04 + 0.5 * 30 * 0.01) / 2
     final = (0.5 * 30 * 0.09 + 0.5 * 30 * 0.04) / 2
@@ -66,20 +68,21 @@ def test_loss_equals_cascaded_loss_with_paper_mse_on_a_trained_like_network():
         method.net.assembly_param.copy_(torch.tensor([0.3, 0.9]))
     gen = torch.Generator().manual_seed(1)
     ilr, hr = torch.rand(3, 1, 9, 9, generator=gen), torch.rand(3, 1, 9, 9, generator=gen)
-    total, parts = method.compute_loss({"ilr": ilr, "hr": hr, "scale": torch.tensor([2, 3, 4])})
+    total, parts = method.compute_loss([{"ilr": ilr, "hr": hr, "scale": torch.tensor([2, 3, 4])}])
     final, intermediates = method.net(ilr)
     expected, expected_parts = cascaded_loss(final, intermediates, hr, 0.7, base_loss=paper_mse)
     torch.testing.assert_close(total, expected)
     for key, value in expected_parts.items():
         torch.testing.assert_close(parts[key], value)
     assert total.requires_grad
-    # ``split`` scale mode (one dict per scale) gives the same loss as the mixed batch.
-    split = [{"ilr": ilr[:1], "hr": hr[:1]}, {"ilr": ilr[1:], "hr": hr[1:]}]
+    # Groups of one scale each (``split`` mode) give the same loss as one mixed group.
+    split = [{"ilr": ilr[:1], "hr": hr[:1], "scale": torch.tensor([2])},
+             {"ilr": ilr[1:], "hr": hr[1:], "scale": torch.tensor([3, 4])}]
     torch.testing.assert_close(method.compute_loss(split)[0], total)
     # ``mean`` reduction: the per-pixel MSE, 1/40.5 of the paper reduction (1/2 of 81 px) on 9x9 patches.
     mean_method = _method(alpha=0.7, reduction="mean")
     mean_method.net.load_state_dict(method.net.state_dict())
-    mean_total, _ = mean_method.compute_loss({"ilr": ilr, "hr": hr})
+    mean_total, _ = mean_method.compute_loss([{"ilr": ilr, "hr": hr, "scale": torch.tensor([2, 3, 4])}])
     expected_mean, _ = cascaded_loss(final, intermediates, hr, 0.7, base_loss=torch.nn.functional.mse_loss)
     torch.testing.assert_close(mean_total, expected_mean)
     torch.testing.assert_close(mean_total * 40.5, total)

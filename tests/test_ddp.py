@@ -12,6 +12,8 @@ from conftest import read_logged
 
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 
 

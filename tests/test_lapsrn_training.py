@@ -21,6 +21,8 @@ from lit_sr.data.sources import resolve_images
 from lit_sr.methods.lapsrn import LapSRN, LapSRNNet, MSLapSRN, MSLapSRNNet
 from lit_sr.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
 EPS = 1e-3
 
 

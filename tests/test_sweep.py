@@ -1,14 +1,13 @@
-"""Optuna sweeps (lit_sr.sweep): sweep files, trial slots, real parallel studies, dead workers, PostgreSQL.
+"""Optuna sweeps (lit_sr.sweep): sweep files, real parallel studies, dead workers, pruning, PostgreSQL.
 
-The studies here run real ``lit-sr fit`` trials in child processes (a 3-layer VDSR, 8 steps, one Set5
-image): the sweep machinery is under test, not the model. Each study test takes tens of seconds.
+The studies run real ``lit-sr fit`` trials in child processes (a 3-layer VDSR, a few steps on the built-in
+photos, validated on one held-out image): the sweep machinery is under test, not the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import math
+import io
 import os
 import shutil
 import signal
@@ -23,35 +22,36 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from wandb_offline import find_runs, read_run
 
+from lit_sr.sweep import SweepError, load_sweep
 from lit_sr.sweep.cli import main
-from lit_sr.sweep.space import SweepError, get_path, load_sweep, set_path
-from lit_sr.sweep.study import Worker, make_storage, prepare_study, slot_counts
+from lit_sr.sweep.study import create_study, make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 LR = "model.init_args.stages.0.optimizer.lr"
-# The sweep machinery is under test, not the model: 3 layers of 8 channels, 2 epochs of 4 batches,
-# validation on one Set5 image at x2 after every epoch.
+# 3 layers of 8 channels, 2 epochs of 4 batches, validation on one image after every epoch.
 TINY_FIXED = {
     "model.init_args.net": {"depth": 3, "width": 8},
-    "model.init_args.image_log_every_n_epochs": 0,
     "model.init_args.stages.0.epochs": 2,
     "model.init_args.stages.0.optimizer": {"name": "sgd", "lr": 1.0e-3, "momentum": 0.9},
     "model.init_args.stages.0.lr_schedule": {"name": "constant"},
+    "data.train_sources": ["builtin"],
     "data.batches_per_epoch": 4,
     "data.batch_size": 4,
     "data.num_workers": 0,
     "data.scales": [2],
     "data.scale_mode": "per_batch",
-    "data.val_sets": ["Set5"],
     "data.val_scales": [2],
     "data.val_max_images": 1,
+    "data.test_sets": ["Set5"],  # the report benchmarks the best trial on it
     "trainer.check_val_every_n_epoch": 1,
     "trainer.precision": "32-true",
     "trainer.log_every_n_steps": 1,
 }
+TEST_SETS = ("Set5", "Set14")  # the benchmarks: never seen by a trial
 
 
 def write_sweep(folder: Path, name: str, study: dict | None = None, **sections) -> Path:
@@ -62,14 +62,15 @@ def write_sweep(folder: Path, name: str, study: dict | None = None, **sections) 
         "study": {
             "name": name,
             "n_trials": 2,
-            "sampler": {"name": "tpe", "seed": 0},
-            "pruner": {"name": "none"},
+            "sampler": {"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 0}},
+            "pruner": {"class_path": "optuna.pruners.NopPruner"},
+            "heartbeat_interval": 1,
+            "grace_period": 3,
             **(study or {}),
         },
-        "storage": {"heartbeat_interval": 1, "grace_period": 3},
         "fixed": dict(TINY_FIXED),
         # SGD on the paper reduction: lr above about 1e-3 diverges on this network, 10 at once
-        "params": {LR: {"name": "lr", "type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True}},
+        "params": {"lr": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True, "paths": [LR]}},
     }
     doc.update(sections)
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,17 +80,12 @@ def write_sweep(folder: Path, name: str, study: dict | None = None, **sections) 
 
 
 @contextlib.contextmanager
-def sweep_env(folder: Path, data_root: Path) -> Iterator[None]:
-    """Offline W&B under ``folder`` and the benchmark images, for this process and its workers and trials."""
-    home = folder / "wandb-home"
-    home.mkdir(parents=True, exist_ok=True)
+def sweep_env(data_root: Path) -> Iterator[None]:
+    """The benchmark images and quiet offline W&B for this process, its workers and their trials."""
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-            mp.setenv(var, str(home))
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
         mp.setenv("LIT_SR_DATA", str(data_root))
         mp.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
+        mp.setenv("OMP_NUM_THREADS", "1")
         yield
 
 
@@ -101,205 +97,83 @@ def sqlite_url(root: Path) -> str:
     return f"sqlite:///{root / 'optuna.db'}"
 
 
-def running(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """``pid`` exists and is not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
-    return state not in ("Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                out.append(int(entry.name))
-    return out
 
 
 def wait_for(predicate, timeout: float, what: str):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
+        with contextlib.suppress(Exception):  # e.g. the study is not created yet
+            if value := predicate():
+                return value
         time.sleep(0.2)
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
 
 
+def logged_run(trial: optuna.trial.FrozenTrial):
+    """The trial's offline W&B run, once wandb-core has flushed its validation metric."""
+    return wait_for(lambda: (r := read_run(trial.user_attrs["wandb_run"])).series("val/psnr_y") and r, 60,
+                    f"trial {trial.number}'s W&B run")
+
+
 # ---- sweep files ---------------------------------------------------------------------------------------
-def test_dotted_paths_index_lists_and_name_what_is_missing():
-    cfg = {"model": {"init_args": {"stages": [{"clip": {"theta": 0.01}}]}}}
-    assert get_path(cfg, "model.init_args.stages.0.clip.theta") == 0.01
-    set_path(cfg, "model.init_args.stages.0.clip.theta", 0.5)
-    assert cfg["model"]["init_args"]["stages"][0]["clip"]["theta"] == 0.5
-    with pytest.raises(KeyError, match=r"no 'thetaa' under model.init_args.stages.0.clip \(keys there: \['theta'\]\)"):
-        get_path(cfg, "model.init_args.stages.0.clip.thetaa")
-    with pytest.raises(KeyError, match="index 3 outside a list of 1 item"):
-        set_path(cfg, "model.init_args.stages.3", {})
-    set_path(cfg, "model.init_args.net", {"depth": 4}, create_leaf=True)
-    assert cfg["model"]["init_args"]["net"] == {"depth": 4}
-
-
-def test_a_param_key_missing_from_the_preset_is_an_error_naming_it(tmp_path):
-    bad = write_sweep(
-        tmp_path,
-        "bad",
-        params={"model.init_args.stages.0.clip.theta": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
-    )
+def test_a_config_path_missing_from_the_preset_is_an_error_naming_it_and_the_sweep_file(tmp_path, capsys):
+    theta = "model.init_args.stages.0.clip.theta"
+    bad = {"theta": {"type": "float", "low": 1e-4, "high": 1.0, "log": True, "paths": [LR, theta]}}
+    path = write_sweep(tmp_path, "bad", params=bad)
     with pytest.raises(SweepError) as err:
-        load_sweep(bad)
+        load_sweep(path)
     msg = str(err.value)
-    assert "params key 'model.init_args.stages.0.clip.theta'" in msg and "experiments/vdsr/quick.yaml" in msg
-    assert "no 'clip' under model.init_args.stages.0" in msg and "under 'fixed' first" in msg
-    # the same key exists once `fixed` gives stage 0 a clip rule
+    assert msg.startswith(f"{path}: params.theta.paths: 'model.init_args.stages.0.clip.theta' does not exist in")
+    assert "experiments/vdsr/quick.yaml" in msg and "no 'clip' under model.init_args.stages.0" in msg
+    assert main([str(path), "--root", str(tmp_path)]) == 2  # the command prints that one message
+    assert capsys.readouterr().err.strip() == f"lit-sr: error: {msg}"
+    # the same path exists once `fixed` gives stage 0 a clip rule
     fixed = {**TINY_FIXED, "model.init_args.stages.0.clip": {"mode": "adjustable", "theta": 0.01}}
-    theta = {"name": "theta", "type": "float", "low": 1e-4, "high": 1.0, "log": True}
-    ok = write_sweep(tmp_path, "ok", fixed=fixed, params={"model.init_args.stages.0.clip.theta": theta})
-    sweep = load_sweep(ok)
-    assert [p.path for p in sweep.params] == ["model.init_args.stages.0.clip.theta"]
-    with pytest.raises(SweepError, match=r"fixed key 'data.nope.x' cannot be set .*no 'nope' under data"):
-        load_sweep(write_sweep(tmp_path, "bad2", fixed={"data.nope.x": 1}))
-    with pytest.raises(SweepError, match="may not set 'trainer.logger'"):
-        load_sweep(write_sweep(tmp_path, "bad3", fixed={"trainer.logger": False}))
-    with pytest.raises(SweepError, match=r"params.model.init_args.stages.0.optimizer.lr: log scale needs low > 0"):
-        load_sweep(write_sweep(tmp_path, "bad4", params={LR: {"type": "float", "low": 0, "high": 1, "log": True}}))
-    with pytest.raises(SweepError, match=r"preset 'huge' of method 'vdsr' not found .*presets: \['paper', 'quick'\]"):
-        load_sweep(ok, preset="huge")
+    assert list(load_sweep(write_sweep(tmp_path, "ok", fixed=fixed, params=bad)).spec.params) == ["theta"]
 
 
-def test_trial_config_sets_every_path_the_logger_and_the_callback(tmp_path):
-    sweep = load_sweep(
-        write_sweep(
-            tmp_path,
-            "cfg",
-            params={
-                LR: {"name": "lr", "type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-                "model.init_args.net.depth": {"name": "depth", "type": "int", "low": 2, "high": 5},
-                "data.scales": {"name": "scales", "type": "categorical", "choices": [[2], [2, 3]]},
-            },
-        ),
-        root=tmp_path / "runs",
-    )
-    assert sweep.study_name == "cfg" and sweep.storage_url == f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
-    assert [p.labels() for p in sweep.params if p.type == "categorical"] == [["[2]", "[2, 3]"]]
-    cfg = sweep.trial_config({"lr": 0.003, "depth": 5, "scales": [2, 3]}, tmp_path / "t", 7, tmp_path / "t" / "s.json")
-    assert cfg["model"]["init_args"]["stages"][0]["optimizer"] == {"name": "sgd", "lr": 0.003, "momentum": 0.9}
-    assert cfg["model"]["init_args"]["net"] == {"depth": 5, "width": 8} and cfg["data"]["scales"] == [2, 3]
-    assert cfg["run_dir"] == str(tmp_path / "t")
-    assert cfg["trainer"]["logger"]["init_args"] == {
-        "save_dir": str(tmp_path / "t"),
-        "group": "cfg",
-        "name": "trial-7",
-        "tags": ["vdsr"],
-    }
-    assert cfg["trainer"]["callbacks"][-1]["init_args"]["spec"] == str(tmp_path / "t" / "s.json")
+def test_optuna_and_jsonargparse_name_bad_distributions_and_classes(tmp_path):
+    knob = {"type": "float", "low": 0.0, "high": 1.0, "log": True, "paths": [LR]}
+    with pytest.raises(SweepError, match=r"params.lr: `low > 0` must hold for `log=True`"):  # Optuna's own check
+        load_sweep(write_sweep(tmp_path, "a", params={"lr": knob}))
+    with pytest.raises(SweepError, match=r"params.lr: unknown key 'lo'"):
+        load_sweep(write_sweep(tmp_path, "b", params={"lr": {"type": "float", "lo": 1, "high": 2, "paths": [LR]}}))
+    sampler = {"class_path": "optuna.samplers.RandomSampler", "init_args": {"sed": 1}}
+    with pytest.raises(SweepError, match=r"(?s)study.sampler: .*RandomSampler.*'sed'"):
+        load_sweep(write_sweep(tmp_path, "c", study={"sampler": sampler}))
+    with pytest.raises(SweepError, match=r"unknown key\(s\) \['stduy'\]"):
+        load_sweep(write_sweep(tmp_path, "d", stduy={}))
+    # any Optuna class, no whitelist
+    pruner = {"class_path": "optuna.pruners.PercentilePruner", "init_args": {"percentile": 25.0}}
+    sweep = load_sweep(write_sweep(tmp_path, "e", study={"pruner": pruner}))
+    assert isinstance(sweep.pruner(), optuna.pruners.PercentilePruner)
+
+
+def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_and_callback(tmp_path):
+    lrs = ["model.init_args.stages.0.optimizer.lr", "model.init_args.stages.0.lr_schedule.min_lr"]
+    fixed = {**TINY_FIXED, "model.init_args.stages.0.lr_schedule": {"name": "cosine", "min_lr": 1e-5}}
+    knobs = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "paths": lrs},
+             "depth": {"type": "int", "low": 2, "high": 5, "paths": ["model.init_args.net.depth"]}}
+    sweep = load_sweep(write_sweep(tmp_path, "cfg", fixed=fixed, params=knobs), root=tmp_path / "runs")
+    assert sweep.storage_url == f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    callback = {"class_path": "x.Y", "init_args": {}}
+    cfg = sweep.trial_config({"lr": 0.003, "depth": 5}, tmp_path / "t", 7, callback)
+    stage = cfg["model"]["init_args"]["stages"][0]
+    assert stage["optimizer"]["lr"] == 0.003 and stage["lr_schedule"]["min_lr"] == 0.003
+    assert cfg["model"]["init_args"]["net"] == {"depth": 5, "width": 8} and cfg["run_dir"] == str(tmp_path / "t")
+    assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "t"), "group": "cfg",
+                                                     "name": "trial-7", "tags": ["vdsr"]}
+    assert cfg["trainer"]["callbacks"][-1] == callback
     assert sweep.base["model"]["init_args"]["net"] == {"depth": 3, "width": 8}  # the base is untouched
-    assert sweep.preset_values() == {"lr": 1e-3, "depth": 3, "scales": "[2]"}
 
 
-def test_slots_make_n_trials_the_study_total_and_resume_tops_up(tmp_path):
-    path = write_sweep(tmp_path, "slots", study={"n_trials": 3, "enqueue": [{"lr": 5e-3}]})
-    sweep = load_sweep(path, root=tmp_path)
-    storage = make_storage(sweep.storage_url, sweep, create_tables=True)
-    study = prepare_study(sweep, storage)
-    prepare_study(sweep, storage)  # a second launch adds nothing
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.WAITING] * 3
-    assert trials[0].system_attrs["fixed_params"] == {"lr": 5e-3}
-    # Two workers' claims: every WAITING trial goes to exactly one of them, and nothing new is created.
-    w1, w2 = (Worker(sweep, sweep.storage_url, i, 2) for i in range(2))
-    claimed = [w1._claim(), w2._claim(), w1._claim(), w2._claim()]
-    assert claimed[3] is None and len(set(claimed[:3])) == 3 and len(study.get_trials()) == 3
-    for t in study.get_trials()[:2]:
-        study.tell(t.number, 30.0)
-    study.tell(2, state=TrialState.FAIL)  # a crash counts: a broken config cannot loop forever
-    assert slot_counts(study.get_trials()) == {"finished": 3, "running": 0, "waiting": 0, "used": 3}
-    prepare_study(load_sweep(path, root=tmp_path, n_trials=5), storage)
-    assert slot_counts(study.get_trials()) == {"finished": 3, "running": 0, "waiting": 2, "used": 5}
-    # a dead worker's failed trial hands its slot to its retry
-    dist = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
-    retry = optuna.create_trial(
-        state=TrialState.WAITING,
-        params={"lr": 1e-3},
-        distributions={"lr": dist},
-        system_attrs={"failed_trial": 2, "retry_history": [2]},
-    )
-    study.add_trial(retry)
-    assert slot_counts(study.get_trials()) == {"finished": 2, "running": 0, "waiting": 3, "used": 5}
-
-
-CLAIMER = """
-import sys, time
-from lit_sr.sweep.space import load_sweep
-from lit_sr.sweep.study import Worker
-sweep = load_sweep(sys.argv[1], root=sys.argv[2])
-worker = Worker(sweep, sweep.storage_url)
-while time.time() < float(sys.argv[3]):
-    time.sleep(0.001)
-got = []
-while (trial_id := worker._claim()) is not None:
-    got.append(trial_id)
-print(" ".join(map(str, got)))
-"""
-
-
-def test_concurrent_claims_give_every_waiting_trial_to_exactly_one_worker(tmp_path):
-    path = write_sweep(tmp_path, "race", study={"n_trials": 40})
-    sweep = load_sweep(path, root=tmp_path)
-    prepare_study(sweep, make_storage(sweep.storage_url, sweep, create_tables=True))
-    start = time.time() + 4  # all four claim at once, after their imports
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, str(path), str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(4)
-    ]
-    claimed = [[int(t) for t in p.communicate(timeout=120)[0].split()] for p in procs]
-    flat = [t for c in claimed for t in c]
-    assert len(flat) == 40 and len(set(flat)) == 40, [len(c) for c in claimed]
-
-
-def test_pdeathsig_kills_a_child_when_its_parent_is_killed(tmp_path):
-    pid_file = tmp_path / "child.pid"
-    (tmp_path / "child.py").write_text(
-        "import os, signal, sys, time\n"
-        "from lit_sr.sweep.study import die_with_parent\n"
-        "die_with_parent(signal.SIGKILL, int(sys.argv[1]))\n"
-        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "time.sleep(60)\n"
-    )
-    (tmp_path / "parent.py").write_text(
-        "import os, subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}, str(os.getpid())])\n"
-        "time.sleep(60)\n"
-    )
-    parent = subprocess.Popen([sys.executable, str(tmp_path / "parent.py")])
-    try:
-        pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30, "the child to start"))
-        assert running(pid)
-        parent.kill()  # SIGKILL: no handler runs in the parent
-        parent.wait()
-        wait_for(lambda: not running(pid), 10, f"pid {pid} to die with its parent")
-    finally:
-        parent.kill()
-
-
-def test_cli_errors_are_one_message(tmp_path, capsys):
-    assert main([str(tmp_path / "missing.yaml")]) == 2
-    assert "sweep file not found" in capsys.readouterr().err
-    assert main(["report", "nostudy", "--root", str(tmp_path)]) == 2
-    assert "no study storage at" in capsys.readouterr().err
-
-
-def test_every_method_with_experiments_has_a_sweep_file_that_loads():
+def test_every_method_with_experiments_has_a_sweep_file_that_loads_for_each_preset():
     methods = sorted(p.name for p in (REPO / "experiments").iterdir() if p.is_dir())
     assert "vdsr" in methods
     for method in methods:
@@ -307,143 +181,196 @@ def test_every_method_with_experiments_has_a_sweep_file_that_loads():
         assert path.is_file(), f"experiments/{method}/ has no sweeps/{method}.yaml"
         for preset in sorted(p.stem for p in (REPO / "experiments" / method).glob("*.yaml")):
             sweep = load_sweep(path, preset=preset)
-            assert sweep.method == method and sweep.params and sweep.n_trials >= 1
-            assert sweep.study_name == f"{method}-{preset}"
+            assert sweep.spec.method == method and sweep.study_name == f"{method}-{preset}"
+            assert sweep.distributions() and isinstance(sweep.sampler(), optuna.samplers.BaseSampler)
+            assert sweep.study.metric.startswith("val/")  # model selection on validation, never on a test set
+
+
+CLAIMER = """
+import sys, time, optuna
+from lit_sr.sweep.study import make_storage
+url, start, ours = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "ours"
+plain = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+storage = make_storage(url) if ours else optuna.storages.RDBStorage(url, **plain)
+study = optuna.load_study(study_name="race", storage=storage)
+while time.time() < start:
+    time.sleep(0.001)
+got = []
+while (trial := study.ask()).number < 40:
+    got.append(trial.number)
+print(" ".join(map(str, got)))
+"""
+
+
+def claims(folder: Path, storages: list[str]) -> dict[str, list[int]]:
+    """Four processes per storage pop 40 enqueued (WAITING) trials at once: the trial numbers they were handed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.time() + 4  # every process claims together, after its imports
+    procs = {}
+    for storage in storages:
+        url = f"sqlite:///{folder / storage}.db"
+        study = optuna.create_study(study_name="race", storage=url)
+        for i in range(40):
+            study.enqueue_trial({"x": i})
+        procs[storage] = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(start), storage],
+                                           stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    return {k: [int(n) for p in ps for n in p.communicate(timeout=120)[0].split()] for k, ps in procs.items()}
+
+
+@pytest.mark.slow
+def test_sqlite_hands_each_waiting_trial_to_one_worker_which_plain_optuna_does_not(tmp_path):
+    got = claims(tmp_path, ["ours", "plain"])
+    assert sorted(got["ours"]) == list(range(40))
+    # The upstream behaviour the workaround exists for (optuna 5.0.0: 50-58 claims of 40 trials). If this
+    # fails, Optuna claims WAITING trials atomically on SQLite: drop lit_sr.sweep.study._serialize_sqlite.
+    doubled = [len(got["plain"])]
+    while len(doubled) < 3 and max(doubled) <= 40:  # a race: usually the first attempt shows it
+        doubled.append(len(claims(tmp_path / str(len(doubled)), ["plain"])["plain"]))
+    assert max(doubled) > 40, doubled
 
 
 # ---- real studies --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parallel_study(tmp_path_factory, data_root):
-    """Two workers, n_trials 4: trial 0 lr 1e-4 (fine), trial 1 lr 10 (100,000x too high), then two sampled."""
+    """Two workers, n_trials 3: trial 0 lr 1e-4 (fine), trial 1 lr 10 (100,000x too high), then one sampled."""
     tmp = tmp_path_factory.mktemp("parallel")
-    path = write_sweep(tmp, "par", study={"n_trials": 4, "enqueue": [{"lr": 1e-4}, {"lr": 10.0}]})
+    path = write_sweep(tmp, "par", study={"n_trials": 3})
     root = tmp / "runs"
-    with sweep_env(tmp, data_root):
-        code = main([str(path), "--root", str(root), "--workers", "2"])
-    return code, root, load(sqlite_url(root), "par")
+    with sweep_env(data_root):
+        study = create_study(load_sweep(path, root=root))
+        study.enqueue_trial({"lr": 1e-4})
+        study.enqueue_trial({"lr": 10.0})
+        code = main([str(path), "--root", str(root), "--workers", "2", "--no-report"])
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            report_code = main(["report", str(path), "--root", str(root)])
+    return code, root, load(sqlite_url(root), "par"), (report_code, out.getvalue())
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_study_with_distinct_trials_and_exactly_n_trials(parallel_study):
-    code, root, study = parallel_study
+    code, root, study, _ = parallel_study
     assert code == 0
     trials = study.get_trials()
-    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers ran trials
-    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
-    assert {Path(t.user_attrs["run_dir"]).name for t in trials} == {"trial-0", "trial-1", "trial-2", "trial-3"}
-    starts = sorted((t.datetime_start, t.datetime_complete) for t in trials)
-    assert any(b[0] < a[1] for a, b in zip(starts, starts[1:])), "no two trials overlapped in time"
+    assert {Path(t.user_attrs["run_dir"]).name for t in trials} == {"trial-0", "trial-1", "trial-2"}
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_pruned_with_its_reason_and_a_good_one_completes(parallel_study):
-    _, _, study = parallel_study
-    good, bad = study.trials[0], study.trials[1]
+    good, bad = parallel_study[2].trials[:2]
     assert good.params == {"lr": 1e-4} and bad.params == {"lr": 10.0}
-    assert good.state == TrialState.COMPLETE and math.isfinite(good.value)
+    assert good.state == TrialState.COMPLETE and good.value > 20
     assert bad.state == TrialState.PRUNED
     assert bad.user_attrs["reason"].startswith("diverged: non-finite training loss")
 
 
+@pytest.mark.slow
+def test_the_objective_and_the_pruner_read_val_and_no_test_set_is_evaluated_in_a_trial(parallel_study):
+    study = parallel_study[2]
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
+    for t in done:
+        run = logged_run(t)
+        logged = run.series("val/psnr_y")
+        assert len(logged) == 2 and t.value == pytest.approx(max(logged), abs=1e-9)  # the best validation
+        assert t.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # what the pruner saw
+        keys = {k for row in run.history for k in row}
+        assert not [k for k in keys if k.startswith("test/")]
+        per_set = {k.split("/")[1] for k in keys if k.startswith("val/") and k.count("/") == 3}
+        assert per_set and not per_set & set(TEST_SETS), per_set  # validated on held-out training images
+
+
+@pytest.mark.slow
 def test_each_trial_is_one_wandb_run_holding_its_params_and_config(parallel_study):
-    _, _, study = parallel_study
-    for t in study.trials:
-        run = read_run(t.user_attrs["wandb_run"])
+    for t in parallel_study[2].trials:
+        run = logged_run(t) if t.state == TrialState.COMPLETE else read_run(t.user_attrs["wandb_run"])
         assert (run.name, run.group, run.tags) == (f"trial-{t.number}", "par", ["vdsr"])
         assert run.config["optuna"]["params"] == t.params and run.config["optuna"]["trial"] == t.number
-        assert run.config["optuna"]["paths"] == {"lr": LR}
         assert f"lr: {t.params['lr']}" in run.config["config"]  # the resolved config holds the value
-        assert run.config["variant"] == "vdsr_small" and run.config["net"] == {"depth": 3, "width": 8}
         assert len(find_runs(t.user_attrs["run_dir"])) == 1  # one run per trial, never shared
         assert run.summary["optuna/state"] == t.state.name.lower()
         assert run.summary["optuna/reason"] == t.user_attrs.get("reason")
-        if t.state == TrialState.COMPLETE:
-            logged = run.series("val/psnr_y")
-            assert len(logged) == 2 and t.value == pytest.approx(max(logged), abs=1e-9)
-            assert t.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
-            assert Path(t.user_attrs["checkpoint"]).is_file()
 
 
-def test_the_report_has_best_trial_top_k_plots_and_a_wandb_summary_run(parallel_study):
-    _, root, study = parallel_study
-    report = root / "par" / "report"
+@pytest.mark.slow
+def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its_val_score(parallel_study, data_root):
+    _, root, study, (code, stdout) = parallel_study
+    assert code == 0
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    top = (report / "top_k.md").read_text()
-    assert f"| 1 | {best.number} | {best.value:.4f} |" in top
+    out = root / "par" / "report"
+    assert f"| 1 | {best.number} | {best.value:.4f} |" in (out / "top_k.md").read_text()
+    assert f"best trial {best.number}: val/psnr_y {best.value:.4f} (validation)" in stdout
     for name in ("optimization_history", "parallel_coordinate", "intermediate_values"):
-        assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "plotly" in (report / f"{name}.html").read_text()
-    runs = find_runs(report / "wandb")
-    assert len(runs) == 1
-    summary = read_run(runs[0])
-    assert (summary.name, summary.group) == ("par-summary", "par") and "vdsr" in summary.tags
-    assert summary.summary["best/value"] == pytest.approx(best.value)
-    assert summary.summary["best/trial"] == best.number
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "plotly" in (out / f"{name}.html").read_text()
+    sets = ["Set5"]  # data.test_sets of the trials
+    results = yaml.safe_load((out / "test" / "results.json").read_text())
+    assert results["meta"]["checkpoint"] == best.user_attrs["checkpoint"] and list(results["results"]) == sets
+    psnr = results["results"][sets[0]]["x2"]["psnr_y"]
+    assert f"| {sets[0]} | trial-{best.number} | {psnr:.2f} / " in stdout
+    assert "The test numbers were not used to choose this trial" in stdout
 
 
-def test_a_killed_workers_trial_is_failed_by_heartbeat_retried_and_resume_adds_trials(tmp_path, data_root):
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 30}  # a few seconds of training to kill the worker in
-    path = write_sweep(tmp_path, "kill", study={"n_trials": 1}, fixed=fixed)
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
+    tmp_path, data_root
+):
+    # 3 epochs of 50 batches: seconds to kill the worker in. Every trial is pruned at its second validation.
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0, "n_warmup_steps": 1}}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 50, "model.init_args.stages.0.epochs": 3}
+    path = write_sweep(tmp_path, "kill", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
-    with sweep_env(tmp_path, data_root):
-        parent = subprocess.Popen(
-            [sys.executable, "-m", "lit_sr.cli", "sweep", str(path), "--root", str(root), "--no-report"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    args = [str(path), "--root", str(root), "--no-report"]
+    with sweep_env(data_root):
+        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", *args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-
-            def training():
-                if not (root / "optuna.db").is_file():
-                    return None
-                with contextlib.suppress(Exception):  # the parent may still be creating the study
-                    trials = load(url, "kill").get_trials(states=(TrialState.RUNNING,))
-                    if (
-                        trials
-                        and "trial_pid" in trials[0].user_attrs
-                        and glob.glob(f"{trials[0].user_attrs['run_dir']}/wandb/*/files")
-                    ):
-                        return trials[0]  # the child is inside fit: its W&B run exists
-                return None
-
-            trial = wait_for(training, 120, "trial 0 to start training")
-            worker, child = trial.user_attrs["worker_pid"], trial.user_attrs["trial_pid"]
-            assert running(child) and worker != parent.pid
-            os.kill(worker, signal.SIGKILL)
-            assert parent.wait(timeout=60) == 1  # the parent reports the dead worker
+            ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
+            trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
+            child = trial.user_attrs["trial_pid"]
+            os.kill(trial.user_attrs["worker_pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            assert parent.wait(timeout=60) == 1  # the launcher reports the dead worker
         finally:
             parent.kill()
-        wait_for(lambda: not running(child) and not group_members(child), 15, "the trial's processes to end")
+        wait_for(lambda: not alive(child), 15, "the trial's process to die with its worker")
         assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
-
-        # Resume with a larger study: the stale trial is failed by heartbeat and retried with its params,
-        # and one new trial is added; two workers share the work.
-        assert main([str(path), "--root", str(root), "--n-trials", "2", "--workers", "2", "--no-wandb"]) == 0
+        time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
+        # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
+        assert main(args) == 0
+        dead, retry = load(url, "kill").get_trials()
+        # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
+        assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0
+    assert dead.state == TrialState.FAIL
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
+    assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
+    assert min(retry.intermediate_values) >= 1  # resumed after the checkpointed epoch, not from epoch 0
     trials = load(url, "kill").get_trials()
-    assert len(trials) == 3 and trials[0].state == TrialState.FAIL
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retries) == 1 and retries[0].params == trials[0].params
-    assert all(t.state == TrialState.COMPLETE for t in trials[1:])
-    assert slot_counts(trials) == {"finished": 2, "running": 0, "waiting": 0, "used": 2}
-    assert (root / "kill" / "report" / "top_k.md").is_file()
+    assert [t.number for t in trials] == [0, 1, 2]
+    new = trials[2]
+    for t in (retry, new):  # pruned at the first validation past the warm-up, the last epoch never ran
+        assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("pruned: ")
+        assert max(t.intermediate_values) == 1
+    logged = read_run(new.user_attrs["wandb_run"]).series("val/psnr_y")
+    assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
-    return Path(found[-1]).parent if found[-1] else None
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port (ENVIRONMENT.md), stopped afterwards."""
-    pg_bin = _pg_bin()
-    if pg_bin is None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [Path(p) for p in [shutil.which("initdb")] if p]
+    if not found:
         msg = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install -y postgresql"
         if os.environ.get("LIT_SR_REQUIRE_POSTGRES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
+    pg_bin = found[-1].parent
     folder = Path(tempfile.mkdtemp(prefix="lit_sr_pg_"))  # not under pytest's 0700 tmp: postgres must enter it
     prefix: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
@@ -452,37 +379,34 @@ def postgres_url() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = lambda *cmd: subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
+
+    data = f"{folder}/data"
     try:
-        run(str(pg_bin / "initdb"), "-D", f"{folder}/data", "-U", "optuna", "--auth=trust", "-E", "UTF8", "--no-locale")
-        run(
-            str(pg_bin / "pg_ctl"),
-            "-D",
-            f"{folder}/data",
-            "-l",
-            f"{folder}/log",
-            "-w",
-            "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off",
-            "start",
-        )
+        run(str(pg_bin / "initdb"), "-D", data, "-U", "optuna", "--auth=trust", "-E", "UTF8", "--no-locale")
+        run(str(pg_bin / "pg_ctl"), "-D", data, "-l", f"{folder}/log", "-w", "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
         run(str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "optuna", "optuna")
         yield f"postgresql+psycopg2://optuna@127.0.0.1:{port}/optuna"
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
-            run(str(pg_bin / "pg_ctl"), "-D", f"{folder}/data", "-m", "fast", "-w", "stop")
+            run(str(pg_bin / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_postgresql_storage_with_two_workers(tmp_path, data_root, postgres_url):
-    path = write_sweep(tmp_path, "pg", study={"n_trials": 2})
-    with sweep_env(tmp_path, data_root):
-        code = main(
-            [str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2", "--no-report"]
-        )
+@pytest.mark.slow
+def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
+    path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})
+    with sweep_env(data_root):
+        code = main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
+                     "--no-report"])
     assert code == 0
     assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
     trials = load(postgres_url, "pg").get_trials()
-    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
     assert all(read_run(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)

@@ -41,6 +41,7 @@ from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
 from lit_sr.data.degrade import crop_size
 from lit_sr.data.images import ImageCache, ImageError
 from lit_sr.data.overlap import near_duplicates, pixel_hash
+from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
 
 HOLDOUT = "holdout"
@@ -336,8 +337,9 @@ class SRDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
+            trainer=self.trainer,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

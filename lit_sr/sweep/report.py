@@ -1,60 +1,51 @@
-"""A study's results: best trial, top-k table, plots (PNG and HTML) and a W&B summary run.
+"""A study's report: best trial, top-k table, Optuna plots, and the best trial's test table.
 
-Written under ``<study dir>/report/``: ``top_k.md``, ``trials.json``, ``<plot>.png``
-(``optuna.visualization.matplotlib``) and ``<plot>.html`` (plotly; its PNG export would need a browser)
-for the optimization history, parameter importances (Optuna's default PED-ANOVA evaluator: no extra
-dependency), parallel coordinates and intermediate values. A plot that cannot be drawn yet (e.g.
-importances before two trials complete) is skipped with the reason.
+Written to ``<root>/<study>/report/``: ``top_k.md``, ``trials.json``, ``<plot>.png`` (matplotlib) and
+``<plot>.html`` (plotly) for the optimization history, parameter importances, parallel coordinates and
+intermediate values, and ``test/results.{md,json}``: the best trial's checkpoint benchmarked on the test
+sets. The trial was chosen on the validation metric; the test numbers are for reporting only.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, TrialState
+
+from lit_sr.sweep.config import Sweep, SweepError, get_path
+from lit_sr.sweep.study import describe, make_storage
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials, best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (sign * t.value, t.number))
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return "" if value is None else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def format_table(trials: list[FrozenTrial], metric: str) -> str:
-    """Markdown table: rank, trial, metric, every param, duration."""
+    """Markdown: rank, trial, metric, every knob, duration."""
     names = list(dict.fromkeys(k for t in trials for k in t.params))
-    head = ["rank", "trial", metric, *names, "time (s)"]
-    rows = [
-        [
-            str(i + 1),
-            str(t.number),
-            f"{t.value:.4f}",
-            *(_fmt(t.params.get(n)) for n in names),
-            f"{t.duration.total_seconds():.0f}" if t.duration else "",
-        ]
-        for i, t in enumerate(trials)
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    rows = [["rank", "trial", metric, *names, "time (s)"]]
+    rows += [[str(i + 1), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n, "")) for n in names),
+              f"{t.duration.total_seconds():.0f}" if t.duration else ""] for i, t in enumerate(trials)]
+    return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] +
+                     ["| " + " | ".join(r) + " |" for r in rows[1:]])
 
 
-def _plots(study: optuna.Study, out: Path, metric: str) -> tuple[list[Path], dict[str, str]]:
+def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
+    """PNG and HTML of each plot; returns the plots skipped, with the reason."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,24 +53,9 @@ def _plots(study: optuna.Study, out: Path, metric: str) -> tuple[list[Path], dic
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vmpl
 
-    files, skipped = [], {}
-    complete = ranked(study)
-    varying = [
-        n
-        for n in dict.fromkeys(k for t in complete for k in t.params)
-        if len({json.dumps(t.params.get(n), default=str) for t in complete}) > 1
-    ]
+    skipped = {}
     for name in PLOTS:
-        if not complete:
-            skipped[name] = "no COMPLETE trial yet"
-            continue
-        if name == "param_importances" and (len(complete) < 2 or not varying):
-            skipped[name] = "needs two COMPLETE trials that differ in a param"
-            continue
-        if name == "intermediate_values" and not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-            skipped[name] = "no trial reported an intermediate value"
-            continue
-        kwargs = {"target_name": metric} if name != "intermediate_values" else {}
+        kwargs = {} if name == "intermediate_values" else {"target_name": metric}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -87,149 +63,73 @@ def _plots(study: optuna.Study, out: Path, metric: str) -> tuple[list[Path], dic
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
                 plt.close(fig)
-                getattr(vis, f"plot_{name}")(study, **kwargs).write_html(
-                    out / f"{name}.html", include_plotlyjs="directory"
-                )
-            files += [out / f"{name}.png", out / f"{name}.html"]
-        except Exception as err:  # noqa: BLE001 - a plot Optuna cannot draw yet must not lose the report
+                html = getattr(vis, f"plot_{name}")(study, **kwargs)
+                html.write_html(out / f"{name}.html", include_plotlyjs="directory")
+        except Exception as err:  # noqa: BLE001 - a plot Optuna cannot draw yet (too few trials) is skipped
             skipped[name] = f"{type(err).__name__}: {err}"
-    return files, skipped
+    return skipped
 
 
-def _trial_record(t: FrozenTrial) -> dict[str, Any]:
-    return {
-        "number": t.number,
-        "state": t.state.name,
-        "value": t.value,
-        "params": t.params,
-        "user_attrs": t.user_attrs,
-        "intermediate_values": t.intermediate_values,
-        "retry_of": t.system_attrs.get("failed_trial"),
-        "duration_s": t.duration.total_seconds() if t.duration else None,
-    }
+def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
+    """Benchmark the best trial's checkpoint on the test sets of its config (cached per checkpoint)."""
+    from lit_sr.checkpoint import load_method
+    from lit_sr.data.sources import default_test_sets
+    from lit_sr.evaluate import format_table as bench_table
+    from lit_sr.evaluate import run_benchmark, write_results
+    from lit_sr.methods.bicubic import Bicubic
+
+    ckpt = best.user_attrs.get("checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        return f"no test table: trial {best.number} left no checkpoint ({ckpt})"
+    cached = out / "results.json"
+    if cached.is_file() and json.loads(cached.read_text())["meta"]["checkpoint"] == ckpt:
+        return (out / "results.md").read_text().rsplit("\n\n", 1)[-1].strip()
+    cfg = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "trial.yaml").read_text())
+    data = cfg.get("data") or {}
+    sets = data["test_sets"] if data.get("test_sets") is not None else default_test_sets()
+    if not sets:
+        return "no test table: the trial's data.test_sets is empty and the data root has no Set5/Set14"
+    method = load_method(ckpt)
+    scales = [s for s in (data.get("val_scales") or data.get("scales") or method.supported_scales)
+              if s in method.supported_scales]
+    rows = {"bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), sets, scales),
+            f"trial-{best.number}": run_benchmark(method, sets, scales)}
+    table = bench_table(rows, scales)
+    write_results(out, rows[f"trial-{best.number}"], str(get_path(cfg, "model.class_path")), ckpt,
+                  method.hparams.ssim_variant, str(Path(best.user_attrs["run_dir"]) / "trial.yaml"), table,
+                  meta={"selection": {"metric": metric, "value": best.value, "trial": best.number}})
+    return table
 
 
-def write_report(
-    study: optuna.Study,
-    out_dir: str | Path,
-    metric: str = "val/psnr_y",
-    top_k: int = 5,
-    method: str | None = None,
-    log_wandb: bool = True,
-) -> dict[str, Any]:
-    """Write the report files and (optionally) a W&B summary run; returns what was found and written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(deepcopy=False)
-    best = ranked(study)
-    table = format_table(best[:top_k], metric)
-    states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
-    (out / "top_k.md").write_text(f"# {study.study_name}: top {top_k} by {metric}\n\n{table}\n")
-    (out / "trials.json").write_text(json.dumps([_trial_record(t) for t in trials], indent=2, default=str))
-    files, skipped = _plots(study, out, metric)
-    result: dict[str, Any] = {
-        "study": study.study_name,
-        "metric": metric,
-        "states": states,
-        "table": table,
-        "out_dir": str(out),
-        "files": [str(f) for f in files],
-        "skipped": skipped,
-        "wandb_run": None,
-        "best": None
-        if not best
-        else {
-            "number": best[0].number,
-            "value": best[0].value,
-            "params": best[0].params,
-            "checkpoint": best[0].user_attrs.get("checkpoint"),
-            "wandb_run": best[0].user_attrs.get("wandb_run"),
-        },
-    }
-    if log_wandb:
-        result["wandb_run"] = _log_wandb(study, out, result, trials, method)
-    return result
-
-
-def _log_wandb(
-    study: optuna.Study, out: Path, result: dict[str, Any], trials: list[FrozenTrial], method: str | None
-) -> str:
-    """One W&B run per report (group = study, job_type sweep-summary): tables, plots, best in its summary."""
-    import wandb
-
-    from lit_sr.loggers import wandb_offline
-
-    offline = wandb_offline()
-    run = wandb.init(
-        project=os.environ.get("WANDB_PROJECT", "lit_sr"),
-        entity=os.environ.get("WANDB_ENTITY"),
-        dir=str(out),
-        group=study.study_name,
-        name=f"{study.study_name}-summary",
-        job_type="sweep-summary",
-        tags=[t for t in (method, "sweep-summary") if t],
-        mode="offline" if offline else "online",
-        config={
-            "study": study.study_name,
-            "metric": result["metric"],
-            "states": result["states"],
-            "sweep": study.user_attrs.get("sweep", {}),
-        },
-    )
+def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
+    """Write the report files; returns the text ``lit-sr sweep`` prints."""
+    url = sweep.storage_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        raise SweepError(f"no study storage at {url}: run `lit-sr sweep {sweep.path}` first, or pass --storage URL")
     try:
-        names = list(dict.fromkeys(k for t in trials for k in t.params))
-        columns = ["trial", "state", "value", *names, "wandb_run", "checkpoint", "reason"]
-        data = [
-            [
-                t.number,
-                t.state.name,
-                t.value,
-                *(_fmt(t.params.get(n)) for n in names),
-                t.user_attrs.get("wandb_run"),
-                t.user_attrs.get("checkpoint"),
-                t.user_attrs.get("reason"),
-            ]
-            for t in trials
-        ]
-        log: dict[str, Any] = {"trials": wandb.Table(columns=columns, data=data)}
-        for f in result["files"]:
-            if f.endswith(".png"):
-                log[f"plots/{Path(f).stem}"] = wandb.Image(f)
-        run.log(log)
-        best = result["best"]
-        if best:
-            run.summary.update(
-                {
-                    "best/value": best["value"],
-                    "best/trial": best["number"],
-                    **{f"best/params/{k}": v for k, v in best["params"].items()},
-                }
-            )
-        return str(Path(run.dir).parent) if offline else run.path
-    finally:
-        run.finish()
-
-
-def format_report(result: dict[str, Any]) -> str:
-    """The text ``lit-sr sweep`` prints at the end."""
-    lines = [f"study {result['study']}: " + ", ".join(f"{n} {k}" for k, n in result["states"].items())]
-    best = result["best"]
-    if best:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-        lines += [
-            f"best trial {best['number']}: {result['metric']} {best['value']:.4f} ({params})",
-            f"  checkpoint {best['checkpoint']}",
-            f"  W&B run {best['wandb_run']}",
-        ]
-    else:
-        lines.append("no COMPLETE trial yet")
-    lines += [
-        "",
-        result["table"],
-        "",
-        f"report and plots in {result['out_dir']}/ (top_k.md, trials.json, *.png, *.html)",
-    ]
-    lines += [f"  skipped {name}: {why}" for name, why in result["skipped"].items()]
-    if result["wandb_run"]:
-        lines.append(f"W&B summary run: {result['wandb_run']}")
+        study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))
+    except KeyError as err:
+        where = url.split("@")[-1]  # no password in messages
+        raise SweepError(f"no study {sweep.study_name!r} in {where}: run `lit-sr sweep {sweep.path}` first") from err
+    out = sweep.study_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    trials, best, metric = study.get_trials(deepcopy=False), ranked(study), sweep.study.metric
+    table = format_table(best[: top_k or sweep.study.top_k], metric)
+    (out / "top_k.md").write_text(f"# {study.study_name}: top {top_k or sweep.study.top_k} by {metric}\n\n{table}\n")
+    (out / "trials.json").write_text(json.dumps(
+        [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "user_attrs": t.user_attrs,
+          "intermediate_values": t.intermediate_values} for t in trials], indent=2, default=str))
+    lines = [f"study {study.study_name}: {describe(trials)}"]
+    if not best:
+        return "\n".join([*lines, "no COMPLETE trial yet"])
+    b = best[0]
+    lines += [f"best trial {b.number}: {metric} {b.value:.4f} (validation) "
+              f"[{', '.join(f'{k}={_fmt(v)}' for k, v in b.params.items())}]",
+              f"  checkpoint {b.user_attrs.get('checkpoint')}", f"  W&B run {b.user_attrs.get('wandb_run')}", "", table]
+    if test:
+        lines += ["", f"Test sets of the best trial (chosen on {metric} {b.value:.4f}, validation):", "",
+                  best_trial_test_table(b, out / "test", metric), "",
+                  "The test numbers were not used to choose this trial: it was chosen on validation only."]
+    skipped = write_plots(study, out, metric)
+    lines += ["", f"report and plots in {out}/"] + [f"  skipped plot {k}: {v}" for k, v in skipped.items()]
     return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Sweep files (``sweeps/<method>.yaml``, format in the README "Sweeps"): the search space and the trial configs.
+
+A sweep file is layered on a preset (``experiments/<method>/<preset>.yaml``); ``presets.<name>`` overlays it.
+It is parsed into the dataclasses below by jsonargparse (which names a bad key or type); the distributions
+are Optuna's own (they reject bad bounds); samplers and pruners are any class, built from
+``class_path``/``init_args``. Every ``params`` path must exist in the preset once ``fixed`` is applied;
+a ``fixed`` path may add a new leaf under an existing mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from lit_sr.errors import ConfigError
+from lit_sr.presets import preset_path as find_preset
+from lit_sr.presets import sweep_path
+
+DEFAULT_ROOT = Path("runs") / "sweeps"
+#: set by the sweep for every trial; a sweep file may not set them
+RESERVED = ("run_dir", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
+
+
+class SweepError(ConfigError):
+    """A sweep file or command is wrong; the message names the file, the key and the fix."""
+
+
+@dataclass
+class Param:
+    """One knob: an Optuna distribution and the config paths it sets (all of them, to the same value)."""
+
+    type: Literal["float", "int", "categorical"]
+    paths: list[str]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    def distribution(self) -> BaseDistribution:
+        """Optuna's distribution of this knob (its own checks raise ``ValueError`` on bad bounds)."""
+        if self.type == "categorical":
+            return CategoricalDistribution(self.choices or [])
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs low and high")
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass
+class Constraint:
+    """Trials whose product of knobs exceeds ``max`` are pruned before training (e.g. MS-LapSRN's D * R <= 40)."""
+
+    product: list[str]
+    max: float
+
+
+@dataclass
+class Study:
+    n_trials: PositiveInt = 10  # the study's total over all workers (may overshoot by at most workers - 1)
+    metric: str = "val/psnr_y"  # objective and pruning metric: a validation metric, never a test set
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: dict[str, Any] = field(default_factory=lambda: {"class_path": "optuna.samplers.TPESampler"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"class_path": "optuna.pruners.MedianPruner"})
+    name: str | None = None  # default <method>-<preset>
+    enqueue_preset: bool = False  # trial 0 runs the preset's own values of the knobs
+    max_params: PositiveInt | None = None  # trials with a larger network are pruned before training
+    constraints: list[Constraint] = field(default_factory=list)
+    heartbeat_interval: PositiveInt = 10  # seconds; a trial silent for grace_period is failed and retried
+    grace_period: PositiveInt = 30
+    max_retry: NonNegativeInt = 2
+    top_k: PositiveInt = 5
+
+
+@dataclass
+class SweepFile:
+    method: str
+    preset: str = "quick"
+    study: Study = field(default_factory=Study)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse(kind: Any, value: Any, where: str) -> Any:
+    """``value`` parsed and instantiated as ``kind`` by jsonargparse (a dataclass, or a base class for
+    ``{class_path, init_args}``); its error names the bad key, prefixed with ``where``."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--obj", type=kind)
+    try:
+        cfg = parser.parse_object({"obj": value})
+        return (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg).obj
+    except Exception as err:  # noqa: BLE001 - jsonargparse/Optuna errors vary; name the key
+        msg = str(err).replace('"obj.', '"').replace("Group 'obj' does not accept option", "unknown key")
+        raise SweepError(f"{where}: {msg}".replace('Parser key "obj":', "").replace("\n  ", "\n")) from err
+
+
+# ---- dotted config paths (list items by index) ------------------------------------------------------------
+def _parts(path: str) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in path.split(".")]
+
+
+def get_path(cfg: Any, path: str) -> Any:
+    """The value at ``path``; ``KeyError`` naming the first missing segment."""
+    node = cfg
+    for i, part in enumerate(_parts(path)):
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_list or isinstance(node, dict) and part in node):
+            where = ".".join(path.split(".")[:i]) or "the top level"
+            there = sorted(map(str, node)) if isinstance(node, dict) else f"{type(node).__name__} {node!r}"[:80]
+            raise KeyError(f"no {part!r} under {where} (there: {there})")
+        node = node[part]
+    return node
+
+
+def set_path(cfg: dict, path: str, value: Any, create_leaf: bool = False) -> None:
+    """Set an existing ``path`` (or, with ``create_leaf``, a new last key under an existing mapping)."""
+    head, _, last = path.rpartition(".")
+    parent = get_path(cfg, head) if head else cfg
+    key = int(last) if last.isdigit() and isinstance(parent, list) else last
+    if not create_leaf:
+        get_path(cfg, path)
+    elif not isinstance(parent, (dict, list)):
+        raise KeyError(f"{head} holds {parent!r}, not a mapping")
+    parent[key] = value
+
+
+# ---- the resolved sweep ---------------------------------------------------------------------------------
+@dataclass
+class Sweep:
+    """A sweep file with its preset overlay applied and its preset config loaded (``base`` = preset + fixed)."""
+
+    path: Path
+    spec: SweepFile
+    preset: str
+    preset_path: Path
+    base: dict[str, Any]
+    study_name: str
+    storage_url: str
+    root: Path
+
+    @property
+    def study(self) -> Study:
+        return self.spec.study
+
+    @property
+    def study_dir(self) -> Path:
+        return self.root / self.study_name
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {name: p.distribution() for name, p in self.spec.params.items()}
+
+    def sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        """The study's sampler, ``seed_offset`` added to its seed (if it has one)."""
+        spec = copy.deepcopy(self.study.sampler)
+        args = spec.setdefault("init_args", {})
+        if isinstance(args.get("seed"), int):
+            args["seed"] = int(args["seed"]) + seed_offset
+        return parse(optuna.samplers.BaseSampler, spec, f"{self.path}: study.sampler")
+
+    def pruner(self) -> optuna.pruners.BasePruner:
+        return parse(optuna.pruners.BasePruner, self.study.pruner, f"{self.path}: study.pruner")
+
+    def preset_values(self) -> dict[str, Any]:
+        """The preset's own value of every knob (its first path) that the knob's distribution can hold."""
+        out = {}
+        for name, dist in self.distributions().items():
+            value = get_path(self.base, self.spec.params[name].paths[0])
+            if isinstance(dist, CategoricalDistribution):
+                ok = value in dist.choices
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high
+            if ok:
+                out[name] = value
+        return out
+
+    def violations(self, values: dict[str, Any]) -> list[str]:
+        """The ``study.constraints`` that ``values`` (by knob name) break, as readable reasons."""
+        out = []
+        for c in self.study.constraints:
+            product = 1.0
+            for name in c.product:
+                product *= float(values[name])
+            if product > c.max:
+                out.append(f"constraint {' * '.join(f'{n}({values[n]})' for n in c.product)} = {product:g} > {c.max:g}")
+        return out
+
+    def trial_config(self, values: dict[str, Any], run_dir: Path, number: int, callback: dict[str, Any]) -> dict:
+        """The preset with ``fixed`` and the trial's knob values, its run dir, W&B logger and Optuna callback."""
+        cfg = copy.deepcopy(self.base)
+        for name, value in values.items():
+            for path in self.spec.params[name].paths:
+                set_path(cfg, path, copy.deepcopy(value))
+        cfg["run_dir"] = str(run_dir)
+        trainer = cfg.setdefault("trainer", {})
+        trainer["enable_progress_bar"] = False  # trial logs are files
+        trainer["logger"] = {
+            "class_path": "lit_sr.loggers.SRWandbLogger",
+            "init_args": {"save_dir": str(run_dir), "group": self.study_name, "name": f"trial-{number}",
+                          "tags": [self.spec.method]},
+        }
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []), callback]
+        return cfg
+
+    def settings(self) -> dict[str, Any]:
+        """What the study stores as its user attribute ``sweep`` (for the report and the dashboard)."""
+        return {"sweep_file": str(self.path), "method": self.spec.method, "preset": self.preset,
+                "root": str(self.root), "study": asdict(self.study),
+                "params": {n: p.paths for n, p in self.spec.params.items()}}
+
+
+def _merge(raw: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``presets.<name>`` over the file: each section merged key by key, each key's value replaced whole."""
+    out = dict(raw)
+    for key, value in overlay.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_sweep(
+    path: str | Path,
+    preset: str | None = None,
+    n_trials: int | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    root: str | Path | None = None,
+) -> Sweep:
+    """Parse and check a sweep file; the keyword arguments are command-line overrides."""
+    path = Path(path)
+    if not path.is_file() and path.suffix in (".yaml", ".yml"):
+        raise SweepError(f"sweep file not found: {path}")
+    if not path.is_file():  # a method name: sweeps/<method>.yaml
+        try:
+            path = sweep_path(str(path))
+        except ValueError as err:
+            raise SweepError(str(err)) from err
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping with method, study, fixed, params")
+    preset = preset or raw.get("preset") or "quick"
+    overlay = (raw.get("presets") or {}).get(preset) or {}
+    raw = _merge({**raw, "preset": preset}, overlay)
+    if n_trials is not None:
+        raw["study"] = {**(raw.get("study") or {}), "n_trials": n_trials}
+    if unknown := sorted(set(raw) - set(SweepFile.__dataclass_fields__)):
+        raise SweepError(f"{path}: unknown key(s) {unknown}; a sweep file has {list(SweepFile.__dataclass_fields__)}")
+    spec = parse(SweepFile, {**raw, "params": {}}, str(path))
+    spec.params = {n: parse(Param, knob, f"{path}: params.{n}") for n, knob in (raw.get("params") or {}).items()}
+    if not spec.params:
+        raise SweepError(f"{path}: params is empty: give at least one knob to search")
+    try:
+        preset_path = find_preset(spec.method, preset)
+    except ValueError as err:
+        raise SweepError(f"{path}: {err}") from err
+    base = yaml.safe_load(preset_path.read_text()) or {}
+    for key, value in spec.fixed.items():
+        if key.startswith(RESERVED):
+            raise SweepError(f"{path}: fixed may not set {key!r}: the sweep sets {', '.join(RESERVED)} itself")
+        try:
+            set_path(base, key, copy.deepcopy(value), create_leaf=True)
+        except KeyError as err:
+            raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
+    for name, param in spec.params.items():
+        try:
+            param.distribution()
+        except (ValueError, TypeError) as err:
+            raise SweepError(f"{path}: params.{name}: {err}") from err
+        for p in param.paths:
+            try:
+                get_path(base, p)
+            except KeyError as err:
+                raise SweepError(
+                    f"{path}: params.{name}.paths: {p!r} does not exist in {preset_path} (after 'fixed'): "
+                    f"{err.args[0]}. Fix the path, or give it a value under 'fixed'"
+                ) from err
+    for c in spec.study.constraints:
+        if unknown := [n for n in c.product if n not in spec.params]:
+            raise SweepError(f"{path}: study.constraints names {unknown}, not knobs in params {sorted(spec.params)}")
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    sweep = Sweep(path, spec, preset, preset_path, base, study_name or spec.study.name or f"{spec.method}-{preset}",
+                  storage or f"sqlite:///{root / 'optuna.db'}", root)
+    if spec.study.grace_period <= spec.study.heartbeat_interval:
+        raise SweepError(f"{path}: study.grace_period must exceed study.heartbeat_interval, or live trials get failed")
+    sweep.sampler(), sweep.pruner()  # fail now, naming the file, rather than inside a worker
+    return sweep
