@@ -410,3 +410,25 @@ def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root,
     assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
     assert all(read_run(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
+
+
+@pytest.mark.slow
+def test_a_trial_runs_as_a_two_process_ddp_job_and_reports_rank_zeros_values(tmp_path, data_root):
+    """``fixed: {trainer.devices: 2, trainer.strategy: ddp}``: each trial is a 2-rank gloo job; one value, one run."""
+    fixed = {**TINY_FIXED, "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu",
+             "data.val_max_images": 3}  # 3 images over 2 ranks: uneven shards, each image scored once
+    pruner = {"class_path": "optuna.pruners.MedianPruner", "init_args": {"n_startup_trials": 5}}
+    path = write_sweep(tmp_path, "ddp", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
+    root = tmp_path / "runs"
+    with sweep_env(data_root):
+        study = create_study(load_sweep(path, root=root))
+        study.enqueue_trial({"lr": 1e-4})
+        assert main([str(path), "--root", str(root), "--workers", "1", "--no-report"]) == 0
+    (trial,) = load(sqlite_url(root), "ddp").trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("reason")
+    assert "MEMBER: 2/2" in (Path(trial.user_attrs["run_dir"]) / "trial.log").read_text()  # really two ranks
+    run = logged_run(trial)
+    logged = run.series("val/psnr_y")
+    assert len(logged) == 2 and trial.value == pytest.approx(max(logged), abs=1e-9)
+    assert trial.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # reported once per epoch
+    assert len(find_runs(trial.user_attrs["run_dir"])) == 1  # rank 0 alone logs
