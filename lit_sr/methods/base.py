@@ -313,11 +313,15 @@ class SRMethod(L.LightningModule):
                 f"non-finite training loss {total.item()} at step {self.global_step} (stage "
                 f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
             )
-        n = sum(len(g["hr"]) for g in batch)
+        self.log_loss(batch, total, parts)
+        return total
+
+    def log_loss(self, groups: list[dict], total: Tensor, parts: dict[str, Tensor]) -> None:
+        """``train/loss`` and ``train/loss_<part>``, weighted by the batch's sample count."""
+        n = sum(len(g["hr"]) for g in groups)
         self.log("train/loss", total, prog_bar=True, batch_size=n)
         for name, value in parts.items():
             self.log(f"train/loss_{name}", value, batch_size=n)
-        return total
 
     # ---- the stage engine ---------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:

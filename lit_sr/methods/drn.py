@@ -446,10 +446,7 @@ class DRN(SRMethod):
         self._skipped_in_a_row = 0
         self._epoch_loss_sum += value
         self._epoch_batches += 1
-        n = sum(len(g["hr"]) for g in batch)
-        self.log("train/loss", total, prog_bar=True, batch_size=n)
-        for name, part in parts.items():
-            self.log(f"train/loss_{name}", part, batch_size=n)
+        self.log_loss(batch, total, parts)
         return total
 
     def on_train_epoch_end(self) -> None:
