@@ -154,7 +154,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     method = method.to("cpu").float().eval()
-    graph = SRGraph(method, scale)
+    graph = SRGraph(method, scale).eval()
     example = torch.rand(1, method_channels(method), *example_size)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}
     with torch.no_grad(), exportable_imresize(method):
