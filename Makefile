@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev]'
+	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,export]'
 	touch $@
 
 train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
