@@ -1,4 +1,4 @@
-"""Trainer add-ons every run gets: a progress bar that shows the stage, and atomic checkpoint writes."""
+"""Trainer add-ons every run gets: the stage in the progress bar, image panels, run-folder checkpoints."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from lit_sr.data.resize import imresize
+from lit_sr.inference import y_to_rgb_sr
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -22,6 +30,19 @@ class StageProgressBar(TQDMProgressBar):
         return items
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """``best.ckpt`` (by ``val/psnr_y``) and ``last.ckpt`` in ``<run_dir>/checkpoints`` (the trainer's root)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        defaults = {"filename": "best", "monitor": "val/psnr_y", "mode": "max", "save_last": True}
+        super().__init__(**{**defaults, **kwargs})
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file and rename it into place: a killed run never leaves a torn file."""
 
@@ -34,3 +55,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def panel(batch: dict, sr_y: Tensor, scale: int, size: int = 128) -> np.ndarray:
+    """uint8 HxWx3 strip of centre crops: bicubic | SR | HR (colour when the image has colour)."""
+    lr, hr = batch["lr"][:1].to(sr_y.device, sr_y.dtype), batch["hr"][:1].to(sr_y.device, sr_y.dtype)
+    images = [imresize(lr, scale), y_to_rgb_sr(sr_y[:1], lr, scale), hr]
+    h, w = hr.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crops = [img[0, :, top : top + ch, left : left + cw].clamp(0, 1) for img in images]
+    strip = torch.cat([c.expand(3, -1, -1) for c in crops], dim=-1)
+    return (strip * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+class ImagePanels(Callback):
+    """Every ``every_n_epochs`` validations, log bicubic | SR | HR of the first image of each (set, scale)."""
+
+    def __init__(self, every_n_epochs: int = 5) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"ImagePanels every_n_epochs must be >= 0 (0: never), got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self._panels: dict[str, np.ndarray] = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        every = self.every_n_epochs
+        if batch_idx == 0 and every and trainer.current_epoch % every == 0 and isinstance(outputs, Tensor):
+            scale = int(batch["scale"][0])
+            self._panels[f"images/{batch['set'][0]}/x{scale}"] = panel(batch, outputs, scale)
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        panels, self._panels = self._panels, {}
+        log_image = getattr(trainer.logger, "log_image", None)
+        if log_image is not None and not trainer.sanity_checking:
+            for key, img in panels.items():
+                log_image(key=key, images=[img], caption=["bicubic | SR | HR"], step=trainer.global_step)

@@ -1,35 +1,48 @@
-"""The ``lit-sr`` command.
+"""The ``lit-sr`` command: one parser listing every subcommand.
 
-    lit-sr fit|validate|test --config experiments/vdsr/paper.yaml [--key value ...]   (LightningCLI)
-    lit-sr train vdsr [--preset quick|paper] [LightningCLI overrides]   fit, then the benchmark table vs bicubic
+    lit-sr fit|validate|test|predict --config experiments/vdsr/paper.yaml [--key value ...]   (LightningCLI)
+    lit-sr train vdsr [--preset quick|paper] [LightningCLI overrides]   fit, select on val, then the test table
     lit-sr benchmark bicubic|CKPT --data Set5 Set14 --scales 2 3 4 --out OUT
+    lit-sr compare [RUN_DIR ...]                                        one table of trained runs
+    lit-sr sweep sweeps/cmsc.yaml [...]                                 Optuna study (lit-sr sweep --help)
     lit-sr upscale CKPT photo.png folder/ [...] --scale 4 -o out/ [--tile 256 --self-ensemble --force]
-    lit-sr export CKPT --onnx model.onnx [--scale 4]
+    lit-sr export CKPT --onnx model.onnx [--scale 4]                   ONNX, dynamic height and width
 
 Config layout (every method): ``model.class_path`` names the method's LightningModule;
 ``model.init_args.variant`` the registered network and ``model.init_args.net`` its overrides (e.g.
 ``model.init_args.net.depth``); ``model.init_args.stages`` the schedule (``...stages.0.clip.theta``);
 ``data.*`` the SRDataModule; ``trainer.*`` the Lightning Trainer; ``run_dir`` where the run writes
-(default ``runs/<method>/<time>``: ``config.yaml``, ``checkpoints/``, ``wandb/``).
+(default ``runs/<method>/<time>``: ``config.yaml``, ``checkpoints/``, ``wandb/``, ``benchmark/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import resource
 import sys
+import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from lit_sr.callbacks import AtomicCheckpointIO, StageProgressBar
+from lit_sr.callbacks import AtomicCheckpointIO, ImagePanels, RunCheckpoint, StageProgressBar
 from lit_sr.data.datamodule import SRDataModule
 from lit_sr.loggers import SRWandbLogger
-from lit_sr.methods.base import SRMethod
+from lit_sr.methods import SRMethod, registered_methods
+from lit_sr.presets import preset_path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-REPO = Path(__file__).resolve().parents[1]
+
+
+def _method_name(class_path: str) -> str:
+    by_path = {f"{c.__module__}.{c.__qualname__}": n for n, c in registered_methods().items()}
+    return by_path.get(class_path, class_path.rsplit(".", 1)[-1].lower())
+
+
+def _callback(cls: type, **init_args) -> Namespace:
+    return Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace(**init_args))
 
 
 class SRCLI(LightningCLI):
@@ -43,25 +56,36 @@ class SRCLI(LightningCLI):
             subclass_mode_model=True,
             auto_configure_optimizers=False,  # the stage engine owns optimizers
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"plugins": [AtomicCheckpointIO()]},
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--run_dir", type=str | None, default=None, help="where the run writes everything"
-        )
+        parser.add_argument("--run_dir", type=str | None, default=None, help="where the run writes everything")
 
     def before_instantiate_classes(self) -> None:
+        """Fill in what every run gets unless its config says otherwise: run folder, logger, callbacks."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        method = cfg.model.class_path.rsplit(".", 1)[-1].lower()
+        method = _method_name(cfg.model.class_path)
         if cfg.get("ckpt_path") == "last" and not cfg.run_dir:
             cfg.run_dir = str(latest_run(method))  # resume the newest run of this method in its own folder
-        run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        cfg.run_dir = run_dir
-        cfg.trainer.default_root_dir = run_dir
-        self.run_dir = Path(run_dir)
-        self._tags = [method, str(cfg.model.init_args.get("variant") or method)]
+        cfg.run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        self.run_dir = Path(cfg.run_dir)
+        trainer = cfg.trainer
+        trainer.default_root_dir = cfg.run_dir
+        tags = [method, str(cfg.model.init_args.get("variant") or method)]
+        if trainer.logger in (None, True):
+            trainer.logger = _callback(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
+        callbacks = list(trainer.callbacks or [])
+        names = {c.class_path.rsplit(".", 1)[-1] for c in callbacks if isinstance(c, Namespace)}
+        if trainer.enable_checkpointing is not False and not names & {"ModelCheckpoint", "RunCheckpoint"}:
+            callbacks.append(_callback(RunCheckpoint))
+        if trainer.enable_progress_bar is not False and not any("ProgressBar" in n for n in names):
+            callbacks.append(_callback(StageProgressBar))
+        if "ImagePanels" not in names:
+            callbacks.append(_callback(ImagePanels))
+        trainer.callbacks = callbacks
 
     def before_fit(self) -> None:
         if self.trainer.logger is not None:
@@ -69,32 +93,6 @@ class SRCLI(LightningCLI):
             self.trainer.logger.log_hyperparams(
                 {"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)}
             )
-
-    def _instantiate_trainer(self, config, callbacks):
-        config = dict(config)
-        if config.get("logger") in (None, True):
-            config["logger"] = SRWandbLogger(
-                save_dir=str(self.run_dir), name=self.run_dir.name, tags=self._tags
-            )
-        if config.get("enable_checkpointing", True) is not False and not any(
-            isinstance(c, ModelCheckpoint) for c in callbacks + list(config.get("callbacks") or [])
-        ):
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=self.run_dir / "checkpoints",
-                    filename="best",
-                    monitor="val/psnr_y",
-                    mode="max",
-                    save_last=True,
-                )
-            )
-        if config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks + list(config.get("callbacks") or [])
-        ):
-            callbacks.append(StageProgressBar())
-        if not config.get("plugins"):
-            config["plugins"] = [AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
 
 
 def latest_run(method: str, root: str | Path = "runs") -> Path:
@@ -108,55 +106,71 @@ def latest_run(method: str, root: str | Path = "runs") -> Path:
     return candidates[-1].parent.parent
 
 
-def experiment_config(model: str, preset: str) -> Path:
-    """``experiments/<model>/<preset>.yaml`` in the current folder or the repository."""
-    for root in (Path.cwd(), REPO):
-        path = root / "experiments" / model / f"{preset}.yaml"
-        if path.is_file():
-            return path
-    available = sorted(p.parent.name + "/" + p.stem for p in (REPO / "experiments").glob("*/*.yaml"))
-    raise SystemExit(
-        f"no experiment config experiments/{model}/{preset}.yaml; available: {', '.join(available)}"
-    )
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Fit a preset (choosing the checkpoint on val), test that checkpoint, print and write the test table."""
     import wandb
 
     from lit_sr.evaluate import format_table, run_benchmark, write_results
-    from lit_sr.methods.base import load_method
     from lit_sr.methods.bicubic import Bicubic
 
-    config = experiment_config(args.model, args.preset)
+    config = preset_path(args.model, args.preset)
+    wall, cpu = time.monotonic(), _cpu_seconds()
     cli = SRCLI(args=["fit", "--config", str(config), *overrides])
-    trainer, dm = cli.trainer, cli.datamodule
+    trainer, dm, method = cli.trainer, cli.datamodule, cli.model
+    timing = {"train_wall_s": round(time.monotonic() - wall, 1), "train_cpu_s": round(_cpu_seconds() - cpu, 1)}
+    callback = trainer.checkpoint_callback
+    ckpt = callback.best_model_path or callback.last_model_path
+    val_score = None if callback.best_model_score is None else float(callback.best_model_score)
+    if dm.test_sets:
+        trainer.test(method, datamodule=dm, ckpt_path=ckpt, verbose=False)
     if not trainer.is_global_zero:
         return 0
-    ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
-    datasets = list(dict.fromkeys(name for name, _ in dm.val_keys))
-    scales = sorted({s for _, s in dm.val_keys})
-    method = load_method(ckpt)
-    rows = {
-        "bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), datasets, scales),
-        args.model: run_benchmark(method, datasets, scales),
-    }
-    table = format_table(rows, scales)
+    scales = sorted({s for s in dm.val_scales})
+    rows = {args.model: method.last_results if dm.test_sets else {}}
+    if dm.test_sets:
+        rows = {
+            "bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), dm.test_sets, scales),
+            **rows,
+        }
+    table = format_table(rows, scales) if dm.test_sets else "(no test sets: data.test_sets is empty)"
+    selection = {"metric": "val/psnr_y", "value": val_score, "val_sets": dm.val_sets, "checkpoint": ckpt}
     out = cli.run_dir / "benchmark"
-    write_results(out, rows[args.model], args.model, ckpt, method.hparams.ssim_variant, str(config), table)
+    meta = {
+        "variant": method.hparams.variant,
+        "net_params": sum(p.numel() for p in method.net.parameters()) if method.net is not None else 0,
+        "preset": args.preset,
+        "selection": selection,
+        "data": dm.summary(),
+        "selection_on_test": dm.selection_on_test,
+        **timing,
+    }
+    write_results(out, rows[args.model], args.model, ckpt, method.hparams.ssim_variant, str(config), table, meta)
     print(
-        f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}:\n\n{table}\n\nwritten to {out}/results.md"
+        f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}\n"
+        + (
+            f"chosen on validation: val/psnr_y = {val_score:.3f} dB over {', '.join(dm.val_sets)} "
+            if val_score is not None
+            else "no validation ran (the last checkpoint is reported) "
+        )
+        + f"(training data: {', '.join(dm.train_names)}); the test sets below were not used to choose it.\n"
+        f"training: {timing['train_wall_s'] / 60:.1f} min wall, {timing['train_cpu_s'] / 60:.1f} min CPU\n\n"
+        f"{table}\n\nwritten to {out}/results.md"
     )
     logger = trainer.logger
-    if isinstance(logger, SRWandbLogger):
+    if isinstance(logger, SRWandbLogger) and dm.test_sets:
         columns = ["dataset", "scale", "method", "psnr_y", "ssim_y"]
         data = [
             [d, s, name, res[d][f"x{s}"]["psnr_y"], res[d][f"x{s}"]["ssim_y"]]
             for name, res in rows.items()
-            for d in datasets
+            for d in dm.test_sets
             for s in scales
         ]
-        logger.experiment.log({"benchmark": wandb.Table(columns=columns, data=data)})
-        wandb.finish()
+        logger.experiment.log({"test_table": wandb.Table(columns=columns, data=data)})
     return 0
 
 
@@ -165,10 +179,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     method, ckpt = resolve_method(args.method, args.ssim)
     results = run_benchmark(method, args.data, args.scales)
-    name = "bicubic" if ckpt is None else Path(ckpt).stem
-    table = format_table({name: results}, args.scales)
-    write_results(args.out, results, args.method, ckpt, args.ssim, table=table)
+    table = format_table({method.name: results}, args.scales)
+    write_results(args.out, results, method.name, ckpt, args.ssim, table=table)
     print(f"{table}\n\nwritten to {args.out}/results.md and results.json")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lit_sr.compare import compare
+
+    print(compare(args.runs, args.out))
     return 0
 
 
@@ -203,18 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lit-sr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="fit a method's preset, then print its benchmark table against bicubic")
-    p.add_argument("model", help="experiments/<model>/ folder, e.g. vdsr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        p = sub.add_parser(name, help=f"LightningCLI {name} (lit-sr {name} --help)", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("train", help="fit a method's preset, select on val, print its test table against bicubic")
+    p.add_argument("model", help="a registered method, e.g. vdsr (experiments/<model>/)")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper")
     p = sub.add_parser("benchmark", help="paper-style PSNR/SSIM table for bicubic or a checkpoint")
     p.add_argument("method", help="'bicubic' or a checkpoint path")
-    p.add_argument(
-        "--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders"
-    )
+    p.add_argument("--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders")
     p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--ssim", default="ssim_index", choices=["ssim_index", "matlab"])
+    p = sub.add_parser("compare", help="one table of trained runs (their benchmark/results.json)")
+    p.add_argument("runs", nargs="*", help="run folders (default: every runs/<method>/<time> with results)")
+    p.add_argument("--out", default="runs/compare")
+    p = sub.add_parser("sweep", help="Optuna study over a method's knobs (lit-sr sweep --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("upscale", help="super-resolve image files and folders with a checkpoint")
     p.add_argument("checkpoint", help="a .ckpt written by lit-sr fit, or 'bicubic'")
     p.add_argument("images", nargs="+", help="image files and/or folders (walked recursively)")
@@ -233,13 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
         import wandb
 
         try:
-            SRCLI(args=None if from_command_line else argv)  # None: LightningCLI reads sys.argv itself
+            SRCLI(args=argv)
         finally:
             wandb.finish()  # flush the run file now rather than in an exit hook
         return 0
@@ -250,10 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
-        return cmd_train(args, rest)
+        import wandb
+
+        try:
+            return cmd_train(args, rest)
+        finally:
+            wandb.finish()
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"benchmark": cmd_benchmark, "upscale": cmd_upscale, "export": cmd_export}[args.command](args)
+    commands = {"benchmark": cmd_benchmark, "compare": cmd_compare, "upscale": cmd_upscale, "export": cmd_export}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

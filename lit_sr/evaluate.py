@@ -4,8 +4,13 @@ The numbers come from ``trainer.validate`` through ``SRMethod``'s own validation
 checkpoint equals what its training run logged. ``results.json`` has a stable shape that scripts and
 dashboards read::
 
-    {"meta": {"method", "checkpoint", "config", "git_commit", "protocol", "ssim_variant", "date"},
+    {"meta": {"method", "checkpoint", "config", "git_commit", "protocol", "ssim_variant", "date", ...},
      "results": {"<dataset>": {"x<scale>": {"psnr_y": .., "ssim_y": .., "n_images": ..}}}}
+
+``lit-sr train`` adds to ``meta``: ``variant``, ``net_params``, ``preset``, ``selection`` (the val metric and
+value the checkpoint was chosen on, and the val sets), ``data`` (training sources and images, what was left
+out as a near-copy of a val/test image), ``selection_on_test`` and the training time (``train_wall_s``,
+``train_cpu_s``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 
 import lightning as L
 
+from lit_sr.checkpoint import load_method
 from lit_sr.data.datamodule import SRDataModule
-from lit_sr.methods.base import SRMethod, load_method
+from lit_sr.methods.base import SRMethod
 from lit_sr.methods.bicubic import Bicubic
 
 PROTOCOL = (
@@ -55,7 +61,9 @@ def run_benchmark(
             f"{type(method).__name__} supports scales {method.supported_scales}, not {unsupported}; "
             "drop them from --scales"
         )
-    dm = SRDataModule(val_sets=list(datasets), val_scales=list(scales), scales=list(scales))
+    dm = SRDataModule(
+        train_sources=["builtin"], val_sets=list(datasets), test_sets=[], val_scales=list(scales), scales=list(scales)
+    )
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -104,6 +112,7 @@ def write_results(
     ssim_variant: str,
     config: str | None = None,
     table: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out/results.json`` (stable shape, see the module doc) and ``out/results.md``."""
     out = Path(out)
@@ -117,6 +126,7 @@ def write_results(
             "protocol": PROTOCOL,
             "ssim_variant": ssim_variant,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **(meta or {}),
         },
         "results": results,
     }

@@ -79,6 +79,7 @@ class _PerImageMean(Metric):
     def __init__(self, shave: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.shave = shave
+        self.n_images = 0  # images behind the last compute(), over every rank
         self.add_state("values", default=[], dist_reduce_fx="cat")
 
     def _score(self, sr_y: Tensor, hr_y: Tensor) -> Tensor:
@@ -88,7 +89,9 @@ class _PerImageMean(Metric):
         self.values.append(self._score(sr_y, hr_y).to(torch.float64))
 
     def compute(self) -> Tensor:
+        # torchmetrics syncs the states across ranks around compute() only, so the count is taken here.
         values = self.values if isinstance(self.values, Tensor) else torch.cat(self.values)
+        self.n_images = int(values.numel())
         return values.mean()
 
 

@@ -1,34 +1,49 @@
-"""SRDataModule: image sources, scales, patch size, batching and workers, configured under ``data:``.
+"""SRDataModule: training images, validation images and test benchmarks, configured under ``data:``.
 
-Training: ``TrainPatches`` ships uint8 HR crops (DataLoader ``batch_size=None``); on the training
-device ``on_after_batch_transfer`` turns them into float patches plus the targets the method asks for
-in its ``batch_needs`` attribute (e.g. ``("ilr",)`` for VDSR, ``("lr", "pyramid")`` for LapSRN;
-default ``("lr", "ilr")``). Keys, shapes and crop geometry: see ``lit_sr/data/degrade.py``.
+Three roles, never mixed:
 
-Validation / test: one DataLoader (batch_size 1) per (set, scale), in the order of ``val_keys`` /
-``test_keys``; items are ``BenchmarkSet`` dicts (``name``, ``scale``, float64 ``hr``, ``hr_y``, ``lr``,
-``lr_y`` with a batch dim of 1). Under DDP each rank gets an unpadded shard, so every image is scored
-exactly once.
+- ``train_sources`` train (``auto`` = the 291 images when ``$LIT_SR_DATA`` has T91 and BSD200, else the
+  photos bundled with scikit-image).
+- ``val_sets`` choose: best checkpoint, early stopping, the Optuna objective and pruning. Default: a
+  deterministic hold-out of ``val_holdout`` training images (the first N by a stable hash of the file name,
+  removed from training), or ``builtin_val`` when training on the built-in photos.
+- ``test_sets`` are the reported benchmarks (default: Set5 and Set14 when the data root has them). ``fit``
+  never evaluates them; ``lit-sr train`` tests the chosen checkpoint on them afterwards.
 
-Every image is decoded in the main process during ``setup`` (or the first ``*_dataloader`` call), so a
-bad file raises an ``ImageError`` naming it before any worker starts.
+Before training, the decoded pixels are compared across roles (:mod:`lit_sr.data.overlap`): an exact copy
+of a val or test image among the training images is an error naming both files; a near-duplicate
+(e.g. Set5's ``woman``, which is BSD200's ``302003`` downscaled) is left out of training with a warning
+(``near_duplicates: exclude``) or is an error (``error``). Validating on a test set, or on copies of its
+images, needs ``allow_selection_on_test: true`` and is then recorded (``selection_on_test``).
+
+Training: ``TrainPatches`` ships uint8 HR crops (DataLoader ``batch_size=None``); the method turns them
+into float patches and targets on its device (``SRMethod.on_after_batch_transfer``, ``degrade.py``).
+Training images smaller than the crop are enlarged by MATLAB bicubic (as the official LapSRN code does),
+so every image of a set trains. Validation / test: one DataLoader (batch_size 1) per (set, scale); items
+are ``BenchmarkSet`` dicts carrying their ``set`` and ``scale``. Under DDP each rank gets an unpadded
+shard, so every image is scored exactly once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
-from lit_sr.data.degrade import MODES, check_patch, crop_size, degrade
-from lit_sr.data.images import ImageCache
-from lit_sr.data.sources import default_val_sets, resolve_images
+from lit_sr.data.degrade import crop_size
+from lit_sr.data.images import ImageCache, ImageError
+from lit_sr.data.overlap import near_duplicates, pixel_hash
+from lit_sr.data.sources import default_test_sets, resolve_images
 
-DEFAULT_NEEDS = ("lr", "ilr")
+HOLDOUT = "holdout"
 
 
 def _worker_init(_: int) -> None:
@@ -38,53 +53,65 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
+def _check_int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def _check_scales(key: str, scales: Any) -> list[int]:
     if not isinstance(scales, (list, tuple)) or not scales:
-        raise ValueError(
-            f"data.{key} must be a non-empty list of integer scales like [2, 3, 4], got {scales!r}"
-        )
+        raise ValueError(f"data.{key} must be a non-empty list of integer scales like [2, 3, 4], got {scales!r}")
     for s in scales:
         if isinstance(s, bool) or not isinstance(s, int) or s < 2:
             raise ValueError(f"data.{key} holds {s!r}; SR scales must be integers >= 2, e.g. [2, 3, 4]")
     return sorted(set(scales))
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
+def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:
+    """(train, held out): the ``count`` paths first by SHA-1 of their file name, a split stable across machines."""
+    ranked = sorted(paths, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+    held = set(ranked[:count])
+    return [p for p in paths if p not in held], [p for p in paths if p in held]
 
 
 class SRDataModule(pl.LightningDataModule):
-    """Training patches and benchmark sets for every lit_sr method.
+    """Training patches, validation images and test benchmarks for every lit_sr method (module doc).
 
     Args:
-        train_sources: training image sources: set names under LIT_SR_DATA, folder paths, or ``builtin``.
-        val_sets: validation sets (None: Set5 when it exists under LIT_SR_DATA, else ``builtin_val``).
-        test_sets: test sets (None: the validation sets).
+        train_sources: set names under LIT_SR_DATA, folder paths, ``291``, ``builtin`` or ``auto``.
+        val_sets: validation sets (None: a hold-out of ``val_holdout`` training images; ``builtin_val`` for
+            the built-in photos).
+        val_holdout: how many training images the default validation set holds out.
+        test_sets: reported benchmarks (None: Set5 and Set14 when present).
+        allow_selection_on_test: let a test set (or copies of its images) serve as validation; recorded.
+        near_duplicates: ``exclude`` drops training images that are near-copies of val/test images (with a
+            warning), ``error`` stops.
         scales: training scales.
         val_scales: validation / test scales (None: ``scales``).
-        scale_mode: ``per_batch`` one scale per batch, ``mixed`` one per sample, ``split`` the batch cut
-            into equal contiguous parts, one per scale (ascending).
+        scale_mode: ``per_batch`` one scale per batch, ``mixed`` one per sample, ``split`` the batch cut into
+            equal contiguous parts, one per scale (ascending).
         patch_size: HR patch side (LR methods: divisible by every scale).
         batch_size: patches per training batch (all scales together in ``split`` mode).
         batches_per_epoch: training batches per epoch, summed over DDP ranks.
         num_workers: DataLoader worker processes for training patches.
-        channels: ``y`` (MATLAB luminance, one channel) or ``rgb``.
-        rescale: range of the random downscale factor of training images.
-        rescale_step: grid step of that factor (0.5..1.0 by 0.1 by default).
+        rescale: range of the random downscale factor of training images (None: no downscale).
+        rescale_step: grid step of that factor.
         d4: random flips / 90-degree rotations.
         cache_dir: folder for the memory-mapped image cache (None: system temp dir).
         memmap_threshold_mb: decoded training images above this size go to a memory-mapped file.
-        on_bad_image: ``error`` stops on an unreadable or too small image; ``warn`` skips it with a warning.
+        on_bad_image: ``error`` stops on an unreadable image; ``warn`` skips it with a warning.
         val_max_images: use only the first N images of each validation / test set (quick runs).
     """
 
     def __init__(
         self,
-        train_sources: list[str] = ["builtin"],  # noqa: B006 - LightningCLI shows and copies this default
+        train_sources: list[str] = ["auto"],  # noqa: B006 - LightningCLI shows and copies this default
         val_sets: list[str] | None = None,
+        val_holdout: int = 10,
         test_sets: list[str] | None = None,
+        allow_selection_on_test: bool = False,
+        near_duplicates: Literal["exclude", "error"] = "exclude",
         scales: list[int] = [2, 3, 4],  # noqa: B006
         val_scales: list[int] | None = None,
         scale_mode: Literal["per_batch", "mixed", "split"] = "mixed",
@@ -92,8 +119,7 @@ class SRDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         batches_per_epoch: int = 500,
         num_workers: int = 2,
-        channels: Literal["y", "rgb"] = "y",
-        rescale: tuple[float, float] = (0.5, 1.0),
+        rescale: tuple[float, float] | None = None,
         rescale_step: float = 0.1,
         d4: bool = True,
         cache_dir: str | None = None,
@@ -104,83 +130,77 @@ class SRDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if not isinstance(train_sources, (list, tuple)) or not train_sources:
-            raise ValueError(
-                f"data.train_sources must be a non-empty list like ['builtin'], got {train_sources!r}"
-            )
-        self.train_sources = [str(s) for s in train_sources]
+            raise ValueError(f"data.train_sources must be a non-empty list like ['291'], got {train_sources!r}")
         self.scales = _check_scales("scales", scales)
         self.val_scales = list(self.scales) if val_scales is None else _check_scales("val_scales", val_scales)
-        if scale_mode not in MODES:
-            raise ValueError(f"data.scale_mode must be one of {list(MODES)}, got {scale_mode!r}")
-        if channels not in ("y", "rgb"):
-            raise ValueError(f"data.channels must be 'y' or 'rgb', got {channels!r}")
-        if on_bad_image not in ("error", "warn"):
-            raise ValueError(f"data.on_bad_image must be 'error' or 'warn', got {on_bad_image!r}")
-        self.scale_mode, self.channels, self.on_bad_image = scale_mode, channels, on_bad_image
-        min_patch = 2 * max(self.scales)
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < min_patch:
-            raise ValueError(
-                f"data.patch_size={patch_size!r} is too small: it must be an integer of at least twice the "
-                f"largest scale ({min_patch} for x{max(self.scales)}); 41 is the usual ILR patch, "
-                f"128 the usual pyramid one"
-            )
-        self.patch_size = patch_size
-        self.batch_size = _positive_int("batch_size", batch_size)
-        if scale_mode == "split" and batch_size < len(self.scales):
-            raise ValueError(
-                f"data.batch_size={batch_size} cannot be split over {len(self.scales)} scales {self.scales}; "
-                f"use a batch size of at least {len(self.scales)}"
-            )
-        self.batches_per_epoch = _positive_int("batches_per_epoch", batches_per_epoch)
-        self.num_workers = _positive_int("num_workers", num_workers, minimum=0)
-        if (
-            not isinstance(rescale, (list, tuple))
-            or len(rescale) != 2
-            or not all(isinstance(v, (int, float)) for v in rescale)
-            or not 0 < rescale[0] <= rescale[1]
-        ):
-            raise ValueError(
-                f"data.rescale must be two factors 0 < low <= high like [0.5, 1.0]; got {rescale!r}"
-            )
-        if not isinstance(rescale_step, (int, float)) or rescale_step <= 0:
+        self.scale_mode, self.on_bad_image, self.near_duplicates = scale_mode, on_bad_image, near_duplicates
+        self.patch_size = _check_int("patch_size", patch_size, 2 * max(self.scales))
+        self.batch_size = _check_int("batch_size", batch_size, len(self.scales) if scale_mode == "split" else 1)
+        self.batches_per_epoch = _check_int("batches_per_epoch", batches_per_epoch, 1)
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.memmap_threshold_mb = _check_int("memmap_threshold_mb", memmap_threshold_mb, 0)
+        self.val_max_images = None if val_max_images is None else _check_int("val_max_images", val_max_images, 1)
+        if rescale is not None and not (len(rescale) == 2 and 0 < rescale[0] <= rescale[1] <= 1):
+            raise ValueError(f"data.rescale must be null or two factors 0 < low <= high <= 1, got {rescale!r}")
+        if rescale_step <= 0:
             raise ValueError(f"data.rescale_step must be a positive number such as 0.1, got {rescale_step!r}")
-        self.rescale = (float(rescale[0]), float(rescale[1]))
-        self.rescale_step = float(rescale_step)
-        self.d4 = bool(d4)
-        self.cache_dir = cache_dir
-        self.memmap_threshold_mb = _positive_int("memmap_threshold_mb", memmap_threshold_mb, minimum=0)
-        if val_max_images is not None:
-            _positive_int("val_max_images", val_max_images)
-        self.val_max_images = val_max_images
+        self.rescale = None if rescale is None else (float(rescale[0]), float(rescale[1]))
+        self.rescale_step, self.d4, self.cache_dir = float(rescale_step), bool(d4), cache_dir
+        self.allow_selection_on_test = bool(allow_selection_on_test)
 
         # Resolving sources only lists folders: cheap, and a wrong name fails here, not mid-training.
-        self._sources: dict[str, tuple[str, list]] = {}
-        for s in self.train_sources:
-            self._resolve(s)
-        self.val_sets = list(val_sets) if val_sets is not None else default_val_sets()
-        self.test_sets = list(test_sets) if test_sets is not None else list(self.val_sets)
-        self.val_keys: list[tuple[str, int]] = self._keys(self.val_sets, "val_sets")
-        self.test_keys: list[tuple[str, int]] = self._keys(self.test_sets, "test_sets")
+        train: list[Path] = []
+        self.train_names: list[str] = []
+        for source in train_sources:
+            name, paths = resolve_images(str(source))
+            self.train_names.append(name)
+            train += [p for p in paths if p not in train]
+        self._eval_paths: dict[str, list[Path]] = {}
+        if val_sets is None and set(self.train_names) == {"builtin"}:
+            val_sets = ["builtin_val"]
+        if val_sets is None:
+            _check_int("val_holdout", val_holdout, 1)
+            train, held = holdout_split(train, val_holdout)
+            if not train:
+                raise ValueError(f"data.val_holdout={val_holdout} leaves no training images; lower it")
+            self._eval_paths[HOLDOUT] = held
+            self.val_sets = [HOLDOUT]
+        else:
+            self.val_sets = self._add_eval_sets(val_sets, "val_sets")
+        self.test_sets = self._add_eval_sets(default_test_sets() if test_sets is None else test_sets, "test_sets")
+        self._train_paths = train
+        self.selection_on_test = bool(set(self.val_sets) & set(self.test_sets))
+        if self.selection_on_test:
+            self._selection_on_test(f"data.val_sets {self.val_sets} include test set(s) {self.test_sets}")
 
+        self.excluded: list[dict[str, str]] = []  # training images left out as near-copies of val/test images
+        self._checked = False
         self._train_cache: ImageCache | None = None
         self._eval_caches: dict[str, ImageCache] = {}
         self._eval_sets: dict[tuple[str, int], BenchmarkSet] = {}
-        self._checked_needs: set[tuple[str, ...]] = set()
 
-    # ---- sources and caches
-    def _resolve(self, source: str) -> tuple[str, list]:
-        if source not in self._sources:
-            self._sources[source] = resolve_images(source)
-        return self._sources[source]
+    def _add_eval_sets(self, sets: list[str], key: str) -> list[str]:
+        names = []
+        for source in sets:
+            name, paths = resolve_images(str(source))
+            if name in names:
+                raise ValueError(f"data.{key} {list(sets)} holds two sets named {name!r}; rename one folder")
+            if name in self._eval_paths and self._eval_paths[name] != paths:
+                raise ValueError(f"data.{key}: two different folders are both named {name!r}; rename one")
+            self._eval_paths[name] = paths
+            names.append(name)
+        return names
 
-    def _keys(self, sets: list[str], key: str) -> list[tuple[str, int]]:
-        names = [self._resolve(str(s))[0] for s in sets]
-        if len(set(names)) != len(names):
+    def _selection_on_test(self, what: str) -> None:
+        if not self.allow_selection_on_test:
             raise ValueError(
-                f"data.{key} {sets} holds two sets with the same folder name {names}; rename one"
+                f"{what}: choosing checkpoints or hyperparameters on a reported benchmark inflates it; validate "
+                "on held-out training images (leave data.val_sets unset) or set data.allow_selection_on_test: true"
             )
-        return [(name, s) for name in names for s in self.val_scales]
+        self.selection_on_test = True
+        rank_zero_warn(f"{what}: model selection uses a test set (data.allow_selection_on_test); it is recorded")
 
+    # ---- images
     @property
     def crop_size(self) -> int:
         """Side of the uint8 HR crops shipped by the training DataLoader."""
@@ -191,45 +211,108 @@ class SRDataModule(pl.LightningDataModule):
         return "raise" if self.on_bad_image == "error" else "skip"
 
     def train_images(self) -> ImageCache:
-        """The decoded training images (decoded on first use, in this process)."""
+        """The decoded training images, checked against val and test images (on first use, in this process)."""
         if self._train_cache is None:
-            paths = [p for s in self.train_sources for p in self._resolve(s)[1]]
-            self._train_cache = ImageCache(
-                paths,
+            cache = ImageCache(
+                self._train_paths,
                 min_size=self.crop_size,
                 on_error=self._policy,
                 memmap_threshold_mb=self.memmap_threshold_mb,
                 cache_dir=self.cache_dir,
-                min_size_hint=f"training crop for data.patch_size={self.patch_size} at x{max(self.scales)}",
+                enlarge_small=True,
             )
+            if cache.enlarged:
+                rank_zero_info(
+                    f"{len(cache.enlarged)} of {len(cache)} training images are smaller than the "
+                    f"{self.crop_size}-pixel crop and were enlarged by MATLAB bicubic (e.g. {cache.enlarged[0].name})"
+                )
+            self._train_cache = self._check_overlap(cache)
         return self._train_cache
 
-    def benchmark_set(self, source: str, scale: int) -> BenchmarkSet:
-        """The BenchmarkSet of one set at one scale (decoded images shared across scales)."""
-        name, paths = self._resolve(source)
-        if (name, scale) not in self._eval_sets:
-            if name not in self._eval_caches:
-                self._eval_caches[name] = ImageCache(
-                    paths[: self.val_max_images],
-                    min_size=min_benchmark_size(max(self.val_scales)),
-                    on_error=self._policy,
-                    min_size_hint=f"evaluation at x{max(self.val_scales)}",
+    def _eval_images(self, name: str) -> ImageCache:
+        if name not in self._eval_caches:
+            self._eval_caches[name] = ImageCache(
+                self._eval_paths[name][: self.val_max_images],
+                min_size=min_benchmark_size(max(self.val_scales)),
+                on_error=self._policy,
+                min_size_hint=f"evaluation at x{max(self.val_scales)}",
+            )
+        return self._eval_caches[name]
+
+    def _check_overlap(self, train: ImageCache) -> ImageCache:
+        """Exact copies across roles are errors; near-copies of val/test images leave training (or stop)."""
+        roles = [(n, "val") for n in self.val_sets] + [(n, "test") for n in self.test_sets if n not in self.val_sets]
+        evals = [(n, role, i, self._eval_images(n)) for n, role in roles for i in range(len(self._eval_images(n)))]
+        images = [cache[i] for _, _, i, cache in evals]
+        where = [(cache.paths[i], role, n) for n, role, i, cache in evals]
+        hashes = {pixel_hash(img): k for k, img in enumerate(images)}
+        for t in range(len(train)):
+            k = hashes.get(pixel_hash(train[t]))
+            if k is not None:
+                path, role, name = where[k]
+                raise ImageError(
+                    f"training image {train.paths[t]} is the same picture as {role} image {path} ({name}); remove "
+                    f"it from the training folders or from data.{role}_sets"
                 )
-            self._eval_sets[(name, scale)] = BenchmarkSet(self._eval_caches[name], scale, name)
+        val_idx = [k for k, (_, role, _) in enumerate(where) if role == "val"]
+        test_idx = [k for k, (_, role, _) in enumerate(where) if role == "test"]
+        for a, b, _ in near_duplicates([images[k] for k in val_idx], [images[k] for k in test_idx]):
+            val_path, test_path = where[val_idx[a]][0], where[test_idx[b]][0]
+            self._selection_on_test(f"validation image {val_path} is a copy of test image {test_path}")
+        drop: set[int] = set()
+        for t, k, corr in near_duplicates([train[t] for t in range(len(train))], images):
+            path, role, name = where[k]
+            message = f"training image {train.paths[t]} is a near-copy of {role} image {path} (correlation {corr:.3f})"
+            if self.near_duplicates == "error":
+                raise ImageError(f"{message}; remove it, or set data.near_duplicates: exclude")
+            if t not in drop:
+                rank_zero_warn(f"{message}: left out of training (data.near_duplicates: exclude)")
+                self.excluded.append({"train": str(train.paths[t]), role: str(path), "correlation": f"{corr:.4f}"})
+            drop.add(t)
+        if not drop:
+            return train
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the images were reported when first decoded
+            kept = [p for t, p in enumerate(train.paths) if t not in drop]
+            return ImageCache(
+                kept,
+                min_size=self.crop_size,
+                on_error=self._policy,
+                memmap_threshold_mb=self.memmap_threshold_mb,
+                cache_dir=self.cache_dir,
+                enlarge_small=True,
+            )
+
+    def benchmark_set(self, name: str, scale: int) -> BenchmarkSet:
+        """The BenchmarkSet of one val/test set at one scale (decoded images shared across scales)."""
+        if (name, scale) not in self._eval_sets:
+            self._eval_sets[(name, scale)] = BenchmarkSet(self._eval_images(name), scale, name)
         return self._eval_sets[(name, scale)]
 
+    def summary(self) -> dict[str, Any]:
+        """What this run trains, validates and tests on: for the log, results.json and the W&B config."""
+        train = self.train_images()
+        return {
+            "train_sources": self.train_names,
+            "train_images": len(train),
+            "train_enlarged": len(train.enlarged),
+            "val_sets": {
+                n: [p.name for p in self._eval_images(n).paths] if n == HOLDOUT else len(self._eval_images(n))
+                for n in self.val_sets
+            },
+            "test_sets": self.test_sets,
+            "excluded_from_training": self.excluded,
+            "selection_on_test": self.selection_on_test,
+        }
+
     def setup(self, stage: str | None = None) -> None:
-        """Decode the images of the stage up front (errors name the file), and check the method's needs."""
+        """Decode the images of the stage up front, so errors name the file before any worker starts."""
         if stage in (None, "fit"):
             self.train_images()
-        by_stage = {"fit": self.val_sets, "validate": self.val_sets, "test": self.test_sets, "predict": []}
-        sets = by_stage.get(stage or "", self.val_sets + self.test_sets)
-        for s in sets:
+        sets = {"fit": self.val_sets, "validate": self.val_sets, "test": self.test_sets}.get(stage or "", [])
+        for name in sets:
             for scale in self.val_scales:
-                self.benchmark_set(s, scale)
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if stage in (None, "fit") and module is not None:
-            self.lr_divisible_check(getattr(module, "batch_needs", None) or DEFAULT_NEEDS)
+                self.benchmark_set(name, scale)
 
     def _rank(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -264,52 +347,21 @@ class SRDataModule(pl.LightningDataModule):
     def _eval_loaders(self, sets: list[str]) -> list[DataLoader]:
         rank, world_size = self._rank()
         loaders = []
-        for s in sets:
+        for name in sets:
             for scale in self.val_scales:
-                dataset = self.benchmark_set(s, scale)
+                dataset = self.benchmark_set(name, scale)
                 sampler = None
                 if world_size > 1:  # unpadded shards: no image is scored twice
-                    sampler = UnrepeatedDistributedSampler(
-                        dataset, num_replicas=world_size, rank=rank, shuffle=False
-                    )
+                    sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
                 loaders.append(DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0))
         return loaders
 
     def val_dataloader(self) -> list[DataLoader]:
-        """One loader per ``val_keys`` entry (set, scale)."""
+        """One loader per (validation set, scale)."""
         return self._eval_loaders(self.val_sets)
 
     def test_dataloader(self) -> list[DataLoader]:
-        """One loader per ``test_keys`` entry (set, scale)."""
+        """One loader per (test set, scale)."""
+        if not self.test_sets:
+            raise ValueError("no test sets: set data.test_sets, e.g. [Set5, Set14] (folders under LIT_SR_DATA)")
         return self._eval_loaders(self.test_sets)
-
-    # ---- on the device
-    def lr_divisible_check(self, needs: tuple[str, ...] | list[str]) -> None:
-        """Raise one clear error if a method needing ``needs`` cannot train with this patch size / mode."""
-        key = tuple(needs)
-        if key not in self._checked_needs:
-            check_patch(self.patch_size, self.scales, key, self.scale_mode)
-            self._checked_needs.add(key)
-
-    def degrade_batch(
-        self, batch: dict, needs: tuple[str, ...] | list[str] = DEFAULT_NEEDS
-    ) -> dict | list[dict]:
-        """A uint8 training batch -> float patches and ``needs`` targets (see ``degrade``)."""
-        self.lr_divisible_check(needs)
-        return degrade(
-            batch["hr"], batch["scale"], batch["gray"], needs, self.patch_size, self.scale_mode, self.channels
-        )
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches of uint8 crops are degraded here, on the training device; others pass through."""
-        trainer = self.trainer
-        if (
-            trainer is not None
-            and trainer.training
-            and isinstance(batch, dict)
-            and isinstance(batch.get("hr"), torch.Tensor)
-            and batch["hr"].dtype == torch.uint8
-        ):
-            needs = getattr(trainer.lightning_module, "batch_needs", None) or DEFAULT_NEEDS
-            return self.degrade_batch(batch, tuple(needs))
-        return batch

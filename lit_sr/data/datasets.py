@@ -2,13 +2,17 @@
 
 ``TrainPatches`` yields whole batches (use ``DataLoader(batch_size=None)``):
 ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``; see ``degrade.py`` for the
-crop geometry and what the batch becomes on the device. Per sample: a random image, a random rescale
-(factor on a grid, default 0.5..1.0 step 0.1, raised when the image would get smaller than the crop),
-one of the 8 D4 flips/rotations, then a crop whose origin is a multiple of the sample's scale. Only
-the window that becomes the crop is cut, resized (``A.Resize``, OpenCV cubic: this is augmentation;
-the LR is still made by MATLAB bicubic in ``degrade``) and flipped, so the cost per sample does not
-grow with the image size. Grayscale images are shipped replicated to 3 channels with ``gray`` =
-True, so ``degrade`` uses them as their own Y (full range) instead of converting them as RGB.
+crop geometry and what the batch becomes on the device; the batch also carries ``patch_size``. Per sample:
+a random image, optionally a random downscale (``rescale``: factors on a grid such as 0.5..1.0 step 0.1,
+raised when the image would get smaller than the crop; off by default), one of the 8 D4 flips/rotations,
+then a crop whose origin is a multiple of the sample's scale. Only the window that becomes the crop is
+cut, resized and flipped, so the cost per sample does not grow with the image size. The downscale is
+albumentations' ``A.Resize`` with OpenCV's area filter, which is antialiased (OpenCV cubic is not, and
+aliases the HR targets); the LR is still made by MATLAB bicubic in ``degrade``. D4 is not an
+albumentations transform here: it is a zero-copy numpy view chosen together with the crop window
+(:func:`d4_window`), which is what lets the tests redo every crop on the whole image exactly.
+Grayscale images are shipped replicated to 3 channels with ``gray`` = True, so ``degrade`` uses them as
+their own Y (full range) instead of converting them as RGB.
 
 ``BenchmarkSet`` is the evaluation protocol of the papers' bicubic tables: modcropped uint8 HR,
 Y in float64, LR = MATLAB bicubic 1/s kept in float64 (never rounded), computed once per image.
@@ -99,7 +103,7 @@ class TrainPatches(IterableDataset):
         batch_size: int,
         batches_per_epoch: int,
         mode: Literal["per_batch", "mixed", "split"] = "mixed",
-        rescale: tuple[float, float] = (0.5, 1.0),
+        rescale: tuple[float, float] | None = None,
         rescale_step: float = 0.1,
         d4: bool = True,
         rank: int = 0,
@@ -116,11 +120,11 @@ class TrainPatches(IterableDataset):
         self.d4 = bool(d4)
         self.rank, self.world_size = int(rank), int(world_size)
         self.crop_size = crop_size(self.patch_size, self.scales)
-        lo, hi = rescale
+        lo, hi = rescale if rescale is not None else (1.0, 1.0)
         count = int(math.floor((hi - lo) / rescale_step + 1e-6)) + 1
         self.factors = np.round(lo + rescale_step * np.arange(count), 6)
         self._sizes = split_sizes(self.batch_size, len(self.scales)) if mode == "split" else None
-        self._resize = A.Resize(self.crop_size, self.crop_size, interpolation=cv2.INTER_CUBIC)
+        self._resize = A.Resize(self.crop_size, self.crop_size, interpolation=cv2.INTER_AREA)
         self._epoch = 0
         for i in range(len(images)):
             if min(images.shape(i)[:2]) < self.crop_size:
@@ -146,7 +150,7 @@ class TrainPatches(IterableDataset):
     ) -> tuple[np.ndarray, CropInfo]:
         """Rescale, D4 and crop one uint8 HxWxC image; the crop is (Hc, Hc, C) uint8.
 
-        Only the source window that becomes the crop is resized (A.Resize, cubic), so the cost does not
+        Only the source window that becomes the crop is resized (A.Resize, area filter), so the cost does not
         grow with the image size. With factor 1 the crop is exactly ``d4_view(img, k)[y:y+Hc, x:x+Hc]``.
         """
         k = int(rng.integers(8)) if self.d4 else 0
@@ -182,7 +186,7 @@ class TrainPatches(IterableDataset):
         return np.repeat(scales, self._sizes)
 
     def make_batch(self, rng: np.random.Generator) -> dict:
-        """One batch ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``.
+        """One batch ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,), "patch_size": P}``.
 
         The three tensors are views of one buffer: a worker then hands the batch to the main process
         through one shared-memory segment instead of three (about twice the batches per second).
@@ -198,7 +202,7 @@ class TrainPatches(IterableDataset):
             crop, _ = self.sample_crop(self.images[int(rng.integers(len(self.images)))], int(s), rng)
             hr[i] = crop.transpose(2, 0, 1)  # a grey crop (1 channel) is replicated to 3
             gray[i] = crop.shape[2] == 1
-        return {"hr": hr_t, "scale": scale_t, "gray": gray_t}
+        return {"hr": hr_t, "scale": scale_t, "gray": gray_t, "patch_size": self.patch_size}
 
     def __iter__(self):
         info = get_worker_info()
@@ -217,8 +221,8 @@ class TrainPatches(IterableDataset):
 class BenchmarkSet(Dataset):
     """Whole images of one set at one scale, exactly the protocol of the papers' bicubic tables.
 
-    Item: ``name`` (file stem), ``scale``, ``hr`` float64 (C, H, W) modcropped (C = 1 grey, 3 RGB),
-    ``hr_y`` float64 (1, H, W) = to_y(hr), ``lr_y`` float64 (1, h, w) = imresize(hr_y, 1/s),
+    Item: ``set`` (the set's name), ``name`` (file stem), ``scale``, ``hr`` float64 (C, H, W) modcropped
+    (C = 1 grey, 3 RGB), ``hr_y`` float64 (1, H, W) = to_y(hr), ``lr_y`` float64 (1, h, w) = imresize(hr_y, 1/s),
     ``lr`` float64 (C, h, w) = imresize(hr, 1/s). The LR is computed once and kept in float64
     (not rounded); HR is re-made from the uint8 cache (cheap, and it keeps memory at 1/s^2 of HR).
     """
@@ -263,7 +267,7 @@ class BenchmarkSet(Dataset):
             self._lr[i] = (lr, lr_y)
         lr, lr_y = self._lr[i]
         name = Path(self.images.paths[i]).stem
-        return {"name": name, "scale": self.scale, "hr": hr, "hr_y": hr_y, "lr_y": lr_y, "lr": lr}
+        return {"set": self.name, "name": name, "scale": self.scale, "hr": hr, "hr_y": hr_y, "lr_y": lr_y, "lr": lr}
 
 
 def min_benchmark_size(scale: int) -> int:

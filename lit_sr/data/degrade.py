@@ -26,17 +26,17 @@ Batch from the DataLoader (``TrainPatches``)
 ``hr`` uint8 (B, 3, Hc, Wc): RGB crops, grey images replicated to 3 channels;
 ``scale`` int64 (B,); ``gray`` bool (B,): True for samples from one-channel images.
 
-Batch after :func:`degrade` (float32 in [0, 1], C = 1 for ``channels="y"``, 3 for ``"rgb"``)
-------------------------------------------------------------------------------------------
-``hr`` (N, C, P, P) always; ``scale`` int64 (N,) always;
-``lr`` (N, C, P/s, P/s) = imresize(hr_crop, 1/s) window, if "lr" in needs;
-``ilr`` (N, C, P, P) = imresize(lr_crop, s) window, if "ilr" in needs;
+Batch after :func:`degrade`: a list of groups (float32 in [0, 1], C = 1 for ``channels="y"``, 3 for ``"rgb"``)
+-----------------------------------------------------------------------------------------------------
+A group is a dict whose tensors share their shapes: ``hr`` (n, C, P, P) and ``scale`` int64 (n,) always;
+``lr`` (n, C, P/s, P/s) = imresize(hr_crop, 1/s) window, if "lr" in needs;
+``ilr`` (n, C, P, P) = imresize(lr_crop, s) window, if "ilr" in needs;
 ``pyramid`` list of L tensors, coarse to fine: imresize(hr_crop, 1/2^(L-1)), ..., imresize(hr_crop, 1/2),
 hr, with L = log2(s), if "pyramid" in needs.
-Y channel: a grey sample is its own Y (channel 0, full range); RGB samples go through MATLAB
-``rgb2ycbcr`` (``color.rgb_to_y``). Modes ``per_batch`` and ``mixed`` return one dict in the original
-sample order (``lr``/``pyramid`` then need a single scale in the batch); ``split`` returns a list of
-dicts, one per scale present, ascending.
+Groups are ascending in scale with one scale each, except that a batch needing only ``ilr`` (whose
+tensors have the same size at every scale) is one group in the original sample order, its ``scale``
+per sample. Y channel: a grey sample is its own Y (channel 0, full range); RGB samples go through
+MATLAB ``rgb2ycbcr`` (``color.rgb_to_y``). With ``channels="rgb"`` a grey sample is replicated to RGB.
 
 How: samples are grouped by scale; each target is the patch window of ``imresize`` applied to the
 whole crop, computed directly with the rows of imresize's own weight matrices that the window needs
@@ -94,14 +94,12 @@ def pyramid_levels(scale: int) -> int:
     return scale.bit_length() - 1
 
 
-def check_patch(patch_size: int, scales: Sequence[int], needs: Iterable[str], mode: str) -> None:
-    """Raise one clear error when ``needs`` cannot be cut from ``patch_size`` at ``scales`` in ``mode``."""
+def check_patch(patch_size: int, scales: Sequence[int], needs: Iterable[str]) -> None:
+    """Raise one clear error when ``needs`` cannot be cut from ``patch_size`` at ``scales``."""
     needs = set(needs)
     unknown = needs - set(NEEDS)
     if unknown:
         raise ValueError(f"unknown batch needs {sorted(unknown)}; choose from {list(NEEDS)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown scale mode {mode!r}; use one of {list(MODES)} (data.scale_mode)")
     scales = sorted({int(s) for s in scales})
     if "pyramid" in needs:
         for s in scales:
@@ -114,12 +112,6 @@ def check_patch(patch_size: int, scales: Sequence[int], needs: Iterable[str], mo
             raise ValueError(
                 f"data.patch_size={patch_size} is not divisible by scale(s) {bad}, so the LR patch would "
                 f"not align; use a multiple of {fix} (e.g. {example}) for data.patch_size"
-            )
-        if mode != "split" and len(scales) > 1:
-            raise ValueError(
-                f"this method needs LR patches ({sorted(needs & {'lr', 'pyramid'})}), whose size differs "
-                f"between scales {scales}; one batch cannot mix them: set data.scale_mode to 'split' "
-                f"or 'per_batch'"
             )
 
 
@@ -195,6 +187,7 @@ def _degrade_group(
     if channels == "y":
         y = rgb_to_y(x)
         x = torch.where(gray.view(-1, 1, 1, 1), x[:, :1], y) if bool(gray.any()) else y
+    # channels == "rgb": grey samples already arrive replicated to three channels
     out = {"hr": x[..., o - lo : o - lo + p, o - lo : o - lo + p].contiguous()}
     targets = {key: _resize_window(x, bands, lo) for key, bands in ops.items()}
     if "lr" in needs:
@@ -207,43 +200,33 @@ def _degrade_group(
 
 
 def degrade(
-    hr: Tensor,
-    scale: Tensor,
-    gray: Tensor,
-    needs: Iterable[str],
-    patch_size: int,
-    mode: str,
-    channels: str = "y",
-) -> dict | list[dict]:
-    """uint8 HR crops (N, 3, Hc, Wc) -> float32 patches and the targets in ``needs``; see the module doc."""
+    hr: Tensor, scale: Tensor, gray: Tensor, needs: Iterable[str], patch_size: int, channels: str = "y"
+) -> list[dict]:
+    """uint8 HR crops (N, 3, Hc, Wc) -> the list of float32 groups described in the module doc."""
     needs = set(needs)
     if hr.dtype != torch.uint8 or hr.dim() != 4 or hr.shape[1] != 3:
         raise ValueError(f"degrade expects uint8 HR crops (N, 3, Hc, Wc), got {hr.dtype} {tuple(hr.shape)}")
     if channels not in ("y", "rgb"):
-        raise ValueError(f"unknown channels {channels!r}; use 'y' or 'rgb' (data.channels)")
+        raise ValueError(f"unknown channels {channels!r}; use 'y' or 'rgb'")
     scale = scale.to(hr.device, torch.int64)
     present = sorted(set(scale.tolist()))
-    check_patch(patch_size, present, needs, mode)
-
+    check_patch(patch_size, present, needs)
     gray = gray.to(hr.device, torch.bool)
+    if len(present) == 1:
+        return [dict(_degrade_group(hr, gray, None, present[0], needs, patch_size, channels), scale=scale)]
     groups = []
     for s in present:
         idx = (scale == s).nonzero().squeeze(1)
-        sub = None if len(present) == 1 else idx
-        groups.append((s, idx, _degrade_group(hr, gray, sub, s, needs, patch_size, channels)))
-
-    if mode == "split":
-        return [
-            dict(out, scale=torch.full((len(idx),), s, dtype=torch.int64, device=hr.device))
-            for s, idx, out in groups
-        ]
-    if len(groups) == 1:
-        return dict(groups[0][2], scale=scale)
-    merged: dict = {"scale": scale}
-    for key in groups[0][2]:  # lr / pyramid are excluded here by check_patch (sizes differ)
-        first = groups[0][2][key]
-        buf = first.new_empty((len(scale), *first.shape[1:]))
-        for _, idx, out in groups:
-            buf.index_copy_(0, idx, out[key])
-        merged[key] = buf
-    return merged
+        out = _degrade_group(hr, gray, idx, s, needs, patch_size, channels)
+        groups.append((idx, dict(out, scale=torch.full((len(idx),), s, dtype=torch.int64, device=hr.device))))
+    if needs - {"ilr"}:
+        return [group for _, group in groups]
+    merged: dict = {"scale": scale}  # ILR and HR patches have one size at every scale: one group
+    for key in ("hr", "ilr"):
+        if key in groups[0][1]:
+            first = groups[0][1][key]
+            buf = first.new_empty((len(scale), *first.shape[1:]))
+            for idx, group in groups:
+                buf.index_copy_(0, idx, group[key])
+            merged[key] = buf
+    return [merged]

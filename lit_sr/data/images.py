@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -140,7 +141,9 @@ class ImageCache:
 
     Bad or too small images (``min(H, W) < min_size``): ``on_error="raise"`` raises :class:`ImageError`,
     ``"skip"`` warns naming the file and drops it (an error if none are left). ``paths`` lists the kept
-    images, ``skipped`` the dropped ones with the reason.
+    images, ``skipped`` the dropped ones with the reason. With ``enlarge_small`` an image smaller than
+    ``min_size`` is instead enlarged by MATLAB bicubic until its short side is ``min_size`` (the official
+    LapSRN training code does the same), and listed in ``enlarged``.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class ImageCache:
         memmap_threshold_mb: float = 2048,
         cache_dir: str | Path | None = None,
         min_size_hint: str = "",
+        enlarge_small: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"ImageCache on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -160,6 +164,8 @@ class ImageCache:
         self.min_size = int(min_size)
         self.on_error = on_error
         self.min_size_hint = min_size_hint
+        self.enlarge_small = enlarge_small
+        self.enlarged: list[Path] = []
         self.skipped: list[tuple[Path, str]] = []
         self.memmap_path: Path | None = None
         self._mm: np.ndarray | None = None
@@ -202,9 +208,16 @@ class ImageCache:
             return False
         return True
 
+    def _read(self, path: Path) -> np.ndarray:
+        arr = read_image(path)
+        if self.enlarge_small and min(arr.shape[:2]) < self.min_size:
+            arr = enlarge(arr, self.min_size)
+            self.enlarged.append(path)
+        return arr
+
     def _load(self, path: Path) -> np.ndarray | None:
         try:
-            arr = read_image(path)
+            arr = self._read(path)
         except ImageError as err:
             self._bad(path, str(err))
             return None
@@ -212,7 +225,7 @@ class ImageCache:
 
     def _build_memmap(self, paths: list[Path], cache_dir: Path) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha1()
+        key = hashlib.sha1(f"enlarge={self.enlarge_small and self.min_size}".encode())
         for p in paths:
             st = p.stat() if p.exists() else None
             key.update(f"{p.resolve()}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
@@ -231,7 +244,7 @@ class ImageCache:
             with os.fdopen(fd, "wb") as f:
                 for p in paths:
                     try:
-                        arr = read_image(p)
+                        arr = self._read(p)
                     except ImageError as err:
                         entries.append({"path": str(p), "error": str(err)})
                         continue
@@ -299,6 +312,18 @@ class ImageCache:
         self.__dict__.update(state)
         if self.uses_memmap:
             self._open_memmap()
+
+
+def enlarge(img: np.ndarray, min_size: int) -> np.ndarray:
+    """uint8 HxWxC image enlarged by MATLAB bicubic so that its short side is ``min_size`` (rounded to uint8)."""
+    from lit_sr.data.resize import imresize
+
+    h, w = img.shape[:2]
+    factor = min_size / min(h, w)
+    size = (max(min_size, math.ceil(h * factor - 1e-9)), max(min_size, math.ceil(w * factor - 1e-9)))
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).double()
+    out = imresize(x, size=size).round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
 
 
 def _estimated_bytes(paths: Sequence[Path]) -> int:

@@ -1,9 +1,11 @@
 """Where images come from: ``$LIT_SR_DATA`` folders, any folder path, and photos bundled with scikit-image.
 
-A source is a set name under :func:`data_root` ("Set5", "Sun80"), a folder path, or one of the
-built-in names: ``builtin`` (ten training photos shipped inside the scikit-image package, seven RGB
-and four grayscale) and ``builtin_val`` (two RGB photos). The built-ins need no download or network,
-so a fresh clone can train and validate without any data set.
+A source is a set name under :func:`data_root` ("Set5", "Sun80"), a folder path, or one of these names:
+
+- ``291``: T91 + BSD200 under the data root, the "291 images" VDSR, LapSRN, IRLapSRN and CMSC trained on;
+- ``builtin`` (ten training photos shipped inside the scikit-image package, six RGB and four grayscale)
+  and ``builtin_val`` (two RGB photos): no download or network, so a fresh clone trains and validates;
+- ``auto``: ``291`` when the data root has it, else ``builtin`` (what the quick presets train on).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import os
 from pathlib import Path
 
 from lit_sr.data.images import ImageError, list_images
-
-REPO = Path(__file__).resolve().parents[2]
+from lit_sr.paths import data_root
 
 BUILTIN_SOURCES: dict[str, tuple[str, ...]] = {
     "builtin": (
@@ -31,12 +32,8 @@ BUILTIN_SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "builtin_val": ("chelsea.png", "coffee.png"),
 }
-
-
-def data_root() -> Path:
-    """``$LIT_SR_DATA`` if set, else ``<repo>/../shared/data``."""
-    env = os.environ.get("LIT_SR_DATA")
-    return Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+#: Composite sources: a name standing for several folders under the data root.
+COMPOSITE_SOURCES: dict[str, tuple[str, ...]] = {"291": ("T91", "BSD200")}
 
 
 def _skimage_data_dir() -> Path:
@@ -49,6 +46,18 @@ def _skimage_data_dir() -> Path:
 def resolve_images(source: str) -> tuple[str, list[Path]]:
     """A source name or folder -> (dataset name = folder name, sorted image paths)."""
     source = str(source)
+    if source == "auto":
+        source = "291" if all((data_root() / f).is_dir() for f in COMPOSITE_SOURCES["291"]) else "builtin"
+    if source in COMPOSITE_SOURCES:
+        folders = [data_root() / f for f in COMPOSITE_SOURCES[source]]
+        missing = [f for f in folders if not f.is_dir()]
+        if missing:
+            raise ImageError(
+                f"training source {source!r} is {' + '.join(COMPOSITE_SOURCES[source])} under the data root "
+                f"{data_root()}, but {', '.join(map(str, missing))} is missing: download T91 (Yang et al. 2010) "
+                f"and the 200 BSDS500 train+val images as folders T91/ and BSD200/ there, or set LIT_SR_DATA"
+            )
+        return source, [p for f in folders for p in list_images(f)]
     if source in BUILTIN_SOURCES:
         folder = _skimage_data_dir()
         paths = [folder / name for name in BUILTIN_SOURCES[source]]
@@ -72,6 +81,6 @@ def resolve_images(source: str) -> tuple[str, list[Path]]:
     )
 
 
-def default_val_sets() -> list[str]:
-    """``["Set5"]`` when ``data_root()/Set5`` exists, else ``["builtin_val"]``."""
-    return ["Set5"] if (data_root() / "Set5").is_dir() else ["builtin_val"]
+def default_test_sets() -> list[str]:
+    """The reported benchmarks present under the data root: Set5 and Set14 (none without data)."""
+    return [name for name in ("Set5", "Set14") if (data_root() / name).is_dir()]

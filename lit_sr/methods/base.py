@@ -1,37 +1,44 @@
-"""SRMethod: what every method shares — inference entry point, protocol validation, the stage engine.
+"""SRMethod: what every method shares, so that a method file holds only its network and its loss.
 
-A method subclass provides its network (``self.net``, built from a registered variant), ``batch_needs``
-(which tensors the DataModule's ``degrade`` step must make), ``sr_forward`` (LR Y -> SR Y) and ``compute_loss``
-(batch -> total loss and its named parts). Everything else lives here once:
+A method subclass sets a few class attributes and implements two functions:
 
-- ``super_resolve(lr_y, scale)``: the one inference entry point (validation, test, benchmark, sweeps, upscale);
-  fp32 whatever the training precision, tiled above ``tile_size`` LR pixels.
-- validation / test over every (dataset, scale) the DataModule lists, with the paper-protocol metrics; keys
-  ``val/<dataset>/x<scale>/psnr_y`` and ``.../ssim_y`` plus ``val/psnr_y``, the mean over the monitored
-  pairs, which checkpointing and Optuna watch.
-- the stage engine (``lit_sr.stages``): builds the current stage's optimizer, sets the lr every step, clips,
-  switches stages at their boundaries and resumes into the right stage from a checkpoint.
+- ``name`` (e.g. ``"vdsr"``): registers the class; ``experiments/<name>/`` and ``sweeps/<name>.yaml`` hold
+  its presets. ``channels``: ``"y"`` (the network sees and returns MATLAB luminance) or ``"rgb"``.
+  ``batch_needs``: which of ``lr``, ``ilr``, ``pyramid`` a training batch must carry. ``loss_terms`` and
+  ``stage_targets``: what ``stages[i].loss_weights`` and ``stages[i].targets`` may say.
+- ``sr_forward(lr, scale)``: LR (N, C, h, w) -> SR (N, C, h*s, w*s), unclipped.
+- ``compute_loss(groups)``: the training batch, always a list of groups (``lit_sr.data.degrade``), ->
+  (total loss, named parts).
+
+Everything else lives here once: the training batch is degraded on the training device
+(``on_after_batch_transfer``), the data is checked against the method before fit, the network's config and
+parameter count are logged, ``super_resolve`` is the one inference entry point (fp32, tiled with an
+overlap derived from the measured receptive field), validation/test score every (set, scale) the loaders
+carry with the paper-protocol metrics (``<split>/<set>/x<scale>/psnr_y``, ``ssim_y``, and ``val/psnr_y``,
+the mean over the monitored pairs, which checkpoints and Optuna watch), and the stage engine
+(``lit_sr.stages``) switches optimizers, schedules, clipping, frozen modules, loss weights and targets.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from lit_sr.data.color import to_y
+from lit_sr.data.degrade import check_patch, degrade
 from lit_sr.data.resize import imresize
 from lit_sr.inference import tiled_forward, y_to_rgb_sr
-from lit_sr.metrics import PSNRY, SSIMY
+from lit_sr.metrics import PSNRY, SSIMY, quantize
 from lit_sr.registry import build_registered
 from lit_sr.stages import (
     Stage,
+    StageConfigError,
     StagePlan,
     apply_trainable,
     build_optimizer,
@@ -41,19 +48,47 @@ from lit_sr.stages import (
     set_lr,
 )
 
-CLASS_KEY = "lit_sr_class"
 STAGE_KEY = "lit_sr_stage_index"
+# Degrading on the method's side of the transfer is the design (the method knows its channels and needs).
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
+_METHODS: dict[str, type[SRMethod]] = {}
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def metric_key(split: str, dataset: str, scale: int, name: str) -> str:
     return f"{split}/{dataset}/x{scale}/{name}"
 
 
+def registered_methods() -> dict[str, type[SRMethod]]:
+    """Every registered method, by name (``lit_sr.methods`` imports all method files first)."""
+    return dict(sorted(_METHODS.items()))
+
+
+def method_class(name: str) -> type[SRMethod]:
+    """The method registered as ``name``; a clear error listing the others."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
 class SRMethod(L.LightningModule):
     """Base LightningModule of every lit_sr method (see the module docstring)."""
 
-    #: tensors the DataModule's degrade step must produce for ``training_step`` (``hr`` always comes).
-    batch_needs: tuple[str, ...] = ("ilr",)
+    name: ClassVar[str] = ""
+    channels: ClassVar[Literal["y", "rgb"]] = "y"
+    batch_needs: ClassVar[tuple[str, ...]] = ()
+    loss_terms: ClassVar[tuple[str, ...]] = ()
+    stage_targets: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            other = _METHODS.get(name)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise ValueError(f"method name {name!r} is registered twice ({other.__module__}, {cls.__module__})")
+            _METHODS[name] = cls
 
     def __init__(
         self,
@@ -61,42 +96,49 @@ class SRMethod(L.LightningModule):
         net: dict[str, Any] | None = None,
         stages: list[dict[str, Any]] | None = None,
         supported_scales: Sequence[int] = (2, 3, 4),
-        monitor_sets: list[str] | None = None,
         monitor_scales: list[int] | None = None,
         tile_size: int = 192,
-        tile_overlap: int = 16,
-        ssim_variant: str = "ssim_index",
-        image_log_every_n_epochs: int = 5,
+        ssim_variant: Literal["ssim_index", "matlab"] = "ssim_index",
     ) -> None:
         """
         Args:
             variant: registered network name (``lit_sr.list_models()``); ``net`` overrides its arguments.
             stages: the training schedule (see ``lit_sr.stages``); may be omitted for evaluation only.
             supported_scales: the scales this model super-resolves; any other is a clear error.
-            monitor_sets / monitor_scales: which validation pairs ``val/psnr_y`` averages (default: all).
-            tile_size / tile_overlap: LR inputs larger than ``tile_size`` run tiled (0 disables tiling).
+            monitor_scales: which validation scales ``val/psnr_y`` averages (default: all).
+            tile_size: LR inputs larger than this run tiled, with the receptive field as overlap (0: never).
             ssim_variant: ``ssim_index`` (VDSR-era tables) or ``matlab`` (LapSRN evaluator).
-            image_log_every_n_epochs: image panels (bicubic | SR | HR) to the logger every N epochs (0: never).
         """
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
-        self.stages: list[Stage] = (
-            parse_stages(stages, "model.init_args.stages") if stages is not None else []
-        )
+        self.stages: list[Stage] = parse_stages(stages, "model.init_args.stages") if stages is not None else []
+        for i, stage in enumerate(self.stages):
+            path = f"model.init_args.stages.{i}"
+            unknown = sorted(set(stage.loss_weights) - set(self.loss_terms))
+            if unknown:
+                raise StageConfigError(
+                    f"{path}.loss_weights: {type(self).__name__} reads no loss term {unknown}; "
+                    f"its terms are {list(self.loss_terms) or 'none (remove loss_weights)'}"
+                )
+            if stage.targets is not None and stage.targets not in self.stage_targets:
+                raise StageConfigError(
+                    f"{path}.targets={stage.targets!r}: {type(self).__name__} takes "
+                    f"{list(self.stage_targets) or 'no targets (remove the key)'}"
+                )
         self._stage_index = 0
         self._plan: StagePlan | None = None
         self._metrics = nn.ModuleDict()
-        self._panels: dict[str, np.ndarray] = {}
+        self._radius: dict[int, int] = {}
         self.last_results: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---- what a method provides -------------------------------------------------------------------------
-    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
-        """LR Y (N,1,h,w) -> SR Y (N,1,h*s,w*s), unclipped. Subclasses implement it."""
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
+        """LR (N, C, h, w) -> SR (N, C, h*s, w*s), unclipped; C is 1 (``channels`` y) or 3 (rgb)."""
         raise NotImplementedError
 
-    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training batch (see ``lit_sr.data.degrade``) -> (total loss, named parts)."""
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training groups (see ``lit_sr.data.degrade``) -> (total loss, named parts)."""
         raise NotImplementedError
 
     @property
@@ -104,12 +146,38 @@ class SRMethod(L.LightningModule):
         return [int(s) for s in self.hparams.supported_scales]
 
     @property
+    def trainable_scales(self) -> list[int]:
+        """Scales the training data may hold (default: every supported scale)."""
+        return self.supported_scales
+
+    @property
+    def stage_index(self) -> int:
+        """Index of the current training stage."""
+        return self._stage_index
+
+    @property
     def stage(self) -> Stage | None:
         return self.stages[self._stage_index] if self.stages else None
 
+    def loss_weight(self, term: str, default: float = 1.0) -> float:
+        """The current stage's weight of loss term ``term`` (one of ``loss_terms``), else ``default``."""
+        return float(self.stage.loss_weights.get(term, default)) if self.stage else default
+
     @property
-    def loss_weights(self) -> dict[str, float]:
-        return dict(self.stage.loss_weights) if self.stage else {}
+    def stage_target(self) -> str | None:
+        """The current stage's ``targets`` value (None when unset)."""
+        return self.stage.targets if self.stage else None
+
+    def bicubic_loss(self, groups: list[dict], loss_fn: LossFn) -> Tensor:
+        """``loss_fn`` of MATLAB bicubic against HR, batch-share weighted: the level a learning run goes below."""
+        total = sum(len(g["hr"]) for g in groups)
+        parts = []
+        with torch.no_grad(), torch.autocast(groups[0]["hr"].device.type, enabled=False):
+            for g in groups:
+                hr = g["hr"].float()
+                bicubic = g["ilr"].float() if "ilr" in g else imresize(g["lr"].float(), size=tuple(hr.shape[-2:]))
+                parts.append(len(hr) / total * loss_fn(bicubic, hr))
+        return torch.stack(parts).sum()
 
     # ---- inference ----------------------------------------------------------------------------------------
     def check_scale(self, scale: int) -> int:
@@ -124,30 +192,104 @@ class SRMethod(L.LightningModule):
     def compute_dtype(self) -> torch.dtype:
         return torch.float32
 
-    def super_resolve(self, lr_y: Tensor, scale: int) -> Tensor:
-        """The single inference entry point: LR Y (N,1,h,w) in [0,1] -> SR Y (N,1,h*s,w*s), fp32, unclipped."""
+    def receptive_radius(self, scale: int) -> int:
+        """How many LR pixels away an output pixel still depends on the input, measured by backpropagation."""
+        if scale not in self._radius:
+            c = 1 if self.channels == "y" else 3
+            size = 48
+            while True:
+                # inference_mode(False): validation and test run under inference mode, which forbids graphs.
+                with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
+                    x = torch.rand(1, c, size, size, device=self.device, dtype=self.compute_dtype, requires_grad=True)
+                    y = self.sr_forward(x, scale)
+                    (grad,) = torch.autograd.grad(y[..., y.shape[-2] // 2, y.shape[-1] // 2].sum(), x)
+                rows, cols = np.nonzero(grad.abs().sum((0, 1)).cpu().numpy())
+                centre = size // 2
+                radius = int(max(np.abs(rows - centre).max(), np.abs(cols - centre).max())) + 1
+                if radius < centre - 2 or size >= 512:
+                    break
+                size *= 2
+            self._radius[scale] = radius
+        return self._radius[scale]
+
+    def super_resolve(self, lr: Tensor, scale: int) -> Tensor:
+        """The single inference entry point: LR (N, C, h, w) in [0, 1] -> SR (N, C, h*s, w*s), fp32, unclipped."""
         scale = self.check_scale(scale)
-        x = lr_y.to(self.device, self.compute_dtype)
+        x = lr.to(self.device, self.compute_dtype)
         with torch.autocast(self.device.type, enabled=False):
             tile = self.hparams.tile_size
             if tile and max(x.shape[-2:]) > tile:
-                return tiled_forward(
-                    lambda t: self.sr_forward(t, scale), x, tile, self.hparams.tile_overlap, scale
-                )
+                overlap = self.receptive_radius(scale)
+                tile = max(tile, 2 * overlap + 32)
+                return tiled_forward(lambda t: self.sr_forward(t, scale), x, tile, overlap, scale)
             return self.sr_forward(x, scale)
 
-    def forward(self, lr_y: Tensor, scale: int) -> Tensor:
-        return self.super_resolve(lr_y, scale)
+    def forward(self, lr: Tensor, scale: int) -> Tensor:
+        return self.super_resolve(lr, scale)
+
+    def _network_input(self, lr: Tensor) -> Tensor:
+        """An LR image (N, 1 or 3, h, w) in the channels the network sees."""
+        if self.channels == "y":
+            return to_y(lr)
+        return lr.expand(-1, 3, -1, -1) if lr.shape[1] == 1 else lr
+
+    def upscale_rgb(self, lr: Tensor, scale: int) -> Tensor:
+        """LR image (N, C, h, w), C = 1 or 3 -> SR image of the same C; a Y network's Cb/Cr come from bicubic."""
+        lr = lr.to(self.device, self.compute_dtype)
+        sr = self.super_resolve(self._network_input(lr), scale)
+        if self.channels == "y":
+            return y_to_rgb_sr(sr, lr.to(sr.dtype), scale)
+        return sr.mean(1, keepdim=True).clamp(0, 1) if lr.shape[1] == 1 else sr.clamp(0, 1)
+
+    def sr_y(self, batch: dict, scale: int) -> Tensor:
+        """The evaluated Y of a validation/test batch: the network's Y, or Y of the 8-bit RGB output."""
+        if self.channels == "y":
+            return self.super_resolve(batch["lr_y"], scale)
+        rgb = quantize(self.upscale_rgb(batch["lr"], scale)) / 255.0
+        return rgb if rgb.shape[1] == 1 else to_y(rgb)
 
     # ---- training -----------------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches of uint8 crops become float groups here, on the training device (``degrade``)."""
+        if isinstance(batch, dict) and "patch_size" in batch and batch["hr"].dtype == torch.uint8:
+            return degrade(
+                batch["hr"], batch["scale"], batch["gray"], self.batch_needs, batch["patch_size"], self.channels
+            )
+        return batch
+
+    def on_fit_start(self) -> None:
+        """Fail before training when the data cannot train this method; log the network's config and size."""
+        dm = self.trainer.datamodule
+        bad = [s for s in dm.scales if s not in self.trainable_scales]
+        if bad:
+            raise ValueError(
+                f"data.scales={dm.scales} holds {bad}, but {type(self).__name__} ({self.hparams.variant}) trains "
+                f"{self.trainable_scales} only; drop them from data.scales"
+            )
+        bad = [s for s in dm.val_scales if s not in self.supported_scales]
+        if bad:
+            raise ValueError(
+                f"data.val_scales={dm.val_scales} holds {bad}, but {type(self).__name__} super-resolves "
+                f"{self.supported_scales} only; drop them from data.val_scales"
+            )
+        check_patch(dm.patch_size, dm.scales, self.batch_needs)
+        if self.logger is not None and self.net is not None:
+            config = dict(getattr(self.net, "config", None) or self.hparams.net or {})
+            params = sum(p.numel() for p in self.net.parameters())
+            self.logger.log_hyperparams({"method": self.name, "net_config": config, "net_params": params})
+            summary = getattr(dm, "summary", None)
+            if summary is not None:
+                self.logger.log_hyperparams({"data_summary": summary()})
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
         if not torch.isfinite(total):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
             raise FloatingPointError(
                 f"non-finite training loss {total.item()} at step {self.global_step} (stage "
-                f"{self.stage.name if self.stage else '?'}); lower the lr or tighten clipping"
+                f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
             )
-        n = _batch_size(batch)
+        n = sum(len(g["hr"]) for g in batch)
         self.log("train/loss", total, prog_bar=True, batch_size=n)
         for name, value in parts.items():
             self.log(f"train/loss_{name}", value, batch_size=n)
@@ -187,9 +329,7 @@ class SRMethod(L.LightningModule):
         index, step = located
         if index != self._stage_index:
             self._stage_index = index
-            self.trainer.strategy.setup_optimizers(
-                self.trainer
-            )  # calls configure_optimizers for the new stage
+            self.trainer.strategy.setup_optimizers(self.trainer)  # calls configure_optimizers for the new stage
         lr = lr_at(self.stages[index], step, self.plan().steps_per_epoch)
         for opt in self.trainer.optimizers:
             set_lr(opt, lr)
@@ -197,9 +337,7 @@ class SRMethod(L.LightningModule):
         self.log("lr", lr, prog_bar=True, on_step=True, on_epoch=False)
         return None
 
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if gradient_clip_val:
             raise ValueError("set clipping in the stage (stages.N.clip), not trainer.gradient_clip_val")
         bound = clip_gradients(optimizer, self.stage.clip)
@@ -207,7 +345,6 @@ class SRMethod(L.LightningModule):
             self.log("clip_bound", bound, on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[STAGE_KEY] = self._stage_index
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -215,63 +352,51 @@ class SRMethod(L.LightningModule):
         self._stage_index = int(checkpoint.get(STAGE_KEY, 0))
 
     # ---- validation / test ---------------------------------------------------------------------------------
-    def _keys(self, split: str) -> list[tuple[str, int]]:
-        dm = self.trainer.datamodule
-        return list(dm.val_keys if split == "val" else dm.test_keys)
-
     def _metric(self, split: str, dataset: str, scale: int, name: str):
         key = f"{split}|{dataset}|{scale}|{name}".replace(".", "_")
         if key not in self._metrics:
-            metric = (
-                PSNRY(shave=scale)
-                if name == "psnr_y"
-                else SSIMY(shave=scale, variant=self.hparams.ssim_variant)
-            )
+            metric = PSNRY(shave=scale) if name == "psnr_y" else SSIMY(shave=scale, variant=self.hparams.ssim_variant)
             self._metrics[key] = metric.to(self.device)
         return self._metrics[key]
 
-    def _eval_step(self, split: str, batch: dict, batch_idx: int, dataloader_idx: int) -> None:
-        dataset, scale = self._keys(split)[dataloader_idx]
-        sr = self.super_resolve(batch["lr_y"], scale)
+    def _pairs(self, split: str) -> list[tuple[str, int]]:
+        """(set, scale) of every evaluation loader, in order (every rank has them all, even with empty shards)."""
+        loaders = self.trainer.val_dataloaders if split == "val" else self.trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        return [(dl.dataset.name, int(dl.dataset.scale)) for dl in loaders]
+
+    def _eval_step(self, split: str, batch: dict) -> Tensor:
+        dataset, scale = batch["set"][0], int(batch["scale"][0])
+        sr = self.sr_y(batch, scale)
         hr = batch["hr_y"].to(sr.device)
         self._metric(split, dataset, scale, "psnr_y").update(sr, hr)
         self._metric(split, dataset, scale, "ssim_y").update(sr, hr)
-        every = self.hparams.image_log_every_n_epochs
-        if split == "val" and batch_idx == 0 and every and self.current_epoch % every == 0:
-            self._panels[f"images/{dataset}/x{scale}"] = _panel(batch, sr, scale)
+        return sr
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, batch_idx, dataloader_idx)
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._eval_step("val", batch)
 
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, batch_idx, dataloader_idx)
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._eval_step("test", batch)
 
     def _eval_epoch_end(self, split: str) -> None:
         results: dict[str, dict[str, dict[str, float]]] = {}
         monitored = []
-        sets, scales = self.hparams.monitor_sets, self.hparams.monitor_scales
-        for dataset, scale in self._keys(split):
-            row = {}
+        for dataset, scale in self._pairs(split):
+            row: dict[str, float] = {}
             for name in ("psnr_y", "ssim_y"):
                 metric = self._metric(split, dataset, scale, name)
                 value = metric.compute()  # per-image values gathered across ranks, then averaged
                 row[name] = float(value)
-                row["n_images"] = int(
-                    metric.values.numel()
-                    if isinstance(metric.values, Tensor)
-                    else sum(v.numel() for v in metric.values)
-                )
                 self.log(metric_key(split, dataset, scale, name), value, add_dataloader_idx=False)
                 metric.reset()
+            row["n_images"] = metric.n_images
             results.setdefault(dataset, {})[f"x{scale}"] = row
-            if (sets is None or dataset in sets) and (scales is None or scale in scales):
+            if self.hparams.monitor_scales is None or scale in self.hparams.monitor_scales:
                 monitored.append(row["psnr_y"])
         if monitored:
-            mean = torch.stack([torch.tensor(v, dtype=torch.float64) for v in monitored]).mean()
-            self.log(f"{split}/psnr_y", mean, prog_bar=True, add_dataloader_idx=False)
+            self.log(f"{split}/psnr_y", torch.tensor(monitored, dtype=torch.float64).mean(), prog_bar=True)
         self.last_results = results
-        if split == "val":
-            self._log_panels()
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -279,48 +404,6 @@ class SRMethod(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    @rank_zero_only
-    def _log_panels(self) -> None:
-        panels, self._panels = self._panels, {}
-        log_image = getattr(self.logger, "log_image", None)
-        if panels and log_image is not None:
-            for key, img in panels.items():
-                log_image(key=key, images=[img], caption=["bicubic | SR | HR"], step=self.global_step)
-
     # ---- prediction ----------------------------------------------------------------------------------------
-    def upscale_rgb(self, lr: Tensor, scale: int) -> Tensor:
-        """LR image (N,C,h,w), C = 1 or 3 -> SR image; a Y network's Cb/Cr come from MATLAB bicubic."""
-        sr_y = self.super_resolve(to_y(lr.to(self.device, self.compute_dtype)), scale)
-        return y_to_rgb_sr(sr_y, lr.to(sr_y.device, sr_y.dtype), scale)
-
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         return self.upscale_rgb(batch["lr"], int(batch["scale"]))
-
-
-def _batch_size(batch) -> int:
-    if isinstance(batch, (list, tuple)):
-        return sum(_batch_size(b) for b in batch)
-    return int(batch["hr"].shape[0])
-
-
-def _panel(batch: dict, sr_y: Tensor, scale: int, size: int = 128) -> np.ndarray:
-    """uint8 HxWx3 strip of centre crops: bicubic | SR | HR (colour when the image has colour)."""
-    lr, hr = batch["lr"][:1].to(sr_y.device, sr_y.dtype), batch["hr"][:1].to(sr_y.device, sr_y.dtype)
-    images = [imresize(lr, scale), y_to_rgb_sr(sr_y[:1], lr, scale), hr]
-    h, w = hr.shape[-2:]
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crops = [img[0, :, top : top + ch, left : left + cw].clamp(0, 1) for img in images]
-    strip = torch.cat([c.expand(3, -1, -1) for c in crops], dim=-1)
-    return (strip * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def load_method(checkpoint_path: str, map_location: str | torch.device = "cpu") -> SRMethod:
-    """Load any lit_sr checkpoint without knowing its class (it is stored in the checkpoint)."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    path = ckpt.get(CLASS_KEY)
-    if path is None:
-        raise ValueError(f"{checkpoint_path} is not a lit_sr checkpoint (no {CLASS_KEY!r} entry)")
-    module, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load_from_checkpoint(checkpoint_path, map_location=map_location)

@@ -16,20 +16,16 @@ from lit_sr.methods.base import SRMethod
 
 
 class Bicubic(SRMethod):
-    def __init__(
-        self, supported_scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index"
-    ) -> None:
-        super().__init__(
-            variant=None,
-            supported_scales=supported_scales,
-            tile_size=0,
-            ssim_variant=ssim_variant,
-            image_log_every_n_epochs=0,
-        )
+    """MATLAB bicubic upscaling of the LR Y image (no parameters)."""
+
+    name = "bicubic"
+
+    def __init__(self, supported_scales: Sequence[int] = (2, 3, 4, 8), ssim_variant: str = "ssim_index") -> None:
+        super().__init__(variant=None, supported_scales=supported_scales, tile_size=0, ssim_variant=ssim_variant)
 
     @property
     def compute_dtype(self) -> torch.dtype:
         return torch.float64
 
-    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
-        return imresize(lr_y, scale)
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
+        return imresize(lr, scale)

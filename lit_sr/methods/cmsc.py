@@ -307,6 +307,7 @@ class CMSC(SRMethod):
     One model for every trained scale (the network sees the ILR, so the scale only changes the input).
     """
 
+    name = "cmsc"
     batch_needs = ("ilr",)
 
     def __init__(
@@ -320,15 +321,9 @@ class CMSC(SRMethod):
             reduction: ``paper`` (1/2 per-sample sum, batch mean: the scale VDSR's lr 0.1 and theta 0.01
                 assume) or ``mean`` (per pixel: 1/840.5 of ``paper`` on 41x41 patches).
         """
-        super().__init__(variant=variant, **kwargs)
         if reduction not in ("paper", "mean"):
             raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
-        for i, stage in enumerate(self.stages):
-            if stage.loss_weights:
-                raise ValueError(
-                    f"model.init_args.stages.{i}.loss_weights={dict(stage.loss_weights)} is not "
-                    f"read by CMSC; remove it and set model.init_args.alpha instead"
-                )
+        super().__init__(variant=variant, **kwargs)
         num_subnets = self.net.num_subnets
         if alpha is None:
             alpha = default_alpha(num_subnets)
@@ -346,18 +341,16 @@ class CMSC(SRMethod):
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return mse(pred, target, self.reduction)
 
-    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
-        return self.net(imresize(lr_y, scale)).final
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
+        return self.net(imresize(lr, scale)).final
 
-    def compute_loss(self, batch: dict | list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
-        # ``split`` scale mode gives one dict per scale; ILR patches of every scale have the same size.
-        parts_in = batch if isinstance(batch, (list, tuple)) else [batch]
-        ilr = torch.cat([b["ilr"] for b in parts_in])
-        hr = torch.cat([b["hr"] for b in parts_in])
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        # ILR patches of every scale have the same size, so the groups run as one batch.
+        ilr = torch.cat([g["ilr"] for g in groups])
+        hr = torch.cat([g["hr"] for g in groups])
         final, intermediates = self.net(ilr)
         total, parts = cascaded_loss(final, intermediates, hr, self.alpha, base_loss=self._loss)
-        # The loss of the bicubic input itself: a run that learns ends below it.
-        parts["bicubic"] = self._loss(ilr, hr).detach()
+        parts["bicubic"] = self.bicubic_loss(groups, self._loss)
         return total, parts
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -366,8 +359,3 @@ class CMSC(SRMethod):
         for s, w in enumerate(self.net.assembly_weights().detach().float().tolist()):
             self.log(f"assembly/w{s + 1}", w, on_step=True, on_epoch=False)
         return total
-
-    def on_fit_start(self) -> None:
-        if self.logger is not None:
-            n_params = sum(p.numel() for p in self.net.parameters())
-            self.logger.log_hyperparams({"net_params": n_params, "net_depth": self.net.depth})

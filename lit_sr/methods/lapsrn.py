@@ -448,14 +448,13 @@ class PyramidSRMethod(SRMethod):
             scales.add(3)
         return sorted(scales)
 
-    def sr_forward(self, lr_y: Tensor, scale: int) -> Tensor:
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
         if scale == 3:
-            h, w = lr_y.shape[-2:]
-            return imresize(self.net(lr_y, 4)[-1], size=(3 * h, 3 * w))
-        return self.net(lr_y, scale)[-1]
+            h, w = lr.shape[-2:]
+            return imresize(self.net(lr, 4)[-1], size=(3 * h, 3 * w))
+        return self.net(lr, scale)[-1]
 
-    def compute_loss(self, batch: dict | list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
-        groups = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         n_total = sum(int(g["hr"].shape[0]) for g in groups)
         parts: dict[str, Tensor] = {}
         reference: dict[str, Tensor] = {}
@@ -480,27 +479,16 @@ class PyramidSRMethod(SRMethod):
     def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
         return charbonnier(pred, target, self.eps, self.reduction)
 
-    def on_fit_start(self) -> None:
-        """Fail before training when the data asks for scales this network cannot train or evaluate."""
-        dm = getattr(self.trainer, "datamodule", None)
-        trainable = list(self.net.supported_scales)
-        bad = [s for s in getattr(dm, "scales", []) if s not in trainable]
-        if bad:
-            raise ValueError(
-                f"data.scales={dm.scales} holds {bad}, but {self.hparams.variant} has pyramid outputs for "
-                f"{trainable} only; train those scales (x3 is evaluated through x4, never trained)"
-            )
-        bad = [s for s in getattr(dm, "val_scales", []) if s not in self.supported_scales]
-        if bad:
-            raise ValueError(
-                f"data.val_scales={dm.val_scales} holds {bad}, but {self.hparams.variant} super-resolves "
-                f"{self.supported_scales} only; drop them from data.val_scales"
-            )
+    @property
+    def trainable_scales(self) -> list[int]:
+        """The pyramid's own scales (x3 is evaluated through x4, never trained)."""
+        return list(self.net.supported_scales)
 
 
 class LapSRN(PyramidSRMethod):
     """LapSRN training: one model per scale (``per_batch`` batches of that scale), deep supervision."""
 
+    name = "lapsrn"
     network_type = LapSRNNet
     variants_hint = "lapsrn_x2, lapsrn_x4, lapsrn_x8, lapsrn_x4_small"
 
@@ -511,6 +499,7 @@ class LapSRN(PyramidSRMethod):
 class MSLapSRN(PyramidSRMethod):
     """MS-LapSRN training: one shared model for x2, x4 and x8 (``split`` batches), x3 through x4."""
 
+    name = "ms_lapsrn"
     network_type = MSLapSRNNet
     variants_hint = "ms_lapsrn_d5r2, ms_lapsrn_d5r5, ms_lapsrn_d5r8, ms_lapsrn_small, lapsrn_ns_d10r1, ..."
 
