@@ -247,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, required=True)
     p.add_argument("-o", "--out", default="outputs", help="output folder (<stem>_x<S>.png)")
     p.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (0: whole image at once)")
-    p.add_argument("--tile-overlap", type=int, default=16, help="LR pixels of context on each side of a tile")
+    p.add_argument(
+        "--tile-overlap", type=int, default=None, help="LR pixels of context per tile side (default: receptive field)"
+    )
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

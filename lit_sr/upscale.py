@@ -21,10 +21,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lit_sr.data.color import to_y
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError
 from lit_sr.data.resize import imresize
-from lit_sr.inference import self_ensemble, tiled_forward, y_to_rgb_sr
+from lit_sr.inference import self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
 
 
@@ -124,24 +123,28 @@ def write_picture(path: str | Path, picture: Picture) -> None:
 
 
 # ---- the network pass --------------------------------------------------------------------------------------
-def network_channels(method: SRMethod) -> str:
-    """``"rgb"`` for networks that see RGB, ``"y"`` for Y-only ones (the default)."""
-    return getattr(method, "channels", "y")
-
-
 def super_resolve_tiled(
-    method: SRMethod, x: Tensor, scale: int, tile: int = 256, overlap: int = 16, ensemble: bool = False
+    method: SRMethod,
+    x: Tensor,
+    scale: int,
+    tile: int = 256,
+    overlap: int | None = None,
+    ensemble: bool = False,
 ) -> Tensor:
     """What the network sees (N, C, h, w) -> (N, C, h*s, w*s) fp32, unclipped, tiled and/or self-ensembled.
 
-    Every tile goes through ``method.super_resolve`` (the single inference entry point); ``tile`` = 0 runs
-    the whole image in one pass.
+    Every tile goes through the method's own ``super_resolve`` (the single inference entry point) with its
+    built-in tiling off; ``tile`` = 0 runs the whole image in one pass; ``overlap`` None = the network's
+    measured receptive-field radius (``receptive_radius``), the context that makes tiling exact.
     """
+    scale = method.check_scale(scale)
+    base = type(method).super_resolve.__get__(method)  # the class's entry point, not a patched instance one
+    margin = method.receptive_radius(scale) if overlap is None and tile else (overlap or 0)
 
     def one_pass(t: Tensor) -> Tensor:
         if tile and max(t.shape[-2:]) > tile:
-            return tiled_forward(lambda part: method.super_resolve(part, scale), t, tile, overlap, scale)
-        return method.super_resolve(t, scale)
+            return tiled_forward(lambda part: base(part, scale), t, tile, margin, scale)
+        return base(t, scale)
 
     with torch.no_grad(), _own_tiling(method):
         return self_ensemble(one_pass, x) if ensemble else one_pass(x)
@@ -150,31 +153,37 @@ def super_resolve_tiled(
 @contextlib.contextmanager
 def _own_tiling(method: SRMethod) -> Iterator[None]:
     """Switch the method's built-in tiling off while the caller's tile settings apply."""
-    hparams = getattr(method, "hparams", {})
-    saved = hparams.get("tile_size")
-    if saved is not None:
-        hparams["tile_size"] = 0
+    saved = method.hparams.get("tile_size")
+    method.hparams["tile_size"] = 0
     try:
         yield
     finally:
-        if saved is not None:
-            hparams["tile_size"] = saved
+        method.hparams["tile_size"] = saved
+
+
+@contextlib.contextmanager
+def _inference_options(method: SRMethod, tile: int, overlap: int | None, ensemble: bool) -> Iterator[None]:
+    """Within the block, ``method.super_resolve`` (as ``upscale_rgb`` calls it) uses these tile/ensemble options."""
+    method.super_resolve = lambda x, scale: super_resolve_tiled(method, x, scale, tile, overlap, ensemble)
+    try:
+        yield
+    finally:
+        del method.super_resolve
 
 
 def upscale_picture(
-    method: SRMethod, picture: Picture, scale: int, tile: int = 256, overlap: int = 16, ensemble: bool = False
+    method: SRMethod,
+    picture: Picture,
+    scale: int,
+    tile: int = 256,
+    overlap: int | None = None,
+    ensemble: bool = False,
 ) -> Picture:
-    """Super-resolve a decoded picture by ``scale`` (colour, alpha and bit depth as described above)."""
+    """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
+    or an RGB network), with the tile / ensemble options; alpha by MATLAB bicubic; bit depth kept."""
     lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
-    grey = lr.shape[1] == 1
-    if network_channels(method) == "rgb":
-        sr = super_resolve_tiled(method, lr.expand(-1, 3, -1, -1) if grey else lr, scale, tile, overlap, ensemble)
-        sr = sr.double().cpu().clamp(0, 1)
-        if grey:
-            sr = sr.mean(dim=1, keepdim=True)
-    else:
-        sr_y = super_resolve_tiled(method, to_y(lr), scale, tile, overlap, ensemble).double().cpu()
-        sr = y_to_rgb_sr(sr_y, lr, scale).clamp(0, 1)
+    with torch.no_grad(), _inference_options(method, tile, overlap, ensemble):
+        sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
     alpha = None
     if picture.alpha is not None:
         alpha = imresize(torch.from_numpy(picture.alpha), scale).clamp(0, 1).numpy()
@@ -221,7 +230,7 @@ def upscale_files(
     out: str | Path,
     scale: int,
     tile: int = 256,
-    overlap: int = 16,
+    overlap: int | None = None,
     ensemble: bool = False,
     force: bool = False,
     progress: bool = True,

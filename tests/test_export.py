@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-from lit_sr.cli import main
 from lit_sr.data.resize import imresize
 from lit_sr.export import BicubicUpsample, export_onnx, method_channels
-from lit_sr.methods.base import SRMethod
+from lit_sr.methods import SRMethod, registered_methods
 
 SIZES = [(17, 23), (40, 29)]
 
 
-def _method_classes() -> dict[str, type[SRMethod]]:
-    """Every registered concrete method (the core registry when present, else the SRMethod subclasses)."""
-    import lit_sr.methods as methods
-
-    if hasattr(methods, "registered_methods"):
-        return {name: methods.method_class(name) for name in methods.registered_methods()}
-    found, todo = {}, list(SRMethod.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if cls.__module__.startswith("lit_sr.methods") and cls.__name__ != "PyramidSRMethod":
-            found[cls.__name__.lower()] = cls
-    return dict(sorted(found.items()))
-
-
-METHODS = _method_classes()
+METHODS: dict[str, type[SRMethod]] = registered_methods()  # new method files are covered automatically
 
 
 def _ort(path) -> ort.InferenceSession:
@@ -74,21 +57,3 @@ def test_pyramid_x3_is_refused_with_the_reason(tmp_path):
 
     with pytest.raises(Exception, match="not x3|integer upscales"):
         export_onnx(LapSRN(variant="lapsrn_x4_small"), 3, tmp_path / "x3.onnx")
-
-
-def test_cli_exports_a_checkpoint_that_runs_without_lit_sr(tmp_path):
-    from lit_sr.methods.vdsr import VDSR
-
-    torch.manual_seed(0)
-    method = VDSR(variant="vdsr_small")
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(method)
-    ckpt = tmp_path / "vdsr.ckpt"
-    trainer.save_checkpoint(ckpt)
-    out = tmp_path / "vdsr_x3.onnx"
-    assert main(["export", str(ckpt), "--onnx", str(out), "--scale", "3"]) == 0
-    lr = np.random.default_rng(0).random((2, 1, 21, 30), dtype=np.float32)  # batch of 2: dynamic batch too
-    (sr,) = _ort(out).run(None, {"lr": lr})
-    with torch.no_grad():
-        expected = method.eval().sr_forward(torch.from_numpy(lr), 3).numpy()
-    assert sr.shape == (2, 1, 63, 90) and np.abs(sr - expected).max() < 1e-4
