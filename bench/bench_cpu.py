@@ -33,11 +33,11 @@ SETTINGS = ("fp32", "fp32 + channels_last", "bf16", "bf16 + channels_last", "bf1
 def training_batches(model: str, count: int) -> tuple[list, dict]:
     """``count`` degraded training batches of the preset's data config, and that config."""
     data = dict(preset(model)["data"])
-    data.update(num_workers=0, batches_per_epoch=count, val_sets=[])
+    data.update(num_workers=0, batches_per_epoch=count, test_sets=[])
     dm = SRDataModule(**data)
     method = build_method(model)
     dm.setup("fit")
-    batches = [dm.degrade_batch(raw, method.batch_needs) for raw, _ in zip(dm.train_dataloader(), range(count))]
+    batches = [method.on_after_batch_transfer(raw, 0) for raw, _ in zip(dm.train_dataloader(), range(count))]
     return batches, data
 
 

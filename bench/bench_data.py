@@ -29,8 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from lit_sr.data.datamodule import SRDataModule  # importing lit_sr sets NO_ALBUMENTATIONS_UPDATE
+from lit_sr.data.degrade import degrade
 from lit_sr.data.images import list_images
-from lit_sr.data.sources import data_root
+from lit_sr.paths import data_root
 
 PYRAMID = ("lr", "pyramid")
 
@@ -117,12 +118,16 @@ def main() -> None:
         dm = SRDataModule(
             train_sources=[str(folder)],
             val_sets=[],
+            test_sets=[],
             batch_size=batch,
             batches_per_epoch=100_000,
             num_workers=args.workers,
             **config,
         )
-        degrade_count = lambda b, dm=dm, n=needs: len(dm.degrade_batch(b, n)["hr"])  # noqa: E731
+        def degrade_count(b: dict, n: tuple[str, ...] = needs) -> int:  # what SRMethod.on_after_batch_transfer does
+            groups = degrade(b["hr"], b["scale"], b["gray"], n, b["patch_size"], "y")
+            return sum(len(g["hr"]) for g in groups)
+
         ours = rate(dm.train_dataloader(), degrade_count, args.seconds)
         naive_set = NaivePatches(paths, config["patch_size"], config["scales"], "pyramid" in needs, 10**7)
         naive_loader = DataLoader(

@@ -19,8 +19,8 @@ from common import Clock, available_methods, build_method, peak_memory, table
 
 from lit_sr.data.images import list_images, read_image
 from lit_sr.data.resize import imresize
-from lit_sr.data.sources import data_root
 from lit_sr.inference import _tile_spans
+from lit_sr.paths import data_root
 from lit_sr.upscale import Picture, upscale_picture
 
 SCALE = 4

@@ -2,7 +2,7 @@
 
 Both sides train the same network (the preset's ``vdsr_small``, seed 0) on the same SRDataModule
 (``train_dataloader`` with the preset's workers, uint8 crops degraded on the training device by
-``degrade_batch``), batch 16, Adam at the preset's lr, bf16 autocast (the preset's ``precision:
+the method's ``on_after_batch_transfer``), batch 16, Adam at the preset's lr, bf16 autocast (the preset's ``precision:
 bf16-mixed``). The Lightning side is the real ``SRCLI`` fit of experiments/vdsr/quick.yaml: Trainer,
 stage engine (lr set every step), logging to offline W&B, progress bar; only validation and
 checkpointing are off, so the comparison is per training step. Steps are timed after ``--warmup``
@@ -84,7 +84,7 @@ def bare_rate(steps: int, warmup: int) -> float:
             start = time.perf_counter()
         if i == steps:
             break
-        batch = dm.degrade_batch(raw, method.batch_needs)
+        batch = method.on_after_batch_transfer(raw, 0)  # the on-device degrade lit-sr fit runs
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = method.compute_loss(batch)
         loss.backward()
