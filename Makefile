@@ -14,7 +14,7 @@ LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test lint benchmark bench-data bench-train sweep dashboard clean
+.PHONY: install train test lint benchmark bench bench-data bench-train sweep dashboard clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
 	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
+
+bench: $(STAMP)  ## every benchmark -> bench/results.md + bench/quality.png (about 30 min on 2 idle cores)
+	$(BIN)/python bench/run_all.py $(ARGS)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py $(ARGS)
