@@ -5,9 +5,10 @@ output to bench/logs/<name>.log and collects its markdown table. Each ratio insi
 side by side within that section's single run. The header records the machine, the git commit and the load
 average before and after (a shared machine shows there), and every section its wall and CPU time.
 
-    python bench/run_all.py [--quick] [--only data overhead cpu precision infer quality]
+    python bench/run_all.py [--profile full|short|quick] [--only data overhead cpu precision infer quality]
 
-``--quick`` shrinks every measurement (a smoke run of a few minutes, not for quoting).
+``--profile short`` keeps every table and method with shorter measurements (for a machine shared with other
+jobs); ``quick`` is a smoke run of a few minutes, not for quoting.
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ sys.path.insert(0, str(HERE))
 
 from common import machine  # noqa: E402
 
-#: (name, title, script, full arguments, --quick arguments)
+#: (name, title, script, {profile: arguments}); "full" is make bench, "short" every table with shorter
+#: measurements (for a shared machine), "quick" a smoke run
 SECTIONS = [
     ("data", "1. Data pipeline: lit_sr vs naive vs naive with a decoded-image cache", "bench_data.py",
-     ["--seconds", "8"], ["--seconds", "2"]),
+     {"full": ["--seconds", "8"], "short": ["--seconds", "4"], "quick": ["--seconds", "2"]}),
     ("overhead", "2. Lightning overhead: lit-sr fit vs a bare PyTorch loop", "bench_overhead.py",
-     ["--steps", "200", "--repeats", "3"], ["--steps", "40", "--warmup", "10", "--repeats", "1"]),
+     {"full": ["--steps", "200", "--repeats", "3"], "short": ["--steps", "50", "--warmup", "10", "--repeats", "1"],
+      "quick": ["--steps", "40", "--warmup", "10", "--repeats", "1"]}),
     ("cpu", "3a. CPU training speed per method and setting", "bench_cpu.py",
-     ["--seconds", "4"], ["--seconds", "1", "--methods", "vdsr", "--settings", "fp32", "bf16"]),
+     {"full": ["--seconds", "4"], "short": ["--seconds", "2", "--batches", "2"],
+      "quick": ["--seconds", "1", "--methods", "vdsr", "--settings", "fp32", "bf16"]}),
     ("precision", "3b. PSNR cost of bf16 training", "bench_precision.py",
-     ["--steps", "500"], ["--steps", "40"]),
+     {"full": ["--steps", "500"], "short": ["--steps", "60"], "quick": ["--steps", "40"]}),
     ("infer", "4. Inference time and peak memory (x4)", "bench_infer.py",
-     ["--sizes", "512", "1024", "2048"], ["--sizes", "256", "512", "--methods", "vdsr"]),
+     {"full": ["--sizes", "512", "1024", "2048"], "short": ["--sizes", "512", "1024"],
+      "quick": ["--sizes", "256", "512", "--methods", "vdsr"]}),
     ("quality", "5. Quality per CPU minute", "bench_quality.py",
-     ["--marks", "0.5", "1", "2"], ["--marks", "0.2", "--methods", "vdsr"]),
+     {"full": ["--marks", "0.5", "1", "2"], "short": ["--marks", "0.25", "0.5"],
+      "quick": ["--marks", "0.2", "--methods", "vdsr"]}),
 ]
 
 
@@ -59,7 +65,8 @@ def _git_commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run, not for quoting")
+    parser.add_argument("--profile", default="full", choices=["full", "short", "quick"],
+                        help="full (make bench), short (every table, shorter runs: a shared machine), quick (smoke)")
     parser.add_argument("--only", nargs="+", default=None, choices=[s[0] for s in SECTIONS])
     parser.add_argument("--out", default=str(HERE / "results.md"))
     args = parser.parse_args()
@@ -73,13 +80,13 @@ def main() -> None:
     start, cpu_start = time.perf_counter(), _children_cpu()
     parts, timings = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, title, script, full, quick in SECTIONS:
+        for name, title, script, profiles in SECTIONS:
+            section_args = profiles[args.profile]
             if args.only and name not in args.only:
                 continue
             md = Path(tmp) / f"{name}.md"
             extra = ["--png", str(out.parent / "quality.png")] if name == "quality" else []
-            cmd = [sys.executable, str(HERE / script), *(quick if args.quick else full), "--markdown", str(md),
-                   *extra]
+            cmd = [sys.executable, str(HERE / script), *section_args, "--markdown", str(md), *extra]
             print(f"== {title}: {' '.join(cmd[1:])}", flush=True)
             t0, c0 = time.perf_counter(), _children_cpu()
             with open(logs / f"{name}.log", "w") as log:
@@ -88,14 +95,15 @@ def main() -> None:
             timings.append((name, wall, cpu, code))
             print(f"   {wall:.0f} s wall, {cpu:.0f} s CPU, exit {code}", flush=True)
             body = md.read_text() if md.is_file() else f"(failed with exit code {code}: see bench/logs/{name}.log)\n"
-            parts.append(f"## {title}\n\n`python bench/{script} {' '.join(quick if args.quick else full)}` "
+            parts.append(f"## {title}\n\n`python bench/{script} {' '.join(section_args)}` "
                          f"({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)\n\n{body}")
     total, total_cpu = time.perf_counter() - start, _children_cpu() - cpu_start
     load_after = os.getloadavg()
     header = (
         "# lit_sr benchmarks (`make bench`)\n\n"
         f"{dt.datetime.now().astimezone().isoformat(timespec='minutes')}, commit {_git_commit()}"
-        f"{' (--quick: smoke settings, not for quoting)' if args.quick else ''}. {machine()}.\n"
+        f"{'' if args.profile == 'full' else f' (--profile {args.profile}: shorter measurements than make bench)'}"
+        f". {machine()}.\n"
         f"Total {total / 60:.1f} min wall, {total_cpu / 60:.1f} min CPU. Load average (1/5/15 min) before "
         f"{'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)}: a "
         f"load above {os.cpu_count()} means other jobs shared the cores and wall times are inflated.\n\n"
