@@ -8,13 +8,18 @@ STAMP := $(VENV)/.install.stamp
 
 MODEL ?= vdsr
 PRESET ?= quick
+# Distributed training (make train): devices per node, nodes, Lightning strategy, Trainer preset
+# (trainers/<TRAINER>.yaml: ddp, ddp_cpu, gpu). Empty = the method preset's own.
+DEVICES ?=
+NODES ?=
+STRATEGY ?=
+TRAINER ?=
 WORKERS ?= 1
 STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
-export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install train test lint benchmark bench bench-data bench-train sweep dashboard clean
+.PHONY: install train test test-fast lint benchmark compare bench bench-data bench-train sweep dashboard clean
 
 install: $(STAMP)
 
@@ -25,17 +30,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,export]'
 	touch $@
 
-train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [ARGS="--trainer.max_epochs 2"]
-	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(ARGS)
+train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=1 STRATEGY=ddp TRAINER=ddp] [ARGS=...]
+	$(BIN)/lit-sr train $(MODEL) --preset $(PRESET) $(if $(DEVICES),--devices $(DEVICES)) \
+	  $(if $(NODES),--nodes $(NODES)) $(if $(STRATEGY),--strategy $(STRATEGY)) \
+	  $(if $(TRAINER),--trainer-preset $(TRAINER)) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP)  ## the full suite (what CI runs)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## everything but the tests that train (marked slow)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
 	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
+
+compare: $(STAMP)  ## one table of the trained runs under runs/ (or RUNS="dir ...") -> runs/compare/
+	$(BIN)/lit-sr compare $(RUNS)
 
 bench: $(STAMP)  ## every benchmark -> bench/results.md + bench/quality.png (about 30 min on 2 idle cores)
 	$(BIN)/python bench/run_all.py $(ARGS)

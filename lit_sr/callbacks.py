@@ -33,9 +33,16 @@ class StageProgressBar(TQDMProgressBar):
 class RunCheckpoint(ModelCheckpoint):
     """``best.ckpt`` (by ``val/psnr_y``) and ``last.ckpt`` in ``<run_dir>/checkpoints`` (the trainer's root)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        defaults = {"filename": "best", "monitor": "val/psnr_y", "mode": "max", "save_last": True}
-        super().__init__(**{**defaults, **kwargs})
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "best",
+        monitor: str = "val/psnr_y",
+        mode: str = "max",
+        save_last: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, mode=mode, save_last=save_last, **kwargs)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:

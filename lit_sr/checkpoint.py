@@ -1,22 +1,159 @@
-"""Loading a lit_sr checkpoint without knowing its method: the class comes from the method registry."""
+"""Safe checkpoint loading: ``torch.load(weights_only=True)`` and a class chosen among lit_sr's own methods.
+
+A checkpoint is data, never code: unpickling is restricted to tensors, containers and the few types lit_sr and
+Lightning store (``SAFE_TYPES``), so a file whose pickle would run code fails before anything runs. The class a
+checkpoint names (LightningCLI's ``hyper_parameters._class_path``, lit_sr's ``lit_sr_class``) only selects one
+of the registered lit_sr methods; an import path that is not one of them is refused, never imported.
+
+Every failure is a ``CheckpointError`` (a ``UserError``): one line naming the file and what to pass instead.
+"""
 
 from __future__ import annotations
 
+import inspect
+import pickle
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lit_sr.methods import SRMethod, registered_methods
+from lit_sr.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from lit_sr.methods.base import SRMethod
+
+CLASS_KEY = "lit_sr_class"
+HPARAMS_KEY = "hyper_parameters"
+_registered_safe = False
 
 
-def load_method(checkpoint_path: str | Path, map_location: str | torch.device = "cpu") -> SRMethod:
-    """The method stored in a checkpoint written by ``lit-sr fit``; its class must be a registered method."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    class_path = (ckpt.get("hyper_parameters") or {}).get("_class_path", "")
-    by_path = {f"{c.__module__}.{c.__qualname__}": c for c in registered_methods().values()}
-    if class_path not in by_path:
-        raise ValueError(
-            f"{checkpoint_path} is not a checkpoint of a registered lit_sr method (class {class_path or 'unknown'}); "
-            f"registered: {', '.join(registered_methods())}"
+def _safe_types() -> list[type]:
+    """Non-builtin types lit_sr checkpoints may hold: Lightning's hyperparameter dict. Everything else lit_sr
+    stores (hparams, stages, callback / loop / data-stream states) is plain dicts, lists, numbers and tensors."""
+    from lightning.fabric.utilities.data import AttributeDict
+
+    return [AttributeDict]
+
+
+def register_safe_types() -> None:
+    """Allow ``torch.load(weights_only=True)`` to rebuild the few non-builtin types lit_sr checkpoints hold."""
+    global _registered_safe
+    if not _registered_safe:
+        torch.serialization.add_safe_globals(_safe_types())
+        _registered_safe = True
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict of ``path``, unpickled with ``weights_only=True``; a clear error for anything else."""
+    path = Path(path)
+    hint = "pass a .ckpt file written by `lit-sr fit` / `lit-sr train` (runs/<method>/<run>/checkpoints/)"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; {hint}")
+    register_safe_types()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path} refers to code that a checkpoint may not run ({_global_name(err)}): it was not loaded; "
+                f"{hint}"
+            ) from err
+        raise CheckpointError(f"{path} is not a checkpoint or is corrupt ({first}); {hint}") from err
+    except Exception as err:  # noqa: BLE001 - torch.load of a non-checkpoint fails in many ways (KeyError, EOF, ...)
+        first = type(err).__name__ + (f": {str(err).strip().splitlines()[0]}" if str(err).strip() else "")
+        raise CheckpointError(f"{path} is not a checkpoint or is corrupt ({first}); {hint}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is a torch file but not a Lightning checkpoint (no 'state_dict'); {hint}")
+    return ckpt
+
+
+def _global_name(err: Exception) -> str:
+    """The blocked global of torch's weights-only unpickler message (``posix.system``, ``getattr``, ...)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else "an unsupported global"
+
+
+def registered_method_classes() -> dict[str, type[SRMethod]]:
+    """``module.QualName`` -> class of every registered lit_sr method (the only classes a checkpoint may name)."""
+    from lit_sr.methods import registered_methods
+
+    return {f"{c.__module__}.{c.__qualname__}": c for c in registered_methods().values()}
+
+
+def method_class_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> type[SRMethod]:
+    """The registered lit_sr method class a checkpoint names; refuses any other class path."""
+    hparams = ckpt.get(HPARAMS_KEY) or {}
+    names = {n for n in (ckpt.get(CLASS_KEY), hparams.get("_class_path")) if n}
+    if not names:
+        raise CheckpointError(
+            f"{path} is a Lightning checkpoint but not a lit_sr one (no {CLASS_KEY!r} or hyper_parameters._class_path);"
+            " pass a checkpoint written by `lit-sr fit`"
         )
-    return by_path[class_path].load_from_checkpoint(checkpoint_path, map_location=map_location)
+    known = registered_method_classes()
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        raise CheckpointError(
+            f"{path} names the class {unknown[0]!r}, which is not a registered lit_sr method (known: "
+            f"{', '.join(sorted(known))}); it was not imported. Pass a checkpoint written by `lit-sr fit`"
+        )
+    if len(names) > 1:
+        raise CheckpointError(f"{path} names two different classes {sorted(names)}; the file is inconsistent")
+    return known[names.pop()]
+
+
+def load_method(
+    checkpoint_path: str | Path, map_location: str | torch.device = "cpu", expected: type | None = None
+) -> SRMethod:
+    """Build the lit_sr method stored in a checkpoint, with its weights, without knowing its class.
+
+    ``expected`` (a method class) refuses a checkpoint of another method with a clear error.
+    """
+    ckpt = read_checkpoint(checkpoint_path)
+    cls = method_class_of(ckpt, checkpoint_path)
+    if expected is not None and not issubclass(cls, expected):
+        raise CheckpointError(
+            f"{checkpoint_path} is a checkpoint of {cls.__name__}, not of {expected.__name__}; "
+            f"pass a {expected.__name__} checkpoint"
+        )
+    hparams = {k: v for k, v in dict(ckpt.get(HPARAMS_KEY) or {}).items() if not str(k).startswith("_")}
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        hparams = {k: v for k, v in hparams.items() if k in params}
+    try:
+        method = cls(**hparams)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{checkpoint_path}: its hyperparameters do not build {cls.__name__} with this lit_sr version ({err})"
+        ) from err
+    method.on_load_checkpoint(ckpt)
+    try:
+        method.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{checkpoint_path}: its weights do not fit {cls.__name__} built from its own hyperparameters ({first})"
+        ) from err
+    return method.to(map_location)
+
+
+def check_ckpt_path(ckpt_path: str | None, class_path: str | None) -> None:
+    """Validate ``--ckpt_path`` of ``lit-sr fit/validate/test`` against the config's ``model.class_path``.
+
+    ``last`` / ``best`` / ``hpc`` are Lightning's own names (resolved to this run's files later).
+    """
+    if not ckpt_path or str(ckpt_path) in ("last", "best", "hpc"):
+        return
+    ckpt = read_checkpoint(ckpt_path)
+    cls = method_class_of(ckpt, ckpt_path)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if class_path and class_path != name:
+        wanted = registered_method_classes().get(class_path)
+        if wanted is None or not (issubclass(cls, wanted) or issubclass(wanted, cls)):
+            short = class_path.rsplit(".", 1)[-1]
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} is a checkpoint of {cls.__name__} ({name}), but the config trains "
+                f"{short} (model.class_path {class_path}); pass a {short} checkpoint, or the config of "
+                f"{cls.__name__} (experiments/{cls.__name__.lower()}/...)"
+            )

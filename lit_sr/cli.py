@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import resource
 import sys
 import time
@@ -28,7 +29,17 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from lit_sr.callbacks import AtomicCheckpointIO, ImagePanels, RunCheckpoint, StageProgressBar
+from lit_sr.checkpoint import check_ckpt_path
+from lit_sr.cluster import (
+    SignalCheckpoint,
+    StepCheckpoint,
+    add_trainer_arguments,
+    prepare_run_dir,
+    train_overrides,
+    with_cluster_environment,
+)
 from lit_sr.data.datamodule import SRDataModule
+from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
 from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
@@ -72,6 +83,7 @@ class SRCLI(LightningCLI):
             cfg.run_dir = str(latest_run(method))  # resume the newest run of this method in its own folder
         cfg.run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         self.run_dir = Path(cfg.run_dir)
+        prepare_run_dir(self.run_dir)  # an unwritable run_dir is one clear error, not a logger's traceback
         trainer = cfg.trainer
         trainer.default_root_dir = cfg.run_dir
         tags = [method, str(cfg.model.init_args.get("variant") or method)]
@@ -80,12 +92,22 @@ class SRCLI(LightningCLI):
         callbacks = list(trainer.callbacks or [])
         names = {c.class_path.rsplit(".", 1)[-1] for c in callbacks if isinstance(c, Namespace)}
         if trainer.enable_checkpointing is not False and not names & {"ModelCheckpoint", "RunCheckpoint"}:
-            callbacks.append(_callback(RunCheckpoint))
+            # The folder is set now: Lightning resolves --ckpt_path last before any callback's setup.
+            callbacks.append(_callback(RunCheckpoint, dirpath=str(self.run_dir / "checkpoints")))
         if trainer.enable_progress_bar is not False and not any("ProgressBar" in n for n in names):
             callbacks.append(_callback(StageProgressBar))
         if "ImagePanels" not in names:
             callbacks.append(_callback(ImagePanels))
+        if trainer.enable_checkpointing is not False:  # exact resume: step checkpoints, a checkpoint on SIGTERM
+            callbacks += [_callback(c) for c in (StepCheckpoint, SignalCheckpoint) if c.__name__ not in names]
         trainer.callbacks = callbacks
+        trainer.plugins = with_cluster_environment(trainer.plugins)  # LIT_SR_IGNORE_SLURM: own DDP ranks
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then read ``--ckpt_path`` safely: LightningCLI next unpickles its hyperparameters."""
+        super().parse_arguments(parser, args)
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        check_ckpt_path(cfg.get("ckpt_path"), cfg.model.class_path)
 
     def before_fit(self) -> None:
         if self.trainer.logger is not None:
@@ -230,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit a method's preset, select on val, print its test table against bicubic")
     p.add_argument("model", help="a registered method, e.g. vdsr (experiments/<model>/)")
     p.add_argument("--preset", default="quick", help="quick (CPU, minutes) or paper")
+    add_trainer_arguments(p)
     p = sub.add_parser("benchmark", help="paper-style PSNR/SSIM table for bicubic or a checkpoint")
     p.add_argument("method", help="'bicubic' or a checkpoint path")
     p.add_argument("--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders")
@@ -261,7 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lit-sr``: a user mistake prints one line ``lit-sr: error: ...`` and returns 2 (``--debug``: traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:
+        os.environ[DEBUG_VAR] = "1"  # DDP ranks re-run the command line: they inherit it
+        argv = [a for a in argv if a != "--debug"]
+    return run_reporting_errors(_main, argv, argv=argv, debug=os.environ.get(DEBUG_VAR) == "1")
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         import wandb
 
@@ -280,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         import wandb
 
         try:
-            return cmd_train(args, rest)
+            return cmd_train(args, [*train_overrides(args), *rest])
         finally:
             wandb.finish()
     if rest:

@@ -52,9 +52,14 @@ def resolve_method(method_or_ckpt: str, ssim_variant: str = "ssim_index") -> tup
 
 
 def run_benchmark(
-    method: SRMethod, datasets: Sequence[str], scales: Sequence[int], accelerator: str = "auto"
+    method: SRMethod,
+    datasets: Sequence[str],
+    scales: Sequence[int],
+    accelerator: str = "auto",
+    max_images: int | None = None,
 ) -> Results:
-    """Validate ``method`` on every (dataset, scale) pair; returns results keyed by dataset and ``x<scale>``."""
+    """Validate ``method`` on every (dataset, scale) pair (the first ``max_images`` of each); returns results
+    keyed by dataset and ``x<scale>``."""
     unsupported = [s for s in scales if s not in method.supported_scales]
     if unsupported:
         raise ValueError(
@@ -62,7 +67,12 @@ def run_benchmark(
             "drop them from --scales"
         )
     dm = SRDataModule(
-        train_sources=["builtin"], val_sets=list(datasets), test_sets=[], val_scales=list(scales), scales=list(scales)
+        train_sources=["builtin"],
+        val_sets=list(datasets),
+        test_sets=[],
+        val_scales=list(scales),
+        scales=list(scales),
+        val_max_images=max_images,
     )
     trainer = L.Trainer(
         accelerator=accelerator,

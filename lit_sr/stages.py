@@ -9,6 +9,7 @@ A stage is one phase of training read from YAML (``model.init_args.stages`` in a
       clip: {mode: adjustable, theta: 0.01}   # none | norm (value) | value (value) | adjustable (theta)
       param_groups: [{match: '\\.bias$', lr_mult: 0.1}]   # regex on parameter names, first match wins
       trainable: [levels.0]            # module-name prefixes; omitted = everything trains
+      frozen_eval: true                # modules whose parameters are all frozen run in eval mode (default)
       loss_weights: {image: 1.0}       # read by the method's loss
       targets: null                    # free-form tag read by the method (e.g. downsampled_hr)
 
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -80,6 +81,7 @@ class Stage:
     clip: ClipSpec = field(default_factory=ClipSpec)
     param_groups: tuple[ParamGroupSpec, ...] = ()
     trainable: tuple[str, ...] | None = None
+    frozen_eval: bool = True
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     targets: str | None = None
 
@@ -176,6 +178,8 @@ def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
             re.compile(g.match)
         except re.error as err:
             raise StageConfigError(f"{path}.param_groups.{i}.match: bad regex {g.match!r}: {err}") from err
+    if not isinstance(stage.frozen_eval, bool):
+        raise StageConfigError(f"{path}.frozen_eval must be true or false, got {stage.frozen_eval!r}")
     for key, w in stage.loss_weights.items():
         if not isinstance(w, (int, float)):
             raise StageConfigError(f"{path}.loss_weights.{key} must be a number, got {w!r}")
@@ -191,6 +195,29 @@ def parse_stages(raw: Iterable[Mapping] | None, path: str = "stages") -> list[St
     if len(set(names)) != len(names):
         raise StageConfigError(f"{path}: stage names must be unique, got {names}")
     return stages
+
+
+def merge_stages(stages: list[Stage], names: Sequence[str], name: str, **changes) -> list[Stage]:
+    """Replace the consecutive stages ``names`` by one stage ``name`` as long as all of them together.
+
+    The merged stage keeps the first one's settings (optimizer, schedule, clip, ...) with ``changes`` applied
+    (e.g. ``trainable=None``); lengths add up (all must count epochs, or all steps). Used to run several phases
+    as one, e.g. IRLapSRN's joint pretraining of every pyramid level instead of one stage per level.
+    """
+    index = [i for i, s in enumerate(stages) if s.name in names]
+    if sorted(s.name for s in stages if s.name in names) != sorted(names) or not index:
+        raise StageConfigError(f"cannot merge stages {list(names)}: the stages are {[s.name for s in stages]}")
+    if index != list(range(index[0], index[0] + len(index))):
+        raise StageConfigError(f"cannot merge stages {list(names)}: they are not consecutive")
+    parts = [stages[i] for i in index]
+    if all(s.epochs is not None for s in parts):
+        length = {"epochs": sum(s.epochs for s in parts), "steps": None}
+    elif all(s.steps is not None for s in parts):
+        length = {"steps": sum(s.steps for s in parts), "epochs": None}
+    else:
+        raise StageConfigError(f"cannot merge stages {list(names)}: some count epochs and some steps")
+    merged = replace(parts[0], name=name, **length, **changes)
+    return [*stages[: index[0]], merged, *stages[index[-1] + 1 :]]
 
 
 class StagePlan:
@@ -240,7 +267,12 @@ def lr_at(stage: Stage, step_in_stage: int, steps_per_epoch: int) -> float:
 
 
 def apply_trainable(net: nn.Module, stage: Stage) -> None:
-    """Freeze every parameter outside the stage's ``trainable`` prefixes (all train when it is unset)."""
+    """Freeze every parameter outside the stage's ``trainable`` prefixes (all train when it is unset).
+
+    With ``frozen_eval`` (the default) every module whose parameters are all frozen is put in eval mode (its
+    BN / dropout behave as at inference, as a frozen part must); everything else is in train mode. Lightning
+    keeps these per-module modes across validation.
+    """
     names = [n for n, _ in net.named_parameters()]
     if stage.trainable is not None:
         for prefix in stage.trainable:
@@ -254,6 +286,12 @@ def apply_trainable(net: nn.Module, stage: Stage) -> None:
             stage.trainable is None
             or any(name == pre or name.startswith(pre + ".") for pre in stage.trainable)
         )
+    net.train()
+    if stage.frozen_eval:
+        for module in net.modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 def build_optimizer(net: nn.Module, stage: Stage) -> torch.optim.Optimizer:

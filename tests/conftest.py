@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,7 +46,7 @@ def read_logged(run_dir, key: str, timeout: float = 60.0):
     """
     import time
 
-    from lit_sr.wandb_offline import find_runs, read_run
+    from wandb_offline import find_runs, read_run
 
     deadline = time.monotonic() + timeout
     while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,10 +60,8 @@ def test_patch_ilr_41_equals_whole_image_window(photos, mode):
     batch_scales = [2, 3, 4, 4, 3, 2] if mode == "mixed" else [2, 2, 3, 3, 4, 4]
     hr, scale, gray, info = _crops(ds, photos, batch_scales, seed=1)
     assert gray.any() and not gray.all() and {ci.d4 for _, ci in info} != {0}
-    out = degrade(hr, scale, gray, ("ilr",), p, mode)
-    if mode == "split":  # ascending contiguous parts: concatenating them restores the batch order
-        assert [o["scale"].tolist() for o in out] == [[2, 2], [3, 3], [4, 4]]
-        out = {k: torch.cat([o[k] for o in out]) for k in ("hr", "ilr")}
+    (out,) = degrade(hr, scale, gray, ("ilr",), p)  # ILR of every scale has one size: one group
+    assert out["scale"].tolist() == batch_scales  # in the original sample order
     assert out["hr"].shape == out["ilr"].shape == (6, 1, p, p) and out["ilr"].dtype == torch.float32
     for n, ((img, ci), s) in enumerate(zip(info, batch_scales)):
         assert ci.origin[0] % s == 0 and ci.origin[1] % s == 0
@@ -81,7 +80,8 @@ def test_patch_lr_equals_whole_image_window_x2_x3_x4(photos):
     )
     batch_scales = [2, 2, 3, 3, 4, 4]
     hr, scale, gray, info = _crops(ds, photos, batch_scales, seed=2)
-    parts = degrade(hr, scale, gray, ("lr", "ilr"), p, "split")
+    parts = degrade(hr, scale, gray, ("lr", "ilr"), p)
+    assert [g["scale"].tolist() for g in parts] == [[2, 2], [3, 3], [4, 4]]  # one group per scale
     flat = [(part, j) for part in parts for j in range(len(part["scale"]))]
     for n, ((img, ci), s) in enumerate(zip(info, batch_scales)):
         part, j = flat[n]
@@ -100,7 +100,7 @@ def test_patch_pyramid_128_x4_equals_whole_image(photos):
     ds = TrainPatches(photos, [s], p, batch_size=4, batches_per_epoch=1, mode="per_batch", rescale=(1.0, 1.0))
     assert ds.crop_size == 160
     hr, scale, gray, info = _crops(ds, photos, [s] * 4, seed=3)
-    out = degrade(hr, scale, gray, ("lr", "pyramid"), p, "per_batch")
+    (out,) = degrade(hr, scale, gray, ("lr", "pyramid"), p)
     assert [t.shape[-1] for t in out["pyramid"]] == [64, 128] and out["lr"].shape == (4, 1, 32, 32)
     assert out["pyramid"][-1] is out["hr"]
     o = patch_offset(160, p, s)
@@ -117,8 +117,8 @@ def test_rgb_channels_and_grey_rule(photos):
     ds = TrainPatches(photos, [2], 16, batch_size=2, batches_per_epoch=1, rescale=(1.0, 1.0), d4=False)
     hr, scale, gray, _ = _crops(ds, photos, [2] * 4, seed=4)  # photo 3 is the grey camera
     assert gray.tolist() == [False, False, False, True]
-    rgb = degrade(hr, scale, gray, ("ilr",), 16, "mixed", channels="rgb")
-    y = degrade(hr, scale, gray, ("ilr",), 16, "mixed", channels="y")
+    (rgb,) = degrade(hr, scale, gray, ("ilr",), 16, channels="rgb")
+    (y,) = degrade(hr, scale, gray, ("ilr",), 16, channels="y")
     assert rgb["hr"].shape == (4, 3, 16, 16) and y["hr"].shape == (4, 1, 16, 16)
     # A grey sample is its own Y (full range); converting it as RGB would give 16/255 + 219/255 * v.
     assert torch.allclose(y["hr"][3], rgb["hr"][3, :1])
@@ -140,9 +140,9 @@ def test_d4_window_cuts_the_same_pixels_from_the_unrotated_image():
 # ---- batch modes
 def test_per_batch_mode(photos):
     torch.manual_seed(0)
-    ds = TrainPatches(photos, [2, 3, 4], 41, batch_size=4, batches_per_epoch=12, mode="per_batch")
+    ds = TrainPatches(photos, [2, 3, 4], 41, batch_size=4, batches_per_epoch=30, mode="per_batch")
     batches = list(ds)
-    assert len(batches) == len(ds) == 12
+    assert len(batches) == len(ds) == 30
     seen = set()
     for b in batches:
         assert b["hr"].shape == (4, 3, 84, 84) and b["hr"].dtype == torch.uint8
@@ -150,9 +150,8 @@ def test_per_batch_mode(photos):
         assert len(set(b["scale"].tolist())) == 1
         seen |= set(b["scale"].tolist())
     assert seen == {2, 3, 4}
-    out = degrade(
-        **{k: batches[0][k] for k in ("hr", "scale", "gray")}, needs=("lr",), patch_size=48, mode="per_batch"
-    )
+    assert batches[0]["patch_size"] == 41
+    (out,) = degrade(**{k: batches[0][k] for k in ("hr", "scale", "gray")}, needs=("lr",), patch_size=48)
     assert out["lr"].shape[-1] == 48 // int(batches[0]["scale"][0])
 
 
@@ -161,17 +160,18 @@ def test_mixed_mode(photos):
     ds = TrainPatches(photos, [2, 3, 4], 41, batch_size=16, batches_per_epoch=2, mode="mixed")
     b = next(iter(ds))
     assert b["hr"].shape == (16, 3, 84, 84) and set(b["scale"].tolist()) == {2, 3, 4}
-    out = degrade(b["hr"], b["scale"], b["gray"], ("ilr",), 41, "mixed")
+    (out,) = degrade(b["hr"], b["scale"], b["gray"], ("ilr",), 41)
     assert out["ilr"].shape == out["hr"].shape == (16, 1, 41, 41)
     assert torch.equal(out["scale"], b["scale"])  # original sample order kept
     # Each sample matches degrading it alone (regrouping by scale kept the order).
     for n in (0, 7, 15):
-        alone = degrade(
-            b["hr"][n : n + 1], b["scale"][n : n + 1], b["gray"][n : n + 1], ("ilr",), 41, "mixed"
-        )
+        (alone,) = degrade(b["hr"][n : n + 1], b["scale"][n : n + 1], b["gray"][n : n + 1], ("ilr",), 41)
         assert torch.equal(alone["ilr"][0], out["ilr"][n])
-    with pytest.raises(ValueError, match=r"cannot mix them: set data.scale_mode to 'split' or 'per_batch'"):
-        degrade(b["hr"], b["scale"], b["gray"], ("lr",), 48, "mixed")
+    # LR patches differ in size between scales: a mixed batch then comes as one group per scale, ascending.
+    groups = degrade(b["hr"], b["scale"], b["gray"], ("lr",), 48)
+    assert [int(g["scale"][0]) for g in groups] == [2, 3, 4]
+    assert [g["lr"].shape[-1] for g in groups] == [24, 16, 12]
+    assert sum(len(g["hr"]) for g in groups) == 16
 
 
 def test_split_mode_22_22_20(photos):
@@ -185,7 +185,7 @@ def test_split_mode_22_22_20(photos):
     b = next(iter(ds))
     assert b["hr"].shape == (64, 3, 128, 128)
     assert b["scale"].tolist() == [2] * 22 + [4] * 22 + [8] * 20
-    parts = degrade(b["hr"], b["scale"], b["gray"], ("lr", "pyramid"), 64, "split")
+    parts = degrade(b["hr"], b["scale"], b["gray"], ("lr", "pyramid"), 64)
     assert [len(x["scale"]) for x in parts] == [22, 22, 20]
     assert [x["lr"].shape for x in parts] == [(22, 1, 32, 32), (22, 1, 16, 16), (20, 1, 8, 8)]
     assert [[t.shape[-1] for t in x["pyramid"]] for x in parts] == [[64], [32, 64], [16, 32, 64]]
@@ -229,15 +229,15 @@ def test_benchmark_grey_image_is_its_own_y(data_root):
 
 
 # ---- the DataModule
-def _fake_trainer(needs=None, world_size=1, rank=0):
-    module = SimpleNamespace(batch_needs=needs) if needs is not None else SimpleNamespace()
-    return SimpleNamespace(training=True, lightning_module=module, global_rank=rank, world_size=world_size)
+def _fake_trainer(world_size=1, rank=0):
+    return SimpleNamespace(training=True, global_rank=rank, world_size=world_size)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_datamodule_end_to_end(workers, tmp_path):
+def test_datamodule_end_to_end(workers, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_SR_DATA", str(tmp_path))  # no data root: the built-in photos, no test sets
     dm = SRDataModule(
-        val_sets=["builtin_val"],
+        train_sources=["auto"],
         batch_size=8,
         batches_per_epoch=4,
         num_workers=workers,
@@ -245,9 +245,9 @@ def test_datamodule_end_to_end(workers, tmp_path):
         cache_dir=str(tmp_path),
         memmap_threshold_mb=0 if workers else 2048,  # the workers share one memory-mapped cache
     )
+    assert dm.train_names == ["builtin"] and dm.val_sets == ["builtin_val"] and dm.test_sets == []
     dm.setup("fit")
     assert dm.train_images().uses_memmap == (workers > 0)
-    assert dm.val_keys == [("builtin_val", 2), ("builtin_val", 3), ("builtin_val", 4)] == dm.test_keys
     loader = dm.train_dataloader()
     assert loader.batch_size is None and len(loader) == 4
     epoch1 = list(loader)
@@ -256,24 +256,21 @@ def test_datamodule_end_to_end(workers, tmp_path):
     # Different workers and different epochs give different patches.
     assert not torch.equal(epoch1[0]["hr"], epoch1[1]["hr"])
     assert not torch.equal(epoch1[0]["hr"], epoch2[0]["hr"])
-    dm.trainer = _fake_trainer(("ilr",))
-    out = dm.on_after_batch_transfer(epoch1[0], 0)
-    assert set(out) == {"hr", "ilr", "scale"} and out["ilr"].shape == (8, 1, 41, 41)
-    dm.trainer = _fake_trainer()  # a module without batch_needs gets lr and ilr
-    with pytest.raises(ValueError, match=r"data.patch_size=41 is not divisible"):
-        dm.on_after_batch_transfer(epoch1[0], 0)  # lr at x2, x3, x4 cannot be mixed in one batch
-    dm.trainer.training = False
+    assert epoch1[0]["patch_size"] == 41 and epoch1[0]["hr"].dtype == torch.uint8
     val = dm.val_dataloader()
     assert len(val) == 3 and len(val[0]) == 1
     item = next(iter(val[2]))
+    assert item["set"] == ["builtin_val"] and int(item["scale"]) == 4
     assert item["name"] == ["chelsea"] and item["lr_y"].shape[-1] == math.ceil(451 // 4 * 4 / 4)
-    assert dm.on_after_batch_transfer(item, 2) is item
+    with pytest.raises(ValueError, match=r"no test sets: set data.test_sets"):
+        dm.test_dataloader()
 
 
 def test_datamodule_ddp_shards(data_root):
     loaders = []
     for rank in (0, 1):
-        dm = SRDataModule(val_sets=["Set5"], scales=[2], num_workers=0, batches_per_epoch=5)
+        dm = SRDataModule(train_sources=["builtin"], val_sets=["Set5"], test_sets=[], scales=[2], num_workers=0,
+                          batches_per_epoch=5, allow_selection_on_test=True)
         dm.trainer = _fake_trainer(world_size=2, rank=rank)
         loaders.append(dm.val_dataloader()[0])
         assert len(dm.train_dataloader()) == 3  # ceil(5 / 2): equal steps on every rank
@@ -284,22 +281,61 @@ def test_datamodule_ddp_shards(data_root):
 def test_datamodule_argument_errors(tmp_path):
     with pytest.raises(ValueError, match=r"data.scales holds 1.5"):
         SRDataModule(scales=[2, 1.5])
-    with pytest.raises(ValueError, match=r"data.patch_size=6 is too small.*8 for x4"):
+    with pytest.raises(ValueError, match=r"data.patch_size must be an integer >= 8"):
         SRDataModule(patch_size=6)
-    with pytest.raises(ValueError, match=r"data.batch_size=2 cannot be split over 3 scales"):
+    with pytest.raises(ValueError, match=r"data.batch_size must be an integer >= 3"):
         SRDataModule(scale_mode="split", batch_size=2)
     with pytest.raises(ValueError, match=r"data.rescale"):
         SRDataModule(rescale=(0.0, 1.0))
     with pytest.raises(ImageError, match=r"unknown image source 'NoSuchSet'"):
         SRDataModule(train_sources=["NoSuchSet"])
-    dm = SRDataModule(scale_mode="split", patch_size=41, val_sets=["builtin_val"])
-    with pytest.raises(
-        ValueError, match=r"data.patch_size=41 is not divisible by scale\(s\) \[2, 3, 4\].*multiple of 12"
-    ):
-        dm.lr_divisible_check(("lr",))
-    dm.lr_divisible_check(("ilr",))
-    with pytest.raises(ValueError, match=r"power-of-two scale.*x3"):
-        SRDataModule(scales=[2, 3], scale_mode="split", patch_size=48).lr_divisible_check(("pyramid",))
+
+
+# ---- the three roles: train, val (model selection), test (report only)
+def test_holdout_is_deterministic_and_disjoint_from_training(data_root):
+    dm = SRDataModule(train_sources=["291"], val_holdout=10)
+    again = SRDataModule(train_sources=["291"], val_holdout=10)
+    held = dm._eval_paths["holdout"]
+    assert dm.val_sets == ["holdout"] and len(held) == 10 and held == again._eval_paths["holdout"]
+    assert not set(held) & set(dm._train_paths) and len(dm._train_paths) == 291 - 10
+    # A stable hash of the file name, not the order of the folder listing.
+    from lit_sr.data.datamodule import holdout_split
+
+    train, held_reversed = holdout_split(list(reversed(held + dm._train_paths)), 10)
+    assert sorted(held_reversed) == sorted(held)
+    assert dm.test_sets == ["Set5", "Set14"]
+
+
+def test_near_copy_of_a_test_image_leaves_training(data_root):
+    """Set5's woman is BSD200's 302003 downscaled by 0.72: 291 drops it while Set5 is a test set."""
+    dm = SRDataModule(train_sources=["291"], test_sets=["Set5"], num_workers=0)
+    with pytest.warns(UserWarning, match=r"302003\.png is a near-copy of test image .*woman\.png"):
+        images = dm.train_images()
+    assert [e["train"].endswith("302003.png") and e["test"].endswith("woman.png") for e in dm.excluded] == [True]
+    assert len(images) == 291 - 10 - 1 and not any(p.name == "302003.png" for p in images.paths)
+    assert dm.summary()["excluded_from_training"] == dm.excluded
+    strict = SRDataModule(train_sources=["291"], test_sets=["Set5"], near_duplicates="error")
+    with pytest.raises(ImageError, match=r"302003\.png is a near-copy of test image .*woman\.png"):
+        strict.train_images()
+
+
+def test_renamed_copy_of_a_test_image_in_training_is_an_error(data_root, tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in sorted(os.listdir(data_root / "Sun80"))[:3]:  # ordinary training photos...
+        (train / name).write_bytes((data_root / "Sun80" / name).read_bytes())
+    (train / "holiday.png").write_bytes((data_root / "Set5" / "butterfly.png").read_bytes())  # ...and a copy
+    dm = SRDataModule(train_sources=[str(train)], val_sets=["builtin_val"], test_sets=["Set5"])
+    with pytest.raises(ImageError, match=r"train/holiday\.png is the same picture as test image .*butterfly\.png"):
+        dm.setup("fit")
+
+
+def test_selecting_on_a_test_set_needs_permission_and_is_recorded(data_root):
+    with pytest.raises(ValueError, match=r"data.val_sets \['Set5'\] include test set.*allow_selection_on_test"):
+        SRDataModule(train_sources=["builtin"], val_sets=["Set5"], test_sets=["Set5", "Set14"])
+    with pytest.warns(UserWarning, match=r"model selection uses a test set"):
+        dm = SRDataModule(train_sources=["builtin"], val_sets=["Set5"], allow_selection_on_test=True)
+    assert dm.selection_on_test and dm.summary()["selection_on_test"] is True
 
 
 def test_datamodule_bad_image_is_named_before_workers(tmp_path):

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from conftest import read_logged
 
-from lit_sr.cli import REPO
+from lit_sr.paths import REPO
+
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 
@@ -30,12 +32,13 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
                 "model": {
                     "init_args": {
                         "net": {"depth": 4, "width": 8},
-                        "image_log_every_n_epochs": 0,
                         "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1e-3}}],
                     }
                 },
                 "data": {
-                    "val_sets": ["Set5"],
+                    "val_sets": ["Sun80"],
+                    "val_max_images": 5,
+                    "test_sets": [],
                     "val_scales": [2, 3],
                     "batches_per_epoch": 2,
                     "batch_size": 2,
@@ -67,7 +70,7 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
         run = read_logged(tmp_path / name, "val/psnr_y")
         results[name] = {
             k: run.series(k)[-1]
-            for k in ("val/Set5/x2/psnr_y", "val/Set5/x3/psnr_y", "val/Set5/x2/ssim_y", "val/psnr_y")
+            for k in ("val/Sun80/x2/psnr_y", "val/Sun80/x3/psnr_y", "val/Sun80/x2/ssim_y", "val/psnr_y")
         }
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, abs=1e-9), key

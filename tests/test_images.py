@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lit_sr.data.images import ImageCache, ImageError, list_images, modcrop, read_image
-from lit_sr.data.sources import BUILTIN_SOURCES, data_root, default_val_sets, resolve_images
+from lit_sr.data.sources import BUILTIN_SOURCES, data_root, default_test_sets, resolve_images
 
 
 def _photo(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -199,10 +199,13 @@ def test_sources_builtin_and_unknown(tmp_path, monkeypatch):
     assert [p.name for p in resolve_images("builtin_val")[1]] == ["chelsea.png", "coffee.png"]
 
     monkeypatch.setenv("LIT_SR_DATA", str(tmp_path))
-    assert data_root() == tmp_path and default_val_sets() == ["builtin_val"]
+    assert data_root() == tmp_path and default_test_sets() == []
+    assert resolve_images("auto")[0] == "builtin"  # no 291 here: the quick presets fall back to the built-ins
+    with pytest.raises(ImageError, match=r"'291' is T91 \+ BSD200 under the data root .*T91.*missing.*download"):
+        resolve_images("291")
     (tmp_path / "Set5").mkdir()
     _folder(tmp_path / "Set5", [(32, 32)])
-    assert default_val_sets() == ["Set5"]
+    assert default_test_sets() == ["Set5"]
     name, paths = resolve_images("Set5")
     assert name == "Set5" and [p.name for p in paths] == ["img0.png"]
     with pytest.raises(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from lit_sr.data.color import rgb_to_y
+from lit_sr.data.color import rgb_to_y, to_y
 from lit_sr.data.resize import imresize
 from lit_sr.inference import _tile_spans, self_ensemble, tiled_forward, y_to_rgb_sr
 from lit_sr.nn import he_init_
@@ -176,3 +176,33 @@ def test_y_to_rgb_sr_grayscale_and_size_mismatch():
     assert y_to_rgb_sr(sr_y, lr_gray, 2) is sr_y
     with pytest.raises(ValueError, match=r"upsampled by 2 is \(20, 24\), but sr_y is \(20, 22\)"):
         y_to_rgb_sr(torch.rand(1, 1, 20, 22), torch.rand(1, 3, 10, 12), 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "variant", "thin", "scale", "image"),
+    [
+        ("vdsr", "vdsr", {"width": 8}, 2, "face.png"),
+        ("lapsrn", "lapsrn_x4", {"channels": 8}, 4, "baboon.png"),
+        ("ms_lapsrn", "ms_lapsrn_d5r8", {"channels": 8}, 2, "baboon.png"),
+        ("cmsc", "cmsc", {"channels": 8}, 2, "face.png"),
+    ],
+)
+def test_tiled_inference_equals_whole_image_for_every_default_variant(method, variant, thin, scale, image, data_root):
+    """The tile overlap comes from the network's measured receptive field, so stitching changes nothing.
+
+    The default variants keep their depth (which sets the receptive field) with fewer channels, in float64 so the
+    comparison sees the stitching and not float32 rounding.
+    """
+    from lit_sr.methods import method_class
+
+    m = method_class(method)(variant=variant, net=thin, tile_size=64).double().eval()
+    lr = imresize(to_y(_load(data_root / "Set14" / image)), 1 / scale)
+    radius = m.receptive_radius(scale)
+    tile = max(64, 2 * radius + 32)
+    assert max(lr.shape[-2:]) > tile  # really tiled
+    with torch.no_grad():
+        whole = m.sr_forward(lr, scale)
+        tiled = tiled_forward(lambda t: m.sr_forward(t, scale), lr, tile, radius, scale)
+        too_little = tiled_forward(lambda t: m.sr_forward(t, scale), lr, tile, max(1, radius // 3), scale)
+    assert (tiled - whole).abs().max() < 1e-6
+    assert (too_little - whole).abs().max() > 1e-6  # the check can fail: a smaller overlap shows seams

@@ -9,16 +9,19 @@ import pytest
 import torch
 import wandb
 import yaml
+from wandb_offline import find_runs, read_run
 
-from lit_sr.cli import REPO, SRCLI
+from lit_sr.checkpoint import load_method
+from lit_sr.cli import SRCLI
 from lit_sr.data.datasets import BenchmarkSet, split_sizes
 from lit_sr.data.degrade import crop_size, degrade
 from lit_sr.data.images import read_image
 from lit_sr.data.resize import imresize
 from lit_sr.data.sources import resolve_images
-from lit_sr.methods.base import load_method
 from lit_sr.methods.lapsrn import LapSRN, LapSRNNet, MSLapSRN, MSLapSRNNet
-from lit_sr.wandb_offline import find_runs, read_run
+from lit_sr.paths import REPO
+
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
 EPS = 1e-3
 
@@ -58,7 +61,7 @@ def test_loss_with_known_offsets_equals_the_closed_form_sum_over_levels():
     offsets = [0.25, -0.1]
     pyramid = [o + d for o, d in zip(outs, offsets)]
     batch = {"hr": pyramid[-1], "lr": lr, "pyramid": pyramid, "scale": torch.full((3,), 4)}
-    total, parts = method.compute_loss(batch)
+    total, parts = method.compute_loss([batch])
     level1 = 16 * 16 * math.sqrt(0.25**2 + EPS**2)
     level2 = 32 * 32 * math.sqrt(0.1**2 + EPS**2)
     assert parts["x4_level1"].item() == pytest.approx(level1, rel=1e-5)
@@ -69,9 +72,9 @@ def test_loss_with_known_offsets_equals_the_closed_form_sum_over_levels():
 def test_loss_of_a_degraded_batch_equals_hand_computed_charbonnier_per_level():
     method = tiny_lapsrn()
     hr, gray = real_crops(4, crop_size(32, [4]))
-    batch = degrade(hr, torch.full((4,), 4), gray, LapSRN.batch_needs, 32, "per_batch")
+    (batch,) = degrade(hr, torch.full((4,), 4), gray, LapSRN.batch_needs, 32)
     assert [tuple(t.shape) for t in batch["pyramid"]] == [(4, 1, 16, 16), (4, 1, 32, 32)]
-    total, parts = method.compute_loss(batch)
+    total, parts = method.compute_loss([batch])
     preds = method.net(batch["lr"], 4)
     by_hand = [charbonnier_by_hand(p, t) for p, t in zip(preds, batch["pyramid"])]
     assert set(parts) == {"x4_level1", "x4_level2", "bicubic_x4"}
@@ -81,7 +84,7 @@ def test_loss_of_a_degraded_batch_equals_hand_computed_charbonnier_per_level():
     bicubic = charbonnier_by_hand(imresize(batch["lr"], 4), batch["hr"])
     torch.testing.assert_close(parts["bicubic_x4"], bicubic)
     # The coarse-level weight scales every level but the finest.
-    half, _ = tiny_lapsrn(coarse_level_weight=0.5).compute_loss(batch)
+    half, _ = tiny_lapsrn(coarse_level_weight=0.5).compute_loss([batch])
     torch.testing.assert_close(half, 0.5 * by_hand[0] + by_hand[1])
 
 
@@ -91,7 +94,7 @@ def test_ms_lapsrn_split_batch_loss_covers_every_scale_and_level():
     sizes = split_sizes(n, 3)
     hr, gray = real_crops(n, crop_size(patch, scales))
     scale = torch.tensor([s for s, k in zip(scales, sizes) for _ in range(k)])
-    batch = degrade(hr, scale, gray, MSLapSRN.batch_needs, patch, "split")
+    batch = degrade(hr, scale, gray, MSLapSRN.batch_needs, patch)
     assert isinstance(batch, list) and [int(b["scale"][0]) for b in batch] == scales
     total, parts = method.compute_loss(batch)
     levels = [k for k in parts if not k.startswith("bicubic")]
@@ -178,10 +181,10 @@ def ms_run(tmp_path_factory, data_root):
     """MS-LapSRN quick preset, shrunk: 2 epochs of 12 split batches (2+2+2 patches of 32 px), SGD."""
     tmp = tmp_path_factory.mktemp("ms")
     override = {
-        "model": {"init_args": {"net": {"channels": 8}, "image_log_every_n_epochs": 0,
+        "model": {"init_args": {"net": {"channels": 8},
                                 "stages": one_stage({"name": "sgd", "lr": 1.0e-5, "momentum": 0.9})}},
         "data": {"batch_size": 6, "patch_size": 32, "batches_per_epoch": STEPS, "num_workers": 0,
-                 "val_sets": ["Set5"], "val_scales": [2, 3, 4, 8], "val_max_images": 1},
+                 "val_sets": ["Sun80"], "test_sets": [], "val_scales": [2, 3, 4, 8], "val_max_images": 1},
         "trainer": {"log_every_n_steps": 1, "check_val_every_n_epoch": 2, "precision": "32-true"},
     }
     return tmp, fit(tmp, "ms", "experiments/ms_lapsrn/quick.yaml", override)
@@ -196,7 +199,7 @@ def test_ms_lapsrn_fit_logs_every_level_and_gives_a_checkpoint_for_every_scale(m
     assert {f"train/loss_{k}" for k in levels} | {"train/loss_bicubic_x8"} <= logged
     row = next(r for r in run.history if "train/loss" in r and "train/loss_x8_level3" in r)
     assert row["train/loss"] == pytest.approx(sum(row[f"train/loss_{k}"] for k in levels), rel=1e-5)
-    assert {f"val/Set5/x{s}/psnr_y" for s in (2, 3, 4, 8)} <= logged
+    assert {f"val/Sun80/x{s}/psnr_y" for s in (2, 3, 4, 8)} <= logged
     # Biases train at 0.1x the lr.
     groups = {g["group_name"]: g["lr"] for g in cli.trainer.optimizers[0].param_groups}
     assert groups == {r"\.bias$": pytest.approx(1e-6), "default": pytest.approx(1e-5)}
@@ -210,7 +213,7 @@ def test_ms_lapsrn_fit_logs_every_level_and_gives_a_checkpoint_for_every_scale(m
 def test_lapsrn_fit_with_a_scale_the_network_lacks_fails_before_training(tmp_path, data_root):
     override = {"model": {"init_args": {"net": {"channels": 4}}},
                 "data": {"scales": [8], "patch_size": 32, "batch_size": 2, "batches_per_epoch": 2, "num_workers": 0,
-                         "val_sets": ["Set5"], "val_scales": [4], "val_max_images": 1}}
-    with pytest.raises(ValueError, match=r"data.scales=\[8\] holds \[8\], but lapsrn_x4_small has pyramid outputs "
-                                         r"for \[2, 4\] only"):
+                         "val_sets": ["Sun80"], "test_sets": [], "val_scales": [4], "val_max_images": 1}}
+    with pytest.raises(ValueError, match=r"data.scales=\[8\] holds \[8\], but LapSRN \(lapsrn_x4_small\) trains "
+                                         r"\[2, 4\] only"):
         fit(tmp_path, "bad", "experiments/lapsrn/quick.yaml", override)

@@ -144,10 +144,18 @@ def test_ssim_index_matches_scikit_image_gaussian_ssim(data_root):
     assert metric.compute().item() == pytest.approx(ours)
 
 
-# The foundation issue's reference: published bicubic rows recomputed on our copies (bridge grey, used as Y).
-BICUBIC = {
-    "Set5": {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104), 8: (24.39, 0.657)},
-    "Set14": {2: (30.23, 0.8688), 3: (27.54, 0.7742), 4: (26.00, 0.7027), 8: (23.09, 0.563)},
+# Published bicubic PSNRs (VDSR Table 3 for x2-x4, LapSRN Table 4 for x8). Our Set14 has bridge as a grey image used
+# as its own Y, which reproduces the VDSR numbers; the LapSRN x8 row converted it as RGB (+0.1 dB on the mean), so
+# its 23.19 is 23.09 here (docs/methods/README.md). Set14 x2 and x3 come out about 0.01 dB low: tolerance 0.015.
+PUBLISHED_PSNR = {
+    "Set5": {2: 33.66, 3: 30.39, 4: 28.42, 8: 24.39},
+    "Set14": {2: 30.24, 3: 27.55, 4: 26.00, 8: 23.09},
+}
+# Regression values: what this code computes (PSNR, SSIM ssim_index), to 1e-4. The published SSIMs differ by up to
+# 0.0009 at x2-x4 (Set14 x4: 0.7018 here, 0.7027 printed) and 0.005 at x8: see the README's protocol section.
+OURS = {
+    "Set5": {2: (33.6556, 0.92965), 3: (30.3901, 0.86808), 4: (28.4197, 0.81030), 8: (24.3898, 0.65705)},
+    "Set14": {2: (30.2295, 0.86855), 3: (27.5397, 0.77357), 4: (25.9997, 0.70183), 8: (23.0926, 0.56267)},
 }
 
 
@@ -184,10 +192,13 @@ def test_lit_sr_benchmark_reproduces_the_published_bicubic_table(data_root, tmp_
         "date",
     }
     assert payload["meta"]["method"] == "bicubic" and payload["meta"]["ssim_variant"] == "ssim_index"
-    for dataset, row in BICUBIC.items():
+    for dataset, row in OURS.items():
         for scale, (psnr, ssim) in row.items():
             cell = payload["results"][dataset][f"x{scale}"]
-            assert cell["psnr_y"] == pytest.approx(psnr, abs=0.01), (dataset, scale)
-            assert cell["ssim_y"] == pytest.approx(ssim, abs=0.002), (dataset, scale)
+            published = PUBLISHED_PSNR[dataset][scale]
+            tolerance = 0.015 if (dataset, scale) in (("Set14", 2), ("Set14", 3)) else 0.01
+            assert cell["psnr_y"] == pytest.approx(published, abs=tolerance), (dataset, scale)
+            assert cell["psnr_y"] == pytest.approx(psnr, abs=1e-4), (dataset, scale)
+            assert cell["ssim_y"] == pytest.approx(ssim, abs=1e-4), (dataset, scale)
             assert cell["n_images"] == (5 if dataset == "Set5" else 14)
     assert (tmp_path / "results.md").read_text().count("| Set14 | bicubic |") == 1

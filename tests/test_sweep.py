@@ -24,11 +24,11 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from wandb_offline import find_runs, read_run
 
 from lit_sr.sweep.cli import main
 from lit_sr.sweep.space import SweepError, get_path, load_sweep, set_path
 from lit_sr.sweep.study import Worker, make_storage, prepare_study, slot_counts
-from lit_sr.wandb_offline import find_runs, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 LR = "model.init_args.stages.0.optimizer.lr"

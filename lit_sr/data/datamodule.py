@@ -41,6 +41,7 @@ from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
 from lit_sr.data.degrade import crop_size
 from lit_sr.data.images import ImageCache, ImageError
 from lit_sr.data.overlap import near_duplicates, pixel_hash
+from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
 
 HOLDOUT = "holdout"
@@ -101,7 +102,7 @@ class SRDataModule(pl.LightningDataModule):
         cache_dir: folder for the memory-mapped image cache (None: system temp dir).
         memmap_threshold_mb: decoded training images above this size go to a memory-mapped file.
         on_bad_image: ``error`` stops on an unreadable image; ``warn`` skips it with a warning.
-        val_max_images: use only the first N images of each validation / test set (quick runs).
+        val_max_images: use only the first N images of each validation set (quick runs; test sets stay whole).
     """
 
     def __init__(
@@ -231,8 +232,9 @@ class SRDataModule(pl.LightningDataModule):
 
     def _eval_images(self, name: str) -> ImageCache:
         if name not in self._eval_caches:
+            limit = self.val_max_images if name in self.val_sets else None  # test sets are always whole
             self._eval_caches[name] = ImageCache(
-                self._eval_paths[name][: self.val_max_images],
+                self._eval_paths[name][:limit],
                 min_size=min_benchmark_size(max(self.val_scales)),
                 on_error=self._policy,
                 min_size_hint=f"evaluation at x{max(self.val_scales)}",
@@ -335,8 +337,9 @@ class SRDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
+            trainer=self.trainer,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -90,9 +90,11 @@ class TrainPatches(IterableDataset):
 
     ``batches_per_epoch`` is the epoch length summed over DDP ranks (each rank gets
     ceil(batches_per_epoch / world_size), so all ranks run the same number of steps), split across the
-    DataLoader workers of a rank. Randomness differs per worker, rank and epoch: workers seed from
-    ``torch.initial_seed()`` (the DataLoader derives it from the main generator), without workers a
-    seed is drawn from the main torch generator; both follow ``seed_everything``.
+    DataLoader workers of a rank (worker w makes batches w, w + W, ...). Batch ``i`` of epoch ``e`` on rank
+    ``r`` draws from its own generator seeded by (seed, r, e, i): the stream does not depend on the number of
+    workers and can restart at any batch (``set_position``; ``lit_sr.data.resume.ResumableLoader`` saves and
+    restores it with the checkpoint). ``seed`` defaults to a draw from the main torch generator, so it
+    follows ``seed_everything``.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class TrainPatches(IterableDataset):
         d4: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        seed: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown scale mode {mode!r}; use one of {list(MODES)} (data.scale_mode)")
@@ -125,7 +128,9 @@ class TrainPatches(IterableDataset):
         self.factors = np.round(lo + rescale_step * np.arange(count), 6)
         self._sizes = split_sizes(self.batch_size, len(self.scales)) if mode == "split" else None
         self._resize = A.Resize(self.crop_size, self.crop_size, interpolation=cv2.INTER_AREA)
-        self._epoch = 0
+        # (seed, epoch, first batch) in shared memory: DataLoader workers, persistent ones too, see new positions.
+        self.position = torch.zeros(3, dtype=torch.int64).share_memory_()
+        self.position[0] = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         for i in range(len(images)):
             if min(images.shape(i)[:2]) < self.crop_size:
                 raise ImageError(
@@ -204,18 +209,20 @@ class TrainPatches(IterableDataset):
             gray[i] = crop.shape[2] == 1
         return {"hr": hr_t, "scale": scale_t, "gray": gray_t, "patch_size": self.patch_size}
 
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """The next iteration yields batches ``start``, ``start + 1``, ... of epoch ``epoch``."""
+        self.position[1], self.position[2] = int(epoch), int(start)
+
+    def batch_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The generator of batch ``index`` of ``epoch`` on this rank."""
+        return np.random.default_rng(np.random.SeedSequence([int(self.position[0]), self.rank, epoch, index]))
+
     def __iter__(self):
         info = get_worker_info()
-        if info is None:
-            base, worker, workers = int(torch.randint(0, 2**62, (1,)).item()), 0, 1
-        else:
-            base, worker, workers = torch.initial_seed(), info.id, info.num_workers
-        self._epoch += 1  # persistent workers keep the same initial seed: the epoch count changes the stream
-        rng = np.random.default_rng(np.random.SeedSequence([base, self.rank, worker, self._epoch]))
-        per_rank = len(self)
-        count = per_rank // workers + (1 if worker < per_rank % workers else 0)
-        for _ in range(count):
-            yield self.make_batch(rng)
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        _, epoch, start = self.position.tolist()
+        for index in range(start + worker, len(self), workers):
+            yield self.make_batch(self.batch_rng(epoch, index))
 
 
 class BenchmarkSet(Dataset):

@@ -21,6 +21,7 @@ the mean over the monitored pairs, which checkpoints and Optuna watch), and the 
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from lit_sr.data.color import to_y
 from lit_sr.data.degrade import check_patch, degrade
 from lit_sr.data.resize import imresize
+from lit_sr.errors import DivergedError
 from lit_sr.inference import tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY, quantize
 from lit_sr.registry import build_registered
@@ -193,22 +195,44 @@ class SRMethod(L.LightningModule):
         return torch.float32
 
     def receptive_radius(self, scale: int) -> int:
-        """How many LR pixels away an output pixel still depends on the input, measured by backpropagation."""
+        """How many LR pixels away an output pixel still depends on the input, measured by backpropagation.
+
+        Measured on a copy of the network with positive random weights, so that the answer is the architecture's
+        (a zero-initialised branch would otherwise hide its reach until it has trained).
+        """
         if scale not in self._radius:
             c = 1 if self.channels == "y" else 3
+            dtype = next((p.dtype for p in self.parameters()), self.compute_dtype)
+            net = self.net
+            if net is not None:
+                with torch.inference_mode(False), torch.no_grad():  # eval runs in inference mode: copy outside it
+                    probe = copy.deepcopy(net)
+                    for p in probe.parameters():
+                        p.data = torch.empty_like(p, device=p.device).uniform_(0.5, 1.0) / (
+                            p[0].numel() if p.dim() > 1 else 1
+                        )
+                self.net = probe
             size = 48
-            while True:
-                # inference_mode(False): validation and test run under inference mode, which forbids graphs.
-                with torch.inference_mode(False), torch.enable_grad(), torch.autocast(self.device.type, enabled=False):
-                    x = torch.rand(1, c, size, size, device=self.device, dtype=self.compute_dtype, requires_grad=True)
-                    y = self.sr_forward(x, scale)
-                    (grad,) = torch.autograd.grad(y[..., y.shape[-2] // 2, y.shape[-1] // 2].sum(), x)
-                rows, cols = np.nonzero(grad.abs().sum((0, 1)).cpu().numpy())
-                centre = size // 2
-                radius = int(max(np.abs(rows - centre).max(), np.abs(cols - centre).max())) + 1
-                if radius < centre - 2 or size >= 512:
-                    break
-                size *= 2
+            try:
+                while True:
+                    # inference_mode(False): validation and test run under inference mode, which forbids graphs.
+                    with (
+                        torch.inference_mode(False),
+                        torch.enable_grad(),
+                        torch.autocast(self.device.type, enabled=False),
+                    ):
+                        x = torch.rand(1, c, size, size, device=self.device, dtype=dtype, requires_grad=True)
+                        y = self.sr_forward(x, scale)
+                        (grad,) = torch.autograd.grad(y[..., y.shape[-2] // 2, y.shape[-1] // 2].sum(), x)
+                    rows, cols = np.nonzero(grad.abs().sum((0, 1)).cpu().numpy())
+                    centre = size // 2
+                    radius = int(max(np.abs(rows - centre).max(), np.abs(cols - centre).max())) + 1
+                    if radius < centre - 2 or size >= 512:
+                        break
+                    size *= 2
+            finally:
+                if net is not None:
+                    self.net = net
             self._radius[scale] = radius
         return self._radius[scale]
 
@@ -285,7 +309,7 @@ class SRMethod(L.LightningModule):
         total, parts = self.compute_loss(batch)
         if not torch.isfinite(total):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-            raise FloatingPointError(
+            raise DivergedError(
                 f"non-finite training loss {total.item()} at step {self.global_step} (stage "
                 f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
             )

@@ -32,8 +32,9 @@ by one pixel, which is fine for training from scratch.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -45,9 +46,22 @@ from lit_sr.methods.base import SRMethod
 from lit_sr.nn import BilinearUpsample2x, he_init_
 from lit_sr.registry import register_model
 
-__all__ = ["LapSRN", "LapSRNNet", "MSLapSRN", "MSLapSRNNet", "PyramidSRMethod"]
+__all__ = [
+    "LaplacianPyramid",
+    "LapSRN",
+    "LapSRNNet",
+    "MSLapSRN",
+    "MSLapSRNNet",
+    "PerLevelPyramid",
+    "PyramidMethod",
+    "PyramidLevel",
+    "PyramidSRMethod",
+]
+
+log = logging.getLogger(__name__)
 
 LEAK = 0.2
+X3_METHOD = "the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size"
 INPUT_CONV_STD = 1e-3
 SKIPS = ("NS", "DS", "SS")
 
@@ -86,20 +100,17 @@ def _init_input_conv(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
-class _LapSRNLevel(nn.Module):
-    """One pyramid level: d x (conv, LReLU), feature upsampler + LReLU, residual head, image upsampler."""
+class PyramidLevel(nn.Module):
+    """One level of a per-level pyramid (LapSRN, IRLapSRN): ``features`` (the level's feature branch: conv
+    stack or IRBs), feature upsampler + LReLU, residual head; the image upsampler of the image branch."""
 
-    def __init__(self, depth: int, channels: int, upconv_kernel: int, bias: bool) -> None:
+    def __init__(
+        self, features: nn.Module, channels: int, upconv_kernel: int, bias: bool, slope: float = LEAK
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for _ in range(depth):
-            layers += [
-                nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
-                nn.LeakyReLU(LEAK, inplace=True),
-            ]
-        self.features = nn.Sequential(*layers)
+        self.features = features
         self.upconv = _feature_upsampler(channels, upconv_kernel, bias)
-        self.act = nn.LeakyReLU(LEAK, inplace=True)
+        self.act = nn.LeakyReLU(slope, inplace=True)
         self.residual_conv = nn.Conv2d(channels, 1, 3, padding=1, bias=bias)
         self.img_up = BilinearUpsample2x(1)
 
@@ -108,8 +119,99 @@ class _LapSRNLevel(nn.Module):
         return feat, self.img_up(img) + self.residual_conv(feat)
 
 
-class LapSRNNet(nn.Module):
-    """LapSRN: log2(scale) levels, each with its own weights; returns the level outputs coarse to fine."""
+class LaplacianPyramid(nn.Module):
+    """The progressive x2 pyramid every LapSRN-family network shares.
+
+    ``forward(lr, scale)`` checks the LR Y input, embeds it (``embed``), then runs log2(scale) levels
+    (``level_step(i, feat, img) -> (feat, img)``: the level's features and out_l = up(out_{l-1}) + residual_l)
+    and returns the level outputs coarse to fine. Subclasses provide ``embed``, ``level_step`` and
+    ``supported_scales``; ``model_name`` and ``scale_error`` word the errors.
+    """
+
+    model_name = "LaplacianPyramid"
+
+    @property
+    def supported_scales(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def embed(self, lr: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def level_step(self, index: int, feat: Tensor, img: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def scale_error(self, scale: object) -> str:
+        return f"{self.model_name} outputs scales {self.supported_scales}, got {scale!r}"
+
+    def forward(self, lr: Tensor, scale: int | None = None) -> list[Tensor]:
+        """Level outputs [x2, x4, ...] up to ``scale`` (default: the largest supported scale)."""
+        _check_lr(lr, self.model_name)
+        if scale is None:
+            scale = max(self.supported_scales)
+        if scale not in self.supported_scales:
+            raise ValueError(self.scale_error(scale))
+        feat, img = self.embed(lr), lr
+        outputs = []
+        for index in range(_num_levels(scale, self.model_name)):
+            feat, img = self.level_step(index, feat, img)
+            outputs.append(img)
+        return outputs
+
+
+class PerLevelPyramid(LaplacianPyramid):
+    """A pyramid with its own weights at every level (LapSRN, IRLapSRN): input conv + LReLU, then one
+    ``PyramidLevel`` per x2 step around the feature branch ``make_features()`` builds; He init (sigma =
+    sqrt(2 / fan_in)) everywhere except ``img_up`` (bilinear) and, with ``input_init="lapsrn"``, the input
+    conv (N(0, 1e-3^2))."""
+
+    def __init__(
+        self,
+        scale: int,
+        channels: int,
+        upconv_kernel: int,
+        bias: bool,
+        make_features: Callable[[], nn.Module],
+        slope: float = LEAK,
+        input_init: Literal["lapsrn", "he"] = "lapsrn",
+    ) -> None:
+        super().__init__()
+        if input_init not in ("lapsrn", "he"):
+            raise ValueError(f"{self.model_name}: input_init must be 'lapsrn' or 'he', got {input_init!r}")
+        self.num_levels = _num_levels(scale, self.model_name)
+        self.scale = scale
+        self.input_conv = nn.Conv2d(1, channels, 3, padding=1, bias=bias)
+        self.input_act = nn.LeakyReLU(slope, inplace=True)
+        self.levels = nn.ModuleList(
+            PyramidLevel(make_features(), channels, upconv_kernel, bias, slope) for _ in range(self.num_levels)
+        )
+        for level in self.levels:
+            he_init_(level.features)
+            he_init_(level.upconv)
+            he_init_(level.residual_conv)
+        if input_init == "lapsrn":
+            _init_input_conv(self.input_conv)
+        else:
+            he_init_(self.input_conv)
+
+    @property
+    def supported_scales(self) -> tuple[int, ...]:
+        """The scales this model outputs: 2, 4, ... up to ``scale`` (one per level)."""
+        return tuple(2**i for i in range(1, self.num_levels + 1))
+
+    def scale_error(self, scale: object) -> str:
+        return f"{self.model_name} x{self.scale} outputs scales {self.supported_scales}, got {scale!r}"
+
+    def embed(self, lr: Tensor) -> Tensor:
+        return self.input_act(self.input_conv(lr))
+
+    def level_step(self, index: int, feat: Tensor, img: Tensor) -> tuple[Tensor, Tensor]:
+        return self.levels[index](feat, img)
+
+
+class LapSRNNet(PerLevelPyramid):
+    """LapSRN: log2(scale) levels, each with its own d x (3x3 conv, LReLU) stack; outputs coarse to fine."""
+
+    model_name = "LapSRN"
 
     def __init__(
         self,
@@ -119,51 +221,25 @@ class LapSRNNet(nn.Module):
         upconv_kernel: Literal[3, 4] = 3,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.num_levels = _num_levels(scale, "LapSRN")
         if depth_per_level < 1 or channels < 1:
             raise ValueError(
                 f"LapSRN: depth_per_level and channels must be >= 1, got {depth_per_level} and {channels}"
             )
-        self.scale = scale
-        self.input_conv = nn.Conv2d(1, channels, 3, padding=1, bias=bias)
-        self.input_act = nn.LeakyReLU(LEAK, inplace=True)
-        self.levels = nn.ModuleList(
-            _LapSRNLevel(depth_per_level, channels, upconv_kernel, bias) for _ in range(self.num_levels)
-        )
-        for level in self.levels:
-            # He normal with sigma = sqrt(2 / (k*k*channels)) as in the official code; img_up stays bilinear.
-            he_init_(level.features)
-            he_init_(level.upconv)
-            he_init_(level.residual_conv)
-        _init_input_conv(self.input_conv)
 
-    @property
-    def supported_scales(self) -> tuple[int, ...]:
-        """The scales this model outputs: 2, 4, ... up to ``scale`` (one per level)."""
-        return tuple(2**i for i in range(1, self.num_levels + 1))
+        def conv_stack() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for _ in range(depth_per_level):
+                layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=bias), nn.LeakyReLU(LEAK, inplace=True)]
+            return nn.Sequential(*layers)
 
-    def forward(self, lr: Tensor, scale: int | None = None) -> list[Tensor]:
-        """Level outputs [x2, x4, ...] up to ``scale`` (default: all levels, up to ``self.scale``)."""
-        _check_lr(lr, "LapSRN")
-        levels = self.num_levels
-        if scale is not None:
-            if scale not in self.supported_scales:
-                raise ValueError(
-                    f"LapSRN x{self.scale} outputs scales {self.supported_scales}, got {scale!r}"
-                )
-            levels = _num_levels(scale, "LapSRN")
-        feat, img = self.input_act(self.input_conv(lr)), lr
-        outputs = []
-        for level in self.levels[:levels]:
-            feat, img = level(feat, img)
-            outputs.append(img)
-        return outputs
+        super().__init__(scale, channels, upconv_kernel, bias, conv_stack)
 
 
-class MSLapSRNNet(nn.Module):
+class MSLapSRNNet(LaplacianPyramid):
     """MS-LapSRN: one recursive block, feature upsampler, residual head and image upsampler shared
     across all levels and scales; ``forward(lr, scale)`` returns log2(scale) level outputs."""
+
+    model_name = "MSLapSRN"
 
     def __init__(
         self,
@@ -207,6 +283,12 @@ class MSLapSRNNet(nn.Module):
     def supported_scales(self) -> tuple[int, ...]:
         return self.scales
 
+    def scale_error(self, scale: object) -> str:
+        return (
+            f"MSLapSRN was built for scales {self.scales}, got {scale!r}; "
+            "for x3 run x4 and bicubic-resize the output"
+        )
+
     def depth_layers(self, scale: int) -> int:
         """Network depth at ``scale`` as counted in the paper: (D*R + 1) * L + 2."""
         return (self.depth * self.recursions + 1) * _num_levels(scale, "MSLapSRN.depth_layers") + 2
@@ -224,171 +306,102 @@ class MSLapSRNNet(nn.Module):
                 x = f + x0
         return x
 
-    def forward(self, lr: Tensor, scale: int | None = None) -> list[Tensor]:
-        """Level outputs [x2, x4, ...] for ``scale`` (default: the largest of ``scales``)."""
-        _check_lr(lr, "MSLapSRN")
-        if scale is None:
-            scale = self.scales[-1]
-        if scale not in self.scales:
-            raise ValueError(
-                f"MSLapSRN was built for scales {self.scales}, got {scale!r}; "
-                "for x3 run x4 and bicubic-resize the output"
-            )
-        feat, img = self.input_conv(lr), lr  # no activation after input_conv
-        outputs = []
-        for _ in range(_num_levels(scale, "MSLapSRN")):
-            feat = self.upconv(self.up_act(self.recursive_block(feat)))  # no activation after upconv
-            img = self.img_up(img) + self.residual_conv(feat)
-            outputs.append(img)
-        return outputs
+    def embed(self, lr: Tensor) -> Tensor:
+        return self.input_conv(lr)  # no activation after input_conv
+
+    def level_step(self, index: int, feat: Tensor, img: Tensor) -> tuple[Tensor, Tensor]:
+        feat = self.upconv(self.up_act(self.recursive_block(feat)))  # no activation after upconv
+        return feat, self.img_up(img) + self.residual_conv(feat)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registered variants: defaults are the named configuration; any argument can be overridden.
+# Registered variants, timm style: a private builder per network and one function per named variant;
+# keyword arguments override the variant's defaults (the scale is the variant's name and cannot be).
+
+
+def _lapsrn(scale: int, **kwargs: Any) -> LapSRNNet:
+    return LapSRNNet(scale=scale, **kwargs)
+
+
+def _ms_lapsrn(defaults: dict[str, Any], kwargs: dict[str, Any]) -> MSLapSRNNet:
+    return MSLapSRNNet(**{**defaults, **kwargs})
 
 
 @register_model
-def lapsrn_x2(
-    depth_per_level: int = 10, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRNNet:
+def lapsrn_x2(**kwargs: Any) -> LapSRNNet:
     """Released LapSRN x2: 1 level, d = 10 (407,441 parameters)."""
-    return LapSRNNet(2, depth_per_level, channels, upconv_kernel, bias)
+    return _lapsrn(scale=2, **kwargs)
 
 
 @register_model
-def lapsrn_x4(
-    depth_per_level: int = 10, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRNNet:
+def lapsrn_x4(**kwargs: Any) -> LapSRNNet:
     """Released LapSRN x4: 2 levels, d = 10 (814,242 parameters; the paper's 812k counts weights only)."""
-    return LapSRNNet(4, depth_per_level, channels, upconv_kernel, bias)
+    return _lapsrn(scale=4, **kwargs)
 
 
 @register_model
-def lapsrn_x8(
-    depth_per_level: int = 5, channels: int = 64, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRNNet:
+def lapsrn_x8(**kwargs: Any) -> LapSRNNet:
     """Released LapSRN x8: 3 levels, d = 5 (667,123 parameters)."""
-    return LapSRNNet(8, depth_per_level, channels, upconv_kernel, bias)
+    return _lapsrn(scale=8, **{"depth_per_level": 5, **kwargs})
 
 
 @register_model
-def lapsrn_x4_small(
-    depth_per_level: int = 3, channels: int = 32, upconv_kernel: Literal[3, 4] = 3, bias: bool = True
-) -> LapSRNNet:
+def lapsrn_x4_small(**kwargs: Any) -> LapSRNNet:
     """Small LapSRN x4 for quick CPU runs: d = 3, 32 channels."""
-    return LapSRNNet(4, depth_per_level, channels, upconv_kernel, bias)
+    return _lapsrn(scale=4, **{"depth_per_level": 3, "channels": 32, **kwargs})
 
 
 @register_model
-def ms_lapsrn_d5r2(
-    depth: int = 5,
-    recursions: int = 2,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_d5r2(**kwargs: Any) -> MSLapSRNNet:
     """Released MS-LapSRN D5R2 (222,801 parameters)."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 5, "recursions": 2}, kwargs)
 
 
 @register_model
-def ms_lapsrn_d5r5(
-    depth: int = 5,
-    recursions: int = 5,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_d5r5(**kwargs: Any) -> MSLapSRNNet:
     """Released MS-LapSRN D5R5 (222,801 parameters)."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 5, "recursions": 5}, kwargs)
 
 
 @register_model
-def ms_lapsrn_d5r8(
-    depth: int = 5,
-    recursions: int = 8,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_d5r8(**kwargs: Any) -> MSLapSRNNet:
     """Released MS-LapSRN D5R8, the paper's best model (222,801 parameters; 84 layers at x4)."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 5, "recursions": 8}, kwargs)
 
 
 @register_model
-def ms_lapsrn_d2r5(
-    depth: int = 2,
-    recursions: int = 5,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_d2r5(**kwargs: Any) -> MSLapSRNNet:
     """MS-LapSRN D2R5 (112,017 parameters), the paper's smallest shared block."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 2, "recursions": 5}, kwargs)
 
 
 @register_model
-def ms_lapsrn_d4r4(
-    depth: int = 4,
-    recursions: int = 4,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_d4r4(**kwargs: Any) -> MSLapSRNNet:
     """MS-LapSRN D4R4 (185,873 parameters)."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 4, "recursions": 4}, kwargs)
 
 
 @register_model
-def lapsrn_ns_d10r1(
-    depth: int = 10,
-    recursions: int = 1,
-    channels: int = 64,
-    skip: Literal["NS", "DS", "SS"] = "NS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def lapsrn_ns_d10r1(**kwargs: Any) -> MSLapSRNNet:
     """MS-LapSRN NS-D10R1: weights shared across levels only, no recursion, no skip (407,441 parameters)."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 10, "recursions": 1, "skip": "NS"}, kwargs)
 
 
 @register_model
-def ms_lapsrn_small(
-    depth: int = 2,
-    recursions: int = 2,
-    channels: int = 32,
-    skip: Literal["NS", "DS", "SS"] = "SS",
-    scales: tuple[int, ...] = (2, 4, 8),
-    bias: bool = True,
-) -> MSLapSRNNet:
+def ms_lapsrn_small(**kwargs: Any) -> MSLapSRNNet:
     """Small MS-LapSRN for quick CPU runs: D = 2, R = 2, 32 channels."""
-    return MSLapSRNNet(depth, recursions, channels, skip, scales, bias)
+    return _ms_lapsrn({"depth": 2, "recursions": 2, "channels": 32}, kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Training: the LightningModules.
 
 
-class PyramidSRMethod(SRMethod):
-    """Training shared by LapSRN and MS-LapSRN: Charbonnier at every level of every scale in the batch.
-
-    ``compute_loss`` takes one batch dict (``per_batch`` mode: one scale) or a list of them (``split``
-    mode: one per scale). Level l (1 = coarsest, output x2^l) of scale S is the loss part
-    ``x<S>_level<l>``, and the total is the sum of those parts. Each part is ``n_S / N * charbonnier``
-    (n_S samples of scale S in a batch of N): with the ``paper`` reduction the total is then the sum over
-    all pixels of all levels and scales divided by N, the objective of the official MatConvNet trainer (one
-    graph for the whole batch, gradients divided by the batch size), so lr 1e-5 means the same for any
-    split. ``bicubic_x<S>`` (not in the total) is the same loss for MATLAB bicubic at the finest level: a
-    run that learns gets its finest-level part below it.
-
-    ``sr_forward`` returns the finest level for the scale; x3 runs the x4 pyramid and MATLAB-bicubic
-    resizes the output to the x3 size (``SR_LapSRN.m``). The scales come from the network.
-    """
+class PyramidMethod(SRMethod):
+    """What every LapSRN-family method shares: a ``LaplacianPyramid`` network of the right type, its scales
+    (the pyramid's, plus x3 through x4), ``sr_forward`` (the finest level; x3 runs the x4 pyramid, then MATLAB
+    bicubic to the x3 size, as ``SR_LapSRN.m``; logged once) and the Charbonnier options ``eps`` and
+    ``reduction``. Subclasses add the loss (``PyramidSRMethod`` for LapSRN / MS-LapSRN, ``IRLapSRN``)."""
 
     batch_needs = ("lr", "pyramid")
     #: the network class this method trains, and a hint naming its variants (for the error message)
@@ -400,7 +413,6 @@ class PyramidSRMethod(SRMethod):
         variant: str,
         eps: float = 1e-3,
         reduction: Reduction = "paper",
-        coarse_level_weight: float = 1.0,
         supported_scales: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -408,11 +420,9 @@ class PyramidSRMethod(SRMethod):
         Args:
             variant: registered network name; ``net`` (in kwargs) overrides its arguments.
             eps: Charbonnier epsilon (1e-3 in the papers; change it only for ablations).
-            reduction: ``paper`` (per-sample pixel sum, batch mean: what lr 1e-5 assumes) or ``mean``
-                (per pixel: rescale the lr by about the patch area).
-            coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
+            reduction: ``paper`` (per-sample pixel sum, batch mean) or ``mean`` (per pixel).
             supported_scales: fixed by the network; must stay unset.
-            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_sets``, ...).
+            kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
         """
         if supported_scales is not None:
             raise ValueError(
@@ -423,22 +433,17 @@ class PyramidSRMethod(SRMethod):
             raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
         if not eps > 0:
             raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
-        if not coarse_level_weight >= 0:
-            raise ValueError(
-                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
-                f"got {coarse_level_weight!r}"
-            )
         super().__init__(variant=variant, supported_scales=(), **kwargs)
         if not isinstance(self.net, self.network_type):
-            other = "MSLapSRN" if self.network_type is LapSRNNet else "LapSRN"
+            other = {LapSRNNet: "lapsrn.MSLapSRN", MSLapSRNNet: "lapsrn.LapSRN"}.get(self.network_type, "lapsrn.LapSRN")
             raise ValueError(
                 f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
                 f"{type(self).__name__} trains {self.network_type.__name__} variants ({self.variants_hint}); "
-                f"pick one of those, or set model.class_path to lit_sr.methods.lapsrn.{other}"
+                f"pick one of those, or set model.class_path to lit_sr.methods.{other}"
             )
         self.eps = float(eps)
         self.reduction: Reduction = reduction
-        self.coarse_level_weight = float(coarse_level_weight)
+        self._x3_logged = False
 
     @property
     def supported_scales(self) -> list[int]:
@@ -448,11 +453,56 @@ class PyramidSRMethod(SRMethod):
             scales.add(3)
         return sorted(scales)
 
+    @property
+    def trainable_scales(self) -> list[int]:
+        """The pyramid's own scales (x3 is evaluated through x4, never trained)."""
+        return list(self.net.supported_scales)
+
     def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
         if scale == 3:
+            if not self._x3_logged:
+                log.info("%s x3: %s", type(self).__name__, X3_METHOD)
+                self._x3_logged = True
             h, w = lr.shape[-2:]
             return imresize(self.net(lr, 4)[-1], size=(3 * h, 3 * w))
         return self.net(lr, scale)[-1]
+
+    def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
+        return charbonnier(pred, target, self.eps, self.reduction)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.logger is not None and 3 in self.supported_scales:  # the run's config says how x3 is made
+            self.logger.log_hyperparams({"x3_method": X3_METHOD})
+
+
+class PyramidSRMethod(PyramidMethod):
+    """Training shared by LapSRN and MS-LapSRN: Charbonnier at every level of every scale in the batch.
+
+    ``compute_loss`` takes the list of groups, one per scale (``per_batch``: one group; ``split``: one per
+    scale). Level l (1 = coarsest, output x2^l) of scale S is the loss part
+    ``x<S>_level<l>``, and the total is the sum of those parts. Each part is ``n_S / N * charbonnier``
+    (n_S samples of scale S in a batch of N): with the ``paper`` reduction the total is then the sum over
+    all pixels of all levels and scales divided by N, the objective of the official MatConvNet trainer (one
+    graph for the whole batch, gradients divided by the batch size), so lr 1e-5 means the same for any
+    split. ``bicubic_x<S>`` (not in the total) is the same loss for MATLAB bicubic at the finest level: a
+    run that learns gets its finest-level part below it.
+    """
+
+    def __init__(self, variant: str, coarse_level_weight: float = 1.0, **kwargs: Any) -> None:
+        """
+        Args:
+            variant: registered network name; ``net`` (in kwargs) overrides its arguments.
+            coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
+            kwargs: ``PyramidMethod`` arguments (``eps``, ``reduction``) and ``SRMethod`` ones.
+        """
+        if not coarse_level_weight >= 0:
+            raise ValueError(
+                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
+                f"got {coarse_level_weight!r}"
+            )
+        super().__init__(variant=variant, **kwargs)
+        self.coarse_level_weight = float(coarse_level_weight)
 
     def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         n_total = sum(int(g["hr"].shape[0]) for g in groups)
@@ -476,13 +526,6 @@ class PyramidSRMethod(SRMethod):
         total = torch.stack(list(parts.values())).sum()
         return total, {**parts, **reference}
 
-    def _charbonnier(self, pred: Tensor, target: Tensor) -> Tensor:
-        return charbonnier(pred, target, self.eps, self.reduction)
-
-    @property
-    def trainable_scales(self) -> list[int]:
-        """The pyramid's own scales (x3 is evaluated through x4, never trained)."""
-        return list(self.net.supported_scales)
 
 
 class LapSRN(PyramidSRMethod):

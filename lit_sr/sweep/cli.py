@@ -11,9 +11,11 @@ study: run the same command on each. Running the command again resumes the study
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.sweep.space import DEFAULT_ROOT, SweepError, load_sweep
 
 
@@ -173,17 +175,18 @@ def _report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lit-sr sweep ...`` (``argv`` without the leading ``sweep``); user errors print one message, code 2."""
+    """``lit-sr sweep ...`` (``argv`` without the leading ``sweep``); a user error (``SweepError``, an unreachable
+    storage) prints one line ``lit-sr: error: ...`` and returns 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] == "report":
-            return cmd_report(argv[1:])
-        if argv and argv[0] == "_worker":
-            return cmd_worker(argv[1:])
-        return cmd_run(argv)
-    except SweepError as err:
-        print(f"lit-sr sweep: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(_dispatch, argv, argv=argv, debug=os.environ.get(DEBUG_VAR) == "1")
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        return cmd_report(argv[1:])
+    if argv and argv[0] == "_worker":
+        return cmd_worker(argv[1:])
+    return cmd_run(argv)
 
 
 if __name__ == "__main__":

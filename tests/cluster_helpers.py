@@ -1,0 +1,65 @@
+"""Helpers the cluster / resume tests run in subprocesses (not a test module).
+
+``python tests/cluster_helpers.py OUT [lit-sr train device keys] [LightningCLI args]`` runs ``lit-sr fit`` in
+this process and writes this rank's final weights (``rank<R>.pt``) and validation results (``rank<R>.json``).
+``KillAtStep`` SIGKILLs its own process in the middle of a training step (after backward, before the
+optimizer step): nothing is flushed or saved, as with a node failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process inside the training step that would make ``global_step`` = ``step`` + 1."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.step:
+            sys.stderr.write(f"KillAtStep: SIGKILL at global_step {trainer.global_step}\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OptimizerStateAtStart(Callback):
+    """Keep a copy of the optimizer's ``state_dict`` when training starts (after a resume restored it)."""
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import copy
+
+        self.state = copy.deepcopy(trainer.optimizers[0].state_dict())
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    from lit_sr.cli import SRCLI
+    from lit_sr.cluster import add_trainer_arguments, train_overrides
+
+    out = Path(argv[0])
+    parser = argparse.ArgumentParser()
+    add_trainer_arguments(parser)
+    args, rest = parser.parse_known_args(argv[1:])
+    cli = SRCLI(args=["fit", *train_overrides(args), *rest])
+    rank = cli.trainer.global_rank
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in cli.model.state_dict().items()}, out / f"rank{rank}.pt")
+    (out / f"rank{rank}.json").write_text(json.dumps(cli.model.last_results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

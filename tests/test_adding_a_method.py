@@ -1,0 +1,91 @@
+"""A method is one file plus experiments/<m>/ and sweeps/<m>.yaml: this test adds one without touching lit_sr."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import Tensor, nn
+
+from lit_sr.checkpoint import load_method
+from lit_sr.cli import main
+from lit_sr.data.resize import imresize
+from lit_sr.losses import mse
+from lit_sr.methods import method_class, registered_methods
+from lit_sr.methods.base import SRMethod
+from lit_sr.registry import register_model
+
+pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+
+
+class TinyNet(nn.Module):
+    """Bicubic plus a learned 3x3 residual: enough to learn, small enough for a test."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 1, 3, padding=1))
+        nn.init.zeros_(self.body[2].weight)
+        nn.init.zeros_(self.body[2].bias)
+
+    def forward(self, ilr: Tensor) -> Tensor:
+        return ilr + self.body(ilr)
+
+
+@register_model
+def tiny_test_net(**kwargs: Any) -> TinyNet:
+    return TinyNet(**kwargs)
+
+
+class TinySR(SRMethod):
+    """The whole method: class attributes, the forward, the loss."""
+
+    name = "tiny_test_method"
+    batch_needs = ("ilr",)
+    loss_terms = ("mse",)
+
+    def __init__(self, variant: str = "tiny_test_net", **kwargs: Any) -> None:
+        super().__init__(variant=variant, **kwargs)
+
+    def sr_forward(self, lr: Tensor, scale: int) -> Tensor:
+        return self.net(imresize(lr, scale))
+
+    def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
+        ilr, hr = torch.cat([g["ilr"] for g in groups]), torch.cat([g["hr"] for g in groups])
+        loss = mse(self.net(ilr), hr)
+        return self.loss_weight("mse") * loss, {"mse": loss, "bicubic": self.bicubic_loss(groups, mse)}
+
+
+PRESET = {
+    "seed_everything": 0,
+    "model": {
+        "class_path": f"{__name__}.TinySR",
+        "init_args": {"stages": [{"name": "train", "steps": 40, "optimizer": {"name": "adam", "lr": 3e-3},
+                                  "loss_weights": {"mse": 1.0}}]},
+    },
+    "data": {"train_sources": ["builtin"], "val_sets": ["Sun80"], "val_max_images": 1, "test_sets": ["Set5"],
+             "scales": [2, 4], "batch_size": 8, "batches_per_epoch": 20, "num_workers": 0},
+    "trainer": {"precision": "32-true", "enable_progress_bar": False},
+}
+
+
+def test_a_method_defined_here_trains_tests_and_reloads_through_lit_sr_train(tmp_path, monkeypatch, data_root):
+    assert method_class("tiny_test_method") is TinySR and "tiny_test_method" in registered_methods()
+    (tmp_path / "experiments" / "tiny_test_method").mkdir(parents=True)
+    (tmp_path / "experiments" / "tiny_test_method" / "quick.yaml").write_text(yaml.safe_dump(PRESET))
+    monkeypatch.chdir(tmp_path)  # presets are looked up in the current folder first
+    assert main(["train", "tiny_test_method", "--run_dir", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "benchmark" / "results.json").read_text())
+    assert results["meta"]["method"] == "tiny_test_method" and results["meta"]["selection"]["val_sets"] == ["Sun80"]
+    assert set(results["results"]["Set5"]) == {"x2", "x4"} and results["results"]["Set5"]["x2"]["n_images"] == 5
+    method = load_method(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert isinstance(method, TinySR) and method.stage.loss_weights == {"mse": 1.0}
+
+
+def test_stage_keys_a_method_does_not_read_are_rejected_with_their_path():
+    with pytest.raises(ValueError, match=r"stages.0.loss_weights: TinySR reads no loss term \['rank'\]"):
+        TinySR(stages=[{"name": "a", "steps": 1, "loss_weights": {"rank": 0.1}}])
+    with pytest.raises(ValueError, match=r"stages.0.targets='downsampled_hr': TinySR takes no targets"):
+        TinySR(stages=[{"name": "a", "steps": 1, "targets": "downsampled_hr"}])

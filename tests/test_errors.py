@@ -1,0 +1,261 @@
+"""User mistakes print one line ``lit-sr: error: ...`` naming the culprit and the fix, exit 2, no traceback;
+checkpoints load with ``weights_only=True`` and only ever build a registered lit_sr method."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import wandb
+import yaml
+
+from lit_sr.checkpoint import load_method, registered_method_classes
+from lit_sr.cli import SRCLI, main
+from lit_sr.errors import CheckpointError
+from lit_sr.methods.cmsc import CMSC
+from lit_sr.methods.vdsr import VDSR
+from lit_sr.paths import REPO
+
+QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
+TINY = {
+    "model": {
+        "init_args": {
+            "net": {"depth": 3, "width": 8},
+            "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1.0e-3}}],
+        }
+    },
+    "data": {
+        "train_sources": ["builtin"], "val_holdout": 2, "test_sets": [], "val_scales": [2], "scales": [2],
+        "batches_per_epoch": 2, "batch_size": 2, "num_workers": 0, "val_max_images": 1,
+    },
+    "trainer": {"precision": "32-true", "enable_progress_bar": False, "check_val_every_n_epoch": 1},
+}  # fmt: skip
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, data_root) -> Path:
+    """A real VDSR checkpoint: two steps of a 3-layer network."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    config = write_yaml(tmp / "tiny.yaml", TINY)
+    try:
+        SRCLI(args=["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp / "run")])
+    finally:
+        wandb.finish()
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def error_line(capsys) -> str:
+    """The single ``lit-sr: error:`` line of stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lit-sr")]
+    assert len(lines) == 1 and lines[0].startswith("lit-sr: error: "), err[-3000:]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "lit_sr.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------
+def test_a_non_checkpoint_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    junk = tmp_path / "notes.ckpt"
+    junk.write_text("these are my notes, not a checkpoint\n")
+    proc = cli("benchmark", str(junk), "--data", "Set5")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"lit-sr: error: {junk} is not a checkpoint or is corrupt")
+    assert "Traceback" not in proc.stderr and "pass a .ckpt file written by `lit-sr fit`" in proc.stderr
+    debug = cli("benchmark", str(junk), "--data", "Set5", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
+
+
+def test_a_truncated_checkpoint(tiny_ckpt, tmp_path, capsys):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])
+    assert main(["benchmark", str(cut), "--data", "Set5", "--scales", "2"]) == 2
+    assert f"{cut} is not a checkpoint or is corrupt" in error_line(capsys)
+
+
+def cmsc_checkpoint(path: Path) -> Path:
+    """A CMSC checkpoint as ``lit-sr fit`` writes it (state dict, hyperparameters with ``_class_path``)."""
+    model = CMSC(variant="cmsc_small")
+    hparams = {"_class_path": "lit_sr.methods.cmsc.CMSC", **dict(model.hparams)}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
+                "lit_sr_class": "lit_sr.methods.cmsc.CMSC"}, path)  # fmt: skip
+    return path
+
+
+def test_a_checkpoint_of_another_method(tiny_ckpt, tmp_path, capsys):
+    other = cmsc_checkpoint(tmp_path / "cmsc.ckpt")
+    assert isinstance(load_method(other), CMSC)
+    with pytest.raises(CheckpointError, match=r"is a checkpoint of CMSC, not of VDSR; pass a VDSR checkpoint"):
+        load_method(other, expected=VDSR)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    args = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "r")]
+    assert main([*args, "--ckpt_path", str(other)]) == 2
+    line = error_line(capsys)
+    assert f"--ckpt_path {other} is a checkpoint of CMSC (lit_sr.methods.cmsc.CMSC), but the config trains VDSR" in line
+    assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained
+
+
+class RunsCode:
+    """Pickles to a shell command that would create ``marker`` when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_runs_nothing(tiny_ckpt, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["callbacks"] = {"x": RunsCode(marker)}
+    torch.save(ckpt, evil)
+    with pytest.raises(CheckpointError, match="refers to code that a checkpoint may not run"):
+        load_method(evil)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    fit = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "r")]
+    for argv in (["benchmark", str(evil), "--data", "Set5"], [*fit, "--ckpt_path", str(evil)]):
+        assert main(argv) == 2
+        line = error_line(capsys)
+        assert f"{evil} refers to code that a checkpoint may not run ({os.system.__module__}.system)" in line
+    assert not marker.exists()
+
+
+def test_a_class_path_that_is_not_a_registered_method_is_never_imported(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "sneaky_module.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\nfrom lit_sr.methods.vdsr import VDSR as Sneaky\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["lit_sr_class"] = ckpt["hyper_parameters"]["_class_path"] = "sneaky_module.Sneaky"
+    sneaky = tmp_path / "sneaky.ckpt"
+    torch.save(ckpt, sneaky)
+    assert "lit_sr.methods.vdsr.VDSR" in registered_method_classes()
+    with pytest.raises(CheckpointError, match="'sneaky_module.Sneaky', which is not a registered lit_sr method"):
+        load_method(sneaky)
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    fit = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "r")]
+    for argv in (["upscale", str(sneaky), str(REPO / "README.md"), "--scale", "2"], [*fit, "--ckpt_path", str(sneaky)]):
+        assert main(argv) == 2
+        assert "it was not imported" in error_line(capsys)
+    assert not marker.exists() and "sneaky_module" not in sys.modules
+
+
+# ---- scales, methods, config values -----------------------------------------------------------------------
+def test_an_unsupported_scale(tiny_ckpt, tmp_path, capsys):
+    assert main(["benchmark", str(tiny_ckpt), "--data", "Set5", "--scales", "5"]) == 2
+    assert "VDSR supports scales [2, 3, 4], not [5]; drop them from --scales" in error_line(capsys)
+    photo = REPO.parent / "shared" / "data" / "Set5"
+    image = next(p for p in Path(os.environ.get("LIT_SR_DATA", photo.parent)).glob("Set5/*.png"))
+    assert main(["upscale", str(tiny_ckpt), str(image), "--scale", "5", "-o", str(tmp_path)]) == 2
+    assert "VDSR supports scales [2, 3, 4], not x5" in error_line(capsys)
+
+
+def test_an_unknown_method_or_variant(tmp_path, capsys):
+    assert main(["train", "vdsrr"]) == 2
+    line = error_line(capsys)
+    assert "no preset experiments/vdsrr/quick.yaml" in line and "vdsr: paper, quick" in line
+    args = ["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.variant", "vdsr_xl"]
+    assert main(args) == 2
+    assert "unknown model 'vdsr_xl'; registered variants: " in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([{"name": "s", "epochs": 1, "optimizer": {"name": "sgd", "lr": -0.1}}],
+         "model.init_args.stages.0.optimizer.lr must be a positive number, got -0.1"),
+        ([{"name": "s", "epochs": 0}], "model.init_args.stages.0.epochs must be a positive integer, got 0"),
+        ([{"name": "s", "epochs": 1}, {"name": "t", "epochs": 1, "optimiser": {"name": "adam"}}],
+         "model.init_args.stages.1: unknown key(s) ['optimiser']"),
+    ],
+)  # fmt: skip
+def test_a_bad_config_value_names_its_key_path(stages, message, tmp_path, capsys):
+    config = write_yaml(tmp_path / "bad.yaml", {"model": {"init_args": {"stages": stages}}})
+    assert main(["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "r")]) == 2
+    assert message in error_line(capsys)
+
+
+# ---- data, storage, sweeps, output ------------------------------------------------------------------------
+def test_a_missing_or_empty_data_folder(tmp_path, capsys):
+    assert main(["benchmark", "bicubic", "--data", str(tmp_path / "nowhere")]) == 2
+    assert f"no folder {tmp_path / 'nowhere'}" in error_line(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["benchmark", "bicubic", "--data", str(tmp_path / "empty")]) == 2
+    assert f"image folder {tmp_path / 'empty'} holds no images" in error_line(capsys)
+    args = ["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--data.train_sources", "[nowhere_set]"]
+    assert main(args) == 2
+    assert "unknown image source 'nowhere_set'" in error_line(capsys)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_optuna_storage(tmp_path, capsys):
+    url = f"postgresql+psycopg2://optuna@127.0.0.1:{_closed_port()}/optuna"
+    argv = ["sweep", str(REPO / "sweeps" / "vdsr.yaml"), "--storage", url, "--root", str(tmp_path), "--no-report"]
+    assert main(argv) == 2
+    line = error_line(capsys)
+    assert f"cannot open the Optuna storage {url}" in line and "Connection refused" in line
+
+
+def test_a_sweep_file_naming_a_config_path_that_does_not_exist(tmp_path, capsys):
+    sweep = tmp_path / "typo.yaml"
+    sweep.write_text(
+        "method: vdsr\npreset: quick\nstudy: {n_trials: 1}\nparams:\n"
+        "  model.init_args.stages.0.optimizer.learning_rate: {name: lr, type: float, low: 0.01, high: 0.2}\n"
+    )
+    assert main(["sweep", str(sweep), "--root", str(tmp_path)]) == 2
+    line = error_line(capsys)
+    assert "'model.init_args.stages.0.optimizer.learning_rate' does not exist" in line and "keys there" in line
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A folder this process cannot create (root ignores permission bits: use sysfs, which refuses mkdir)."""
+    if os.geteuid() == 0:
+        return Path("/sys/lit-sr-test-output")
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    parent.chmod(0o500)
+    return parent / "out"
+
+
+def test_an_output_folder_that_is_not_writable(tmp_path, capsys, data_root):
+    out = unwritable(tmp_path)
+    assert main(["benchmark", "bicubic", "--data", "Set5", "--scales", "2", "--out", str(out)]) == 2
+    assert f"{out}: " in error_line(capsys)
+    assert main(["fit", "--config", str(QUICK), "--run_dir", str(out)]) == 2
+    assert f"run folder {out} is not writable" in error_line(capsys)
+
+
+def test_a_non_finite_loss_stops_with_step_stage_and_lr(tmp_path, capsys, data_root):
+    blowup = yaml.safe_load(yaml.safe_dump(TINY))
+    blowup["model"]["init_args"]["stages"] = [
+        {"name": "hot", "steps": 40, "optimizer": {"name": "sgd", "lr": 1.0e12, "momentum": 0.9}}
+    ]
+    blowup["data"]["batches_per_epoch"] = 40
+    config = write_yaml(tmp_path / "hot.yaml", blowup)
+    assert main(["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert "non-finite training loss" in line and "(stage hot, lr 1e+12); lower the lr" in line
+    assert " at step " in line

@@ -1,0 +1,30 @@
+"""Every preset of every method parses, builds its model and resolves its data sources (so `make train` can start)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_sr.cli import SRCLI
+from lit_sr.methods import registered_methods
+from lit_sr.paths import REPO
+from lit_sr.presets import preset_names, preset_path
+
+PRESETS = [(m, p) for m in registered_methods() for p in preset_names(m)]
+
+
+def test_every_trainable_method_has_quick_and_paper_presets_and_a_sweep():
+    trainable = [m for m in registered_methods() if m != "bicubic" and not m.endswith("_test_method")]
+    for method in trainable:
+        assert {"quick", "paper"} <= set(preset_names(method)), method
+        assert (REPO / "sweeps" / f"{method}.yaml").is_file(), method
+
+
+@pytest.mark.parametrize(("method", "preset"), PRESETS, ids=[f"{m}-{p}" for m, p in PRESETS])
+def test_preset_builds_and_resolves_its_training_validation_and_test_sources(method, preset, data_root, tmp_path):
+    cli = SRCLI(args=["--config", str(preset_path(method, preset)), "--run_dir", str(tmp_path)], run=False)
+    dm = cli.datamodule
+    assert dm._train_paths and dm.val_sets and type(cli.model).name == method
+    if preset == "paper":
+        assert dm.train_names == ["291"] and len(dm._train_paths) + len(dm._eval_paths["holdout"]) == 291
+    assert not set(dm.val_sets) & {"Set5", "Set14"}  # a preset never chooses on a benchmark
+    assert dm.test_sets == ["Set5", "Set14"]
