@@ -220,12 +220,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     method, _ = resolve_method(args.checkpoint)
     method.to(args.device)
-    try:
-        written = upscale_files(
-            method, args.images, args.out, args.scale, args.tile, args.tile_overlap, args.self_ensemble, args.force
-        )
-    except (FileExistsError, ValueError) as err:  # ImageError is a ValueError
-        raise SystemExit(f"lit-sr upscale: {err}") from err
+    written = upscale_files(
+        method, args.images, args.out, args.scale, args.tile, args.tile_overlap, args.self_ensemble, args.force
+    )
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0
 

@@ -23,8 +23,13 @@ from torch import Tensor
 
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError
 from lit_sr.data.resize import imresize
+from lit_sr.errors import UserError
 from lit_sr.inference import self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output file exists and ``force`` was not given; the message names it."""
 
 
 @dataclass
@@ -246,7 +251,7 @@ def upscale_files(
     existing = [target for _, target in pairs if target.exists()]
     if existing and not force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileExistsError(
+        raise OutputExistsError(
             f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
         )
     method.eval()

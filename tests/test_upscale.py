@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -93,28 +95,33 @@ def test_self_ensemble_is_not_worse_than_one_pass_on_set5(trained, data_root):
     assert np.mean(ensemble) >= np.mean(single), f"ensemble {np.mean(ensemble):.3f} vs single {np.mean(single):.3f}"
 
 
-def test_existing_output_is_refused_naming_it_unless_force(trained, data_root, tmp_path):
+def _fails(capsys, args: list[str], pattern: str) -> None:
+    """``lit-sr ARGS`` exits with status 2 and one error line matching ``pattern``."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+
+
+def test_existing_output_is_refused_naming_it_unless_force(trained, data_root, tmp_path, capsys):
     src = _lr_file(data_root, tmp_path, "bird")
     out = tmp_path / "out"
     main(["upscale", str(trained), str(src), "-o", str(out), "--scale", "2"])
     target = out / "bird_x2.png"
     target.write_bytes(b"keep me")
-    with pytest.raises(SystemExit, match=f"{target}.*--force"):
-        main(["upscale", str(trained), str(src), "-o", str(out), "--scale", "2"])
+    _fails(capsys, ["upscale", str(trained), str(src), "-o", str(out), "--scale", "2"], f"{target}.*--force")
     assert target.read_bytes() == b"keep me"
     main(["upscale", str(trained), str(src), "-o", str(out), "--scale", "2", "--force"])
     assert Image.open(target).size == (2 * Image.open(src).width, 2 * Image.open(src).height)
 
 
-def test_unsupported_scale_and_missing_input_are_explained(trained, tmp_path):
-    with pytest.raises(SystemExit, match="not x8"):
-        main(["upscale", str(trained), str(tmp_path), "-o", str(tmp_path / "o"), "--scale", "8"])
-    with pytest.raises(SystemExit, match="nothing.png does not exist"):
-        main(["upscale", str(trained), str(tmp_path / "nothing.png"), "-o", str(tmp_path / "o"), "--scale", "2"])
+def test_unsupported_scale_and_missing_input_are_explained(trained, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _fails(capsys, ["upscale", str(trained), str(tmp_path), "-o", out, "--scale", "8"], "not x8")
+    missing = str(tmp_path / "nothing.png")
+    _fails(capsys, ["upscale", str(trained), missing, "-o", out, "--scale", "2"], "nothing.png does not exist")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(SystemExit, match="cannot read image .*bad.png"):
-        main(["upscale", str(trained), str(bad), "-o", str(tmp_path / "o"), "--scale", "2"])
+    _fails(capsys, ["upscale", str(trained), str(bad), "-o", out, "--scale", "2"], "cannot read image .*bad.png")
 
 
 def test_alpha_is_resized_bicubically_and_kept(tmp_path):
