@@ -19,7 +19,7 @@ STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
 export LIT_SR_DATA
 
-.PHONY: install train test test-fast lint benchmark compare bench-data bench-train sweep sweep-report dashboard clean
+.PHONY: install train test test-fast lint benchmark compare bench bench-data bench-train sweep sweep-report dashboard clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,sweep]'
+	$(BIN)/pip install -q $(TORCH_SPEC) -e '.[dev,sweep,export]'
 	touch $@
 
 train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=1 STRATEGY=ddp TRAINER=ddp] [ARGS=...]
@@ -49,6 +49,9 @@ benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
 
 compare: $(STAMP)  ## one table of the trained runs under runs/ (or RUNS="dir ...") -> runs/compare/
 	$(BIN)/lit-sr compare $(RUNS)
+
+bench: $(STAMP)  ## every benchmark -> bench/results.md + bench/quality.png (about 30 min on 2 idle cores)
+	$(BIN)/python bench/run_all.py $(ARGS)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/bench_data.py $(ARGS)

@@ -16,9 +16,10 @@ from pathlib import Path
 import wandb
 import yaml
 
-from lit_sr.cli import SRCLI, experiment_config
+from lit_sr.cli import SRCLI
 from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.bicubic import Bicubic
+from lit_sr.presets import preset_path
 
 
 def main() -> None:
@@ -36,8 +37,8 @@ def main() -> None:
             "train_sources": ["Sun80"],
             "scales": [2],
             "scale_mode": "per_batch",
-            "val_sets": ["Set5"],
             "val_scales": [2],
+            "test_sets": [],
         },
         "trainer": {
             "max_time": f"00:00:{minutes:02d}:{seconds:02d}",
@@ -54,7 +55,7 @@ def main() -> None:
             args=[
                 "fit",
                 "--config",
-                str(experiment_config(args.model, args.preset)),
+                str(preset_path(args.model, args.preset)),
                 "--config",
                 str(path),
                 "--run_dir",

@@ -5,7 +5,8 @@
     lit-sr benchmark bicubic|CKPT --data Set5 Set14 --scales 2 3 4 --out OUT
     lit-sr compare [RUN_DIR ...]                                        one table of trained runs
     lit-sr sweep sweeps/cmsc.yaml [...]                                 Optuna study (lit-sr sweep --help)
-    lit-sr upscale CKPT photo.png [...] --scale 4 -o out/
+    lit-sr upscale CKPT photo.png folder/ [...] --scale 4 -o out/ [--tile 256 --self-ensemble --force]
+    lit-sr export CKPT --onnx model.onnx [--scale 4]                   ONNX, dynamic height and width
 
 Config layout (every method): ``model.class_path`` names the method's LightningModule;
 ``model.init_args.variant`` the registered network and ``model.init_args.net`` its overrides (e.g.
@@ -214,25 +215,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from lit_sr.data.images import read_image
     from lit_sr.evaluate import resolve_method
+    from lit_sr.upscale import upscale_files
 
     method, _ = resolve_method(args.checkpoint)
-    method.eval()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        lr = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)[None].double() / 255
-        with torch.no_grad():
-            sr = method.upscale_rgb(lr, args.scale)[0].clamp(0, 1)
-        arr = (sr * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        target = out / f"{Path(path).stem}_x{args.scale}.png"
-        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else np.ascontiguousarray(arr)).save(target)
-        print(f"{path} -> {target} ({arr.shape[1]}x{arr.shape[0]})")
+    method.to(args.device)
+    written = upscale_files(
+        method, args.images, args.out, args.scale, args.tile, args.tile_overlap, args.self_ensemble, args.force
+    )
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lit_sr.evaluate import resolve_method
+    from lit_sr.export import export_onnx
+
+    method, _ = resolve_method(args.checkpoint)
+    scale = args.scale or max(method.supported_scales)
+    path = export_onnx(method, scale, args.onnx)
+    print(f"wrote {path} (x{scale}, input 'lr' float32 (N, C, h, w) in [0, 1], output 'sr')")
     return 0
 
 
@@ -259,11 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare")
     p = sub.add_parser("sweep", help="Optuna study over a method's knobs (lit-sr sweep --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p = sub.add_parser("upscale", help="super-resolve image files with a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+")
+    p = sub.add_parser("upscale", help="super-resolve image files and folders with a checkpoint")
+    p.add_argument("checkpoint", help="a .ckpt written by lit-sr fit, or 'bicubic'")
+    p.add_argument("images", nargs="+", help="image files and/or folders (walked recursively)")
     p.add_argument("--scale", type=int, required=True)
-    p.add_argument("-o", "--out", default="outputs")
+    p.add_argument("-o", "--out", default="outputs", help="output folder (<stem>_x<S>.png)")
+    p.add_argument("--tile", type=int, default=256, help="tile size in LR pixels (0: whole image at once)")
+    p.add_argument(
+        "--tile-overlap", type=int, default=None, help="LR pixels of context per tile side (default: receptive field)"
+    )
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p = sub.add_parser("export", help="write a checkpoint as ONNX (one scale, dynamic height and width)")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--scale", type=int, default=None, help="default: the largest supported scale")
     return parser
 
 
@@ -300,7 +313,8 @@ def _main(argv: list[str]) -> int:
             wandb.finish()
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return {"benchmark": cmd_benchmark, "compare": cmd_compare, "upscale": cmd_upscale}[args.command](args)
+    commands = {"benchmark": cmd_benchmark, "compare": cmd_compare, "upscale": cmd_upscale, "export": cmd_export}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,264 @@
+"""``lit-sr upscale``: super-resolve image files and folders with a trained method.
+
+RGB in, RGB out. A Y-only network (``channels == "y"``, the default) super-resolves the MATLAB Y channel and
+takes Cb/Cr from MATLAB bicubic (:func:`lit_sr.inference.y_to_rgb_sr`); an RGB network (``channels ==
+"rgb"``) sees all three channels. Grayscale stays grayscale. An alpha channel is resized with MATLAB bicubic
+and kept; 16-bit PNG/TIFF input is read and written with 16 bits (8-bit input gives 8-bit output).
+Large images run tiled (``tile`` LR pixels, ``overlap`` on each side; 0 disables tiling) so peak memory
+depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/rotations (8x the time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError
+from lit_sr.data.resize import imresize
+from lit_sr.errors import UserError
+from lit_sr.inference import self_ensemble, tiled_forward
+from lit_sr.methods.base import SRMethod
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output file exists and ``force`` was not given; the message names it."""
+
+
+@dataclass
+class Picture:
+    """A decoded image: ``pixels`` float64 HxWxC in [0, 1] (C = 1 or 3), ``alpha`` HxW or None, ``bits`` 8/16."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    bits: int
+
+
+# ---- reading and writing, keeping alpha and 16 bits ------------------------------------------------------
+def _read_16bit(path: Path) -> Picture | None:
+    """16-bit PNG/TIFF through OpenCV (Pillow truncates 16-bit colour); None when the file is not 16-bit."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16:
+        return None
+    arr = arr.astype(np.float64) / 65535.0
+    if arr.ndim == 2:
+        return Picture(arr[..., None], None, 16)
+    if arr.shape[2] == 3:
+        return Picture(np.ascontiguousarray(arr[..., ::-1]), None, 16)
+    if arr.shape[2] == 4:
+        return Picture(np.ascontiguousarray(arr[..., 2::-1]), np.ascontiguousarray(arr[..., 3]), 16)
+    return None
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Read an image file for upscaling: colour, alpha and bit depth kept. Bad files raise :class:`ImageError`."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        raise ImageError(f"image file {path} {what}; check the path")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            deep = mode.startswith("I") or any(";16" in str(t.args) for t in getattr(im, "tile", []) or [])
+            if deep or path.suffix.lower() in (".png", ".tif", ".tiff"):
+                picture = _read_16bit(path)
+                if picture is not None:
+                    return picture
+            if mode == "F":
+                raise ImageError(
+                    f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG"
+                )
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode == "PA":
+                im = im.convert("RGBA")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGB")  # CMYK, YCbCr, ...
+            arr = np.asarray(im, dtype=np.float64) / 255.0
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(
+            f"cannot read image {path}: {err}. The file is corrupt, truncated or not an image; "
+            f"re-export or re-download it, or remove it from the inputs"
+        ) from err
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if min(arr.shape[:2]) < 2:
+        raise ImageError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} pixels; upscaling needs at least 2x2")
+    if arr.shape[2] in (2, 4):
+        return Picture(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1]), 8)
+    return Picture(np.ascontiguousarray(arr), None, 8)
+
+
+def write_picture(path: str | Path, picture: Picture) -> None:
+    """Write a PNG with the picture's bit depth; 16-bit grey + alpha is written as 16-bit RGBA."""
+    pixels = np.clip(picture.pixels, 0.0, 1.0)
+    if picture.alpha is not None:
+        pixels = np.concatenate([pixels, np.clip(picture.alpha, 0.0, 1.0)[..., None]], axis=2)
+    if picture.bits == 16:
+        import cv2
+
+        arr = np.round(pixels * 65535.0).astype(np.uint16)
+        if arr.shape[2] == 2:
+            arr = arr[..., [0, 0, 0, 1]]
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+        elif arr.shape[2] == 3:
+            arr = arr[..., ::-1]
+        else:
+            arr = arr[..., [2, 1, 0, 3]]
+        if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
+            raise OSError(f"could not write {path}")
+        return
+    arr = np.round(pixels * 255.0).astype(np.uint8)
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+
+
+# ---- the network pass --------------------------------------------------------------------------------------
+def super_resolve_tiled(
+    method: SRMethod,
+    x: Tensor,
+    scale: int,
+    tile: int = 256,
+    overlap: int | None = None,
+    ensemble: bool = False,
+) -> Tensor:
+    """What the network sees (N, C, h, w) -> (N, C, h*s, w*s) fp32, unclipped, tiled and/or self-ensembled.
+
+    Every tile goes through the method's own ``super_resolve`` (the single inference entry point) with its
+    built-in tiling off; ``tile`` = 0 runs the whole image in one pass; ``overlap`` None = the network's
+    measured receptive-field radius (``receptive_radius``), the context that makes tiling exact.
+    """
+    scale = method.check_scale(scale)
+    base = type(method).super_resolve.__get__(method)  # the class's entry point, not a patched instance one
+    margin = method.receptive_radius(scale) if overlap is None and tile else (overlap or 0)
+
+    def one_pass(t: Tensor) -> Tensor:
+        if tile and max(t.shape[-2:]) > tile:
+            return tiled_forward(lambda part: base(part, scale), t, tile, margin, scale)
+        return base(t, scale)
+
+    with torch.no_grad(), _own_tiling(method):
+        return self_ensemble(one_pass, x) if ensemble else one_pass(x)
+
+
+@contextlib.contextmanager
+def _own_tiling(method: SRMethod) -> Iterator[None]:
+    """Switch the method's built-in tiling off while the caller's tile settings apply."""
+    saved = method.hparams.get("tile_size")
+    method.hparams["tile_size"] = 0
+    try:
+        yield
+    finally:
+        method.hparams["tile_size"] = saved
+
+
+@contextlib.contextmanager
+def _inference_options(method: SRMethod, tile: int, overlap: int | None, ensemble: bool) -> Iterator[None]:
+    """Within the block, ``method.super_resolve`` (as ``upscale_rgb`` calls it) uses these tile/ensemble options."""
+    method.super_resolve = lambda x, scale: super_resolve_tiled(method, x, scale, tile, overlap, ensemble)
+    try:
+        yield
+    finally:
+        del method.super_resolve
+
+
+def upscale_picture(
+    method: SRMethod,
+    picture: Picture,
+    scale: int,
+    tile: int = 256,
+    overlap: int | None = None,
+    ensemble: bool = False,
+) -> Picture:
+    """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
+    or an RGB network), with the tile / ensemble options; alpha by MATLAB bicubic; bit depth kept."""
+    lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
+    with torch.no_grad(), _inference_options(method, tile, overlap, ensemble):
+        sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
+    alpha = None
+    if picture.alpha is not None:
+        alpha = imresize(torch.from_numpy(picture.alpha), scale).clamp(0, 1).numpy()
+    return Picture(sr[0].permute(1, 2, 0).numpy(), alpha, picture.bits)
+
+
+# ---- files and folders -------------------------------------------------------------------------------------
+def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
+    """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
+    ``out``); targets are ``<stem>_x<scale>.png``. Two inputs with the same target are an error."""
+    out = Path(out)
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = []
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                        found.append(Path(root) / name)
+            if not found:
+                raise ImageError(f"folder {item} holds no images ({' '.join(IMAGE_EXTENSIONS)}); check the path")
+            for src in found:
+                rel = src.relative_to(item).parent
+                pairs.append((src, out / rel / f"{src.stem}_x{scale}.png"))
+        elif item.is_file():
+            pairs.append((item, out / f"{item.stem}_x{scale}.png"))
+        else:
+            raise ImageError(f"input {item} does not exist; give image files or folders of images")
+    seen: dict[Path, Path] = {}
+    for src, target in pairs:
+        if target in seen:
+            raise ImageError(
+                f"{seen[target]} and {src} would both be written to {target}; rename one or upscale them separately"
+            )
+        seen[target] = src
+    return pairs
+
+
+def upscale_files(
+    method: SRMethod,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    scale: int,
+    tile: int = 256,
+    overlap: int | None = None,
+    ensemble: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Upscale every input image into ``out``; returns the written paths.
+
+    Existing outputs are refused before any work starts (``force`` overwrites them).
+    """
+    from rich.progress import track
+
+    method.check_scale(scale)
+    pairs = collect_inputs(inputs, out, scale)
+    existing = [target for _, target in pairs if target.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExistsError(
+            f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
+        )
+    method.eval()
+    written = []
+    for src, target in track(pairs, description=f"upscaling x{scale}", disable=not progress):
+        sr = upscale_picture(method, read_picture(src), scale, tile, overlap, ensemble)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_picture(target, sr)
+        written.append(target)
+    return written

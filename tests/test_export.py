@@ -1,0 +1,59 @@
+"""ONNX export: every registered method runs in onnxruntime and matches PyTorch at two input sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from lit_sr.data.resize import imresize
+from lit_sr.export import BicubicUpsample, export_onnx, method_channels
+from lit_sr.methods import SRMethod, registered_methods
+
+SIZES = [(17, 23), (40, 29)]
+
+
+METHODS: dict[str, type[SRMethod]] = registered_methods()  # new method files are covered automatically
+
+
+def _ort(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+def test_bicubic_upsample_is_matlab_imresize(scale):
+    x = torch.rand(2, 3, 9, 14, dtype=torch.float64)
+    assert (BicubicUpsample(scale).double()(x) - imresize(x, scale)).abs().max() < 1e-6
+    tiny = torch.rand(1, 1, 2, 2, dtype=torch.float64)  # the smallest size the symmetric pad allows
+    assert (BicubicUpsample(scale).double()(tiny) - imresize(tiny, scale)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_exported_model_matches_pytorch_at_two_sizes(name, tmp_path):
+    torch.manual_seed(0)
+    method = METHODS[name]().eval()  # default (paper) network, random weights: the graph is what is tested
+    exportable = [s for s in method.supported_scales if s != 3 or "pyramid" not in method.batch_needs]
+    scale = max(exportable)
+    path = export_onnx(method, scale, tmp_path / f"{name}.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["lit_sr.scale"] == str(scale)
+    session = _ort(path)
+    c = method_channels(method)
+    for h, w in SIZES:
+        lr = torch.rand(1, c, h, w)
+        with torch.no_grad():
+            expected = method.sr_forward(lr, scale).numpy()
+        (got,) = session.run(["sr"], {"lr": lr.numpy()})
+        assert got.shape == (1, c, h * scale, w * scale)
+        # 1e-4 of the output's range: random weights of a deep paper network can reach hundreds (CMSC ~600)
+        tolerance = 1e-4 * max(1.0, float(np.abs(expected).max()))
+        assert np.abs(got - expected).max() < tolerance, f"{name} x{scale} at {h}x{w}"
+
+
+def test_pyramid_x3_is_refused_with_the_reason(tmp_path):
+    from lit_sr.methods.lapsrn import LapSRN
+
+    with pytest.raises(Exception, match="not x3|integer upscales"):
+        export_onnx(LapSRN(variant="lapsrn_x4_small"), 3, tmp_path / "x3.onnx")

@@ -1,0 +1,177 @@
+"""``lit-sr upscale`` on real images: tiling, self-ensemble, overwrite refusal, alpha, 16 bits, folders."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import wandb
+import yaml
+from PIL import Image
+
+from lit_sr.checkpoint import load_method
+from lit_sr.cli import SRCLI, main
+from lit_sr.data.color import to_y
+from lit_sr.data.images import modcrop, read_image
+from lit_sr.data.resize import imresize
+from lit_sr.methods.bicubic import Bicubic
+from lit_sr.metrics import psnr_y
+from lit_sr.paths import REPO
+from lit_sr.upscale import read_picture, super_resolve_tiled, upscale_files
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """vdsr_small trained at x2 for 200 steps of the quick preset on the built-in photos: its last checkpoint."""
+    tmp = tmp_path_factory.mktemp("upscale_train")
+    override = {
+        "model": {"init_args": {"stages": [{"name": "train", "epochs": 2, "optimizer": {"name": "adam", "lr": 1e-3}}]}},
+        "data": {
+            "train_sources": ["builtin"],
+            "test_sets": [],
+            "batches_per_epoch": 100,
+            "scales": [2],
+            "scale_mode": "per_batch",
+            "val_scales": [2],
+            "val_max_images": 1,
+        },
+        "trainer": {"logger": False, "check_val_every_n_epoch": 2, "enable_progress_bar": False},
+    }
+    path = tmp / "override.yaml"
+    path.write_text(yaml.safe_dump(override))
+    try:
+        SRCLI(
+            args=[
+                "fit",
+                "--config",
+                str(REPO / "experiments/vdsr/quick.yaml"),
+                "--config",
+                str(path),
+                "--run_dir",
+                str(tmp / "run"),
+            ]
+        )
+    finally:
+        wandb.finish()
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def _lr_file(data_root, tmp_path, name: str = "butterfly", scale: int = 2):
+    """The Set5 image's MATLAB-bicubic LR version as an 8-bit PNG (what a user would upscale)."""
+    hr = torch.from_numpy(modcrop(read_image(data_root / "Set5" / f"{name}.png"), scale).copy())
+    lr = imresize(hr.permute(2, 0, 1).double() / 255, 1 / scale).clamp(0, 1)
+    arr = (lr * 255).round().byte().permute(1, 2, 0).numpy()
+    path = tmp_path / f"{name}.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_tiled_output_equals_untiled_within_one_level(trained, data_root, tmp_path):
+    src = _lr_file(data_root, tmp_path)  # 128x128 LR: tiles of 48 with 16 of overlap -> 3x3 tiles
+    main(["upscale", str(trained), str(src), "-o", str(tmp_path / "whole"), "--scale", "2", "--tile", "0"])
+    main(["upscale", str(trained), str(src), "-o", str(tmp_path / "tiled"), "--scale", "2", "--tile", "48"])
+    whole = np.asarray(Image.open(tmp_path / "whole" / "butterfly_x2.png")).astype(int)
+    tiled = np.asarray(Image.open(tmp_path / "tiled" / "butterfly_x2.png")).astype(int)
+    assert whole.shape == tiled.shape == (256, 256, 3)
+    assert np.abs(whole - tiled).max() <= 1
+    bicubic = np.asarray(Image.open(tmp_path / "butterfly.png").resize((256, 256), Image.BICUBIC)).astype(int)
+    assert np.abs(whole - bicubic).mean() > 1  # the network did change the image
+
+
+def test_self_ensemble_is_not_worse_than_one_pass_on_set5(trained, data_root):
+    method = load_method(str(trained)).eval()
+    single, ensemble = [], []
+    for path in sorted((data_root / "Set5").glob("*.png")):
+        hr = torch.from_numpy(modcrop(read_image(path), 2).copy()).permute(2, 0, 1)[None].double() / 255
+        lr_y = to_y(imresize(hr, 1 / 2))
+        hr_y = to_y(hr)
+        single.append(psnr_y(super_resolve_tiled(method, lr_y, 2, tile=0), hr_y, 2).item())
+        ensemble.append(psnr_y(super_resolve_tiled(method, lr_y, 2, tile=0, ensemble=True), hr_y, 2).item())
+    assert np.mean(single) > 33.66  # Set5 x2 bicubic: the model learned something
+    print(f"Set5 x2: single pass {np.mean(single):.3f} dB, self-ensemble {np.mean(ensemble):.3f} dB")
+    assert np.mean(ensemble) >= np.mean(single), f"ensemble {np.mean(ensemble):.3f} vs single {np.mean(single):.3f}"
+
+
+def _fails(capsys, args: list[str], pattern: str) -> None:
+    """``lit-sr ARGS`` exits with status 2 and one error line matching ``pattern``."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
+
+
+def test_existing_output_is_refused_naming_it_unless_force(trained, data_root, tmp_path, capsys):
+    src = _lr_file(data_root, tmp_path, "bird")
+    out = tmp_path / "out"
+    main(["upscale", str(trained), str(src), "-o", str(out), "--scale", "2"])
+    target = out / "bird_x2.png"
+    target.write_bytes(b"keep me")
+    _fails(capsys, ["upscale", str(trained), str(src), "-o", str(out), "--scale", "2"], f"{target}.*--force")
+    assert target.read_bytes() == b"keep me"
+    main(["upscale", str(trained), str(src), "-o", str(out), "--scale", "2", "--force"])
+    assert Image.open(target).size == (2 * Image.open(src).width, 2 * Image.open(src).height)
+
+
+def test_unsupported_scale_and_missing_input_are_explained(trained, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _fails(capsys, ["upscale", str(trained), str(tmp_path), "-o", out, "--scale", "8"], "not x8")
+    missing = str(tmp_path / "nothing.png")
+    _fails(capsys, ["upscale", str(trained), missing, "-o", out, "--scale", "2"], "nothing.png does not exist")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    _fails(capsys, ["upscale", str(trained), str(bad), "-o", out, "--scale", "2"], "cannot read image .*bad.png")
+
+
+def test_alpha_is_resized_bicubically_and_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = (rng.random((20, 30, 4)) * 255).astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    (out,) = upscale_files(Bicubic(), [tmp_path / "a.png"], tmp_path / "out", 3, progress=False)
+    got = np.asarray(Image.open(out))
+    assert Image.open(out).mode == "RGBA" and got.shape == (60, 90, 4)
+    x = torch.from_numpy(rgba).permute(2, 0, 1).double() / 255
+    expected = (imresize(x, 3).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+    assert np.abs(got[..., 3] - expected[..., 3]).max() == 0  # alpha: MATLAB bicubic, exactly
+    assert np.abs(got[..., :3].astype(int) - expected[..., :3]).max() <= 1  # bicubic Y + bicubic CbCr = bicubic RGB
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_16_bit_input_gives_16_bit_output_at_full_precision(tmp_path, channels):
+    rng = np.random.default_rng(1)
+    deep = (rng.random((18, 25, channels)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep[..., ::-1] if channels == 3 else deep[..., 0])
+    assert read_picture(tmp_path / "d.png").bits == 16
+    (out,) = upscale_files(Bicubic(), [tmp_path / "d.png"], tmp_path / "out", 2, progress=False)
+    got = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert got.dtype == np.uint16 and got.shape[:2] == (36, 50)
+    got = got[..., ::-1] if channels == 3 else got[..., None]
+    x = torch.from_numpy(deep.astype(np.float64) / 65535).permute(2, 0, 1)
+    expected = (imresize(x, 2).clamp(0, 1) * 65535).permute(1, 2, 0).numpy()
+    # two 16-bit levels; an 8-bit path would be off by up to 128 levels
+    assert np.abs(got.astype(np.float64) - expected).max() <= 2
+
+
+def test_folders_are_walked_and_mirrored(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for rel in ("x.png", "sub/y.jpg"):
+        Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / rel)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    written = upscale_files(Bicubic(), [tmp_path / "in"], tmp_path / "out", 4, progress=False)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == ["sub/y_x4.png", "x_x4.png"]
+    assert Image.open(tmp_path / "out" / "sub" / "y_x4.png").size == (64, 48)
+
+
+def test_export_of_a_trained_model_matches_within_1e_4(trained, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    main(["export", str(trained), "--onnx", str(out), "--scale", "2"])
+    method = load_method(str(trained)).eval()
+    for h, w in ((33, 47), (64, 20)):
+        lr = torch.rand(1, 1, h, w)
+        (sr,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"lr": lr.numpy()})
+        with torch.no_grad():
+            assert np.abs(sr - method.sr_forward(lr, 2).numpy()).max() < 1e-4
