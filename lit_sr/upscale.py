@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError
+from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
 from lit_sr.data.resize import imresize
 from lit_sr.errors import UserError
 from lit_sr.inference import self_ensemble, tiled_forward
@@ -65,7 +65,7 @@ def read_picture(path: str | Path) -> Picture:
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
         raise ImageError(f"image file {path} {what}; check the path")
-    try:
+    with decoding(path, "re-export or re-download it, or remove it from the inputs"):
         with Image.open(path) as im:
             im.load()
             mode = im.mode
@@ -75,9 +75,7 @@ def read_picture(path: str | Path) -> Picture:
                 if picture is not None:
                     return picture
             if mode == "F":
-                raise ImageError(
-                    f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG"
-                )
+                raise ImageError(f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG")
             if mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif mode == "PA":
@@ -87,13 +85,6 @@ def read_picture(path: str | Path) -> Picture:
             elif mode not in ("L", "LA", "RGB", "RGBA"):
                 im = im.convert("RGB")  # CMYK, YCbCr, ...
             arr = np.asarray(im, dtype=np.float64) / 255.0
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(
-            f"cannot read image {path}: {err}. The file is corrupt, truncated or not an image; "
-            f"re-export or re-download it, or remove it from the inputs"
-        ) from err
     if arr.ndim == 2:
         arr = arr[..., None]
     if min(arr.shape[:2]) < 2:

@@ -8,13 +8,14 @@ any DataLoader worker starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,19 @@ def _read_16bit_color(path: Path) -> np.ndarray | None:
     return _to_uint8_16bit(arr[..., 2::-1])
 
 
+@contextlib.contextmanager
+def decoding(path: Path, fix: str = _BAD_FILE_FIX) -> Iterator[None]:
+    """Turn whatever the decoder raises for ``path`` into one ImageError naming the file and ``fix``."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(
+            f"cannot read image {path}: {err}. The file is corrupt, truncated or not an image; {fix}"
+        ) from err
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 HxWxC, C = 1 for grayscale and 3 for colour.
 
@@ -59,7 +73,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
         raise ImageError(f"image file {path} {what}; check the path")
-    try:
+    with decoding(path):
         with Image.open(path) as im:
             is_16bit_color = im.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in im.tile)
             im.load()
@@ -83,13 +97,6 @@ def read_image(path: str | Path) -> np.ndarray:
                     )
                 im = im.convert("RGB")  # palette, CMYK, YCbCr, ...
             arr = np.asarray(im, dtype=np.uint8)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(
-            f"cannot read image {path}: {err}. The file is corrupt, truncated or not an image; "
-            f"{_BAD_FILE_FIX}"
-        ) from err
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
