@@ -119,7 +119,7 @@ def save_last(trainer: Any, filename: str = "last.ckpt") -> Path:
     for cb in trainer.checkpoint_callbacks:  # before saving: the saved callback state must name this file too
         if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath and Path(cb.dirpath) == path.parent:
             cb.last_model_path = str(path)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # full state: resume needs optimizer and loops
     return path
 
 
