@@ -207,3 +207,15 @@ def test_tiled_inference_equals_whole_image_for_every_default_variant(method, va
         too_little = tiled_forward(lambda t: m.sr_forward(t, scale), lr, radius + 8, max(1, radius // 3), scale)
     assert (tiled - whole).abs().max() < 1e-6
     assert (too_little - whole).abs().max() > 1e-6  # the check can fail: a smaller overlap shows seams
+
+
+def test_resize_matrices_cached_under_inference_mode_still_serve_autograd():
+    """Validation (inference mode) fills the resize cache; a later graph through imresize must still work.
+
+    A sweep's IRLapSRN trial measured its x3 receptive field (x4 net + bicubic) after such a validation and failed.
+    """
+    with torch.inference_mode():
+        imresize(torch.rand(1, 1, 10, 10), size=(30, 30))
+    x = torch.rand(1, 1, 10, 10, requires_grad=True)
+    imresize(x, size=(30, 30)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

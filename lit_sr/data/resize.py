@@ -60,7 +60,8 @@ _TORCH_CACHE: dict[tuple, Tensor] = {}
 def _matrix(in_len: int, out_len: int, scale: float, antialias: bool, like: Tensor) -> Tensor:
     key = (in_len, out_len, scale, antialias, like.dtype, like.device)
     m = _TORCH_CACHE.get(key)
-    if m is None:
+    # A matrix made under inference mode (validation) cannot enter an autograd graph: make it again outside.
+    if m is None or (m.is_inference() and not torch.is_inference_mode_enabled()):
         if len(_TORCH_CACHE) > 1024:
             _TORCH_CACHE.clear()
         m = torch.from_numpy(resize_weights(in_len, out_len, scale, antialias)).to(like.device, like.dtype)
