@@ -19,10 +19,9 @@ import argparse
 import contextlib
 import copy
 import time
-from pathlib import Path
 
 import torch
-from common import available_methods, build_method, preset, table
+from common import available_methods, build_method, emit, preset, table
 from torch.utils.flop_counter import FlopCounterMode
 
 from lit_sr.data.datamodule import SRDataModule
@@ -126,9 +125,7 @@ def main() -> None:
         "`torch.utils.flop_counter` (fp32 eager, same arithmetic in every setting).\n\n"
     )
     text += table(header, rows)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

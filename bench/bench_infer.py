@@ -12,10 +12,9 @@ the start of each call. Not a test.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
-from common import Clock, available_methods, build_method, peak_memory, table
+from common import Clock, available_methods, build_method, emit, peak_memory, table
 
 from lit_sr.data.images import list_images, read_image
 from lit_sr.data.resize import imresize
@@ -77,9 +76,7 @@ def main() -> None:
          "tiled pixels / image pixels"],
         rows,
     )
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

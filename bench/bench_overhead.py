@@ -23,7 +23,7 @@ import lightning as L
 import torch
 import wandb
 import yaml
-from common import REPO, build_method, preset, table
+from common import REPO, build_method, emit, preset, table
 
 from lit_sr.cli import SRCLI
 from lit_sr.data.datamodule import SRDataModule
@@ -119,9 +119,7 @@ def main() -> None:
         ],
     )
     text += f"\nRatio lit-sr / bare: **{m / b:.3f}** (goal >= 0.95).\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

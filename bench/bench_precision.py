@@ -17,7 +17,7 @@ from pathlib import Path
 
 import wandb
 import yaml
-from common import Clock, preset, table
+from common import Clock, emit, preset, table
 
 from lit_sr.cli import SRCLI
 from lit_sr.presets import preset_path
@@ -73,9 +73,7 @@ def main() -> None:
     )
     text += table(["precision", "steps", "val/psnr_y (dB)", "wall", "CPU", "steps/s (wall)"], rows)
     text += f"\n{decision}\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import wandb
 import yaml
-from common import Clock, available_methods, table
+from common import Clock, available_methods, emit, table
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -147,9 +147,7 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(args.png, dpi=120)
         text += f"\n![quality per CPU minute]({Path(args.png).name})\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def emit(text: str, markdown: str | None) -> None:
+    """Print a section and, when asked, write it to ``markdown`` (what ``run_all.py`` collects)."""
+    print(text)
+    if markdown:
+        Path(markdown).write_text(text)
