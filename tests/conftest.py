@@ -57,3 +57,16 @@ def read_logged(run_dir, key: str, timeout: float = 60.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"W&B key {key!r} never appeared under {run_dir}")
         time.sleep(0.5)
+
+
+# Stage "warm" (Adam, 1 epoch) then "main" (SGD + momentum, halving lr, adjustable clipping, 2 epochs).
+TWO_STAGES = [
+    {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
+    {
+        "name": "main",
+        "epochs": 2,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
+        "clip": {"mode": "adjustable", "theta": 0.001},
+    },
+]

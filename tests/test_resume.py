@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TWO_STAGES
 
 from lit_sr.data.datasets import TrainPatches
 from lit_sr.data.images import ImageCache
@@ -32,16 +33,7 @@ RESUME_CONFIG = {
     "model": {
         "init_args": {
             "net": {"depth": 4, "width": 8},
-            "stages": [
-                {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
-                {
-                    "name": "main",
-                    "epochs": 2,
-                    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-                    "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
-                    "clip": {"mode": "adjustable", "theta": 0.001},
-                },
-            ],
+            "stages": TWO_STAGES,
         }
     },
     "data": {

@@ -7,7 +7,7 @@ import pytest
 import torch
 import wandb
 import yaml
-from conftest import read_logged
+from conftest import TWO_STAGES, read_logged
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -43,16 +43,6 @@ def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict | None = Non
         wandb.finish()
 
 
-TWO_STAGES = [
-    {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},
-    {
-        "name": "main",
-        "epochs": 2,
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "lr_schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
-        "clip": {"mode": "adjustable", "theta": 0.001},
-    },
-]
 TINY = {
     "variant": "vdsr_small",
     "net": {"depth": 4, "width": 8},
