@@ -16,7 +16,9 @@ from torch import Tensor
 Reduction = Literal["paper", "mean"]
 
 
-def _reduce(per_pixel: Tensor, reduction: Reduction) -> Tensor:
+def _reduce(per_pixel: Tensor, reduction: Reduction, weight: Tensor | None = None) -> Tensor:
+    if weight is not None:  # one weight per sample
+        per_pixel = per_pixel * weight.to(per_pixel.dtype).view(-1, *([1] * (per_pixel.dim() - 1)))
     if reduction == "paper":
         return per_pixel.flatten(1).sum(1).mean()
     if reduction == "mean":
@@ -24,10 +26,28 @@ def _reduce(per_pixel: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"unknown loss reduction {reduction!r}; use 'paper' or 'mean'")
 
 
-def mse(pred: Tensor, target: Tensor, reduction: Reduction = "paper") -> Tensor:
-    """VDSR's loss: 1/(2N) sum ||y - f(x)||^2 (``paper``), or the per-pixel mean squared error (``mean``)."""
+def mse(pred: Tensor, target: Tensor, reduction: Reduction = "paper", weight: Tensor | None = None) -> Tensor:
+    """VDSR's loss: 1/(2N) sum ||y - f(x)||^2 (``paper``), or the per-pixel mean squared error (``mean``).
+
+    ``weight`` (N,) weights each sample's squared error (e.g. :func:`scale_balance_weights`).
+    """
     sq = (pred - target).pow(2)
-    return 0.5 * _reduce(sq, "paper") if reduction == "paper" else _reduce(sq, reduction)
+    return 0.5 * _reduce(sq, "paper", weight) if reduction == "paper" else _reduce(sq, reduction, weight)
+
+
+def scale_balance_weights(bicubic: Tensor, target: Tensor, scale: Tensor) -> Tensor:
+    """Per-sample weights for a batch of mixed scales: 1 / the batch's mean bicubic MSE at the sample's scale.
+
+    With them each scale's loss is its error relative to bicubic, so every scale counts by its gain in dB: with
+    plain MSE the x4 samples, whose residuals are several times the x2 ones, dominate the gradient. The weights
+    are normalised to mean 1 and carry no gradient.
+    """
+    ref = (bicubic.detach().float() - target.detach().float()).pow(2).flatten(1).mean(1)
+    weight = torch.empty_like(ref)
+    for s in scale.unique():
+        at = scale == s
+        weight[at] = 1.0 / ref[at].mean().clamp_min(1e-12)
+    return weight / weight.mean()
 
 
 def charbonnier(pred: Tensor, target: Tensor, eps: float = 1e-3, reduction: Reduction = "paper") -> Tensor:

@@ -65,3 +65,36 @@ def test_tiled_super_resolve_equals_the_untiled_forward():
     assert (tiled - whole).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match=r"supports scales \[2, 3, 4\], not x8"):
         method.super_resolve(lr, 8)
+
+
+def test_scale_balance_weights_make_each_scale_count_by_its_error_relative_to_bicubic():
+    from lit_sr.losses import mse, scale_balance_weights
+
+    torch.manual_seed(0)
+    hr = torch.rand(6, 1, 8, 8)
+    scale = torch.tensor([2, 4, 2, 4, 3, 3])
+    noise = {2: 0.01, 3: 0.03, 4: 0.1}  # bicubic error grows with the scale
+    bicubic = hr + torch.stack([noise[int(s)] * torch.randn(1, 8, 8) for s in scale])
+    w = scale_balance_weights(bicubic, hr, scale)
+    assert w.shape == (6,) and w.mean().item() == pytest.approx(1.0)
+    assert w[0] == w[2] and w[1] == w[3]  # one weight per scale
+    # weighted, every scale's bicubic error counts the same
+    per_scale = {int(s): (w[scale == s].view(-1, 1, 1, 1) * (bicubic - hr)[scale == s].pow(2)).mean() for s in scale}
+    assert per_scale[2].item() == pytest.approx(per_scale[4].item(), rel=1e-5)
+    assert per_scale[3].item() == pytest.approx(per_scale[4].item(), rel=1e-5)
+    # and mse applies them per sample
+    manual = 0.5 * (w.view(-1, 1, 1, 1) * (bicubic - hr).pow(2)).flatten(1).sum(1).mean()
+    torch.testing.assert_close(mse(bicubic, hr, "paper", w), manual)
+
+
+def test_channels_last_stores_nhwc_weights_and_keeps_the_output():
+    from lit_sr.methods.vdsr import VDSR
+
+    torch.manual_seed(0)
+    plain = VDSR(variant="vdsr_small")
+    fast = VDSR(variant="vdsr_small", channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    conv = fast.net.body[2].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    lr = torch.rand(1, 1, 20, 24)
+    torch.testing.assert_close(fast.super_resolve(lr, 2), plain.super_resolve(lr, 2), atol=1e-5, rtol=1e-5)

@@ -101,6 +101,7 @@ class SRMethod(L.LightningModule):
         monitor_scales: list[int] | None = None,
         tile_size: int = 192,
         ssim_variant: Literal["ssim_index", "matlab"] = "ssim_index",
+        channels_last: bool = False,
     ) -> None:
         """
         Args:
@@ -110,10 +111,14 @@ class SRMethod(L.LightningModule):
             monitor_scales: which validation scales ``val/psnr_y`` averages (default: all).
             tile_size: LR inputs larger than this run tiled, with the receptive field as overlap (0: never).
             ssim_variant: ``ssim_index`` (VDSR-era tables) or ``matlab`` (LapSRN evaluator).
+            channels_last: store the network's conv weights NHWC, so convolutions run channels-last (faster on
+                CPU with oneDNN; ``make bench`` measures it). The same arithmetic: outputs match to float rounding.
         """
         super().__init__()
         self.save_hyperparameters()
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
+        if channels_last and self.net is not None:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.stages: list[Stage] = parse_stages(stages, "model.init_args.stages") if stages is not None else []
         for i, stage in enumerate(self.stages):
             path = f"model.init_args.stages.{i}"

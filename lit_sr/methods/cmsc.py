@@ -26,6 +26,7 @@ The plain network (``CMSCNet``, no Lightning code, exportable) and the pure loss
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
-from lit_sr.losses import Reduction, mse
+from lit_sr.losses import Reduction, mse, scale_balance_weights
 from lit_sr.methods.base import SRMethod
 from lit_sr.nn import he_init_
 from lit_sr.registry import register_model
@@ -311,7 +312,12 @@ class CMSC(SRMethod):
     batch_needs = ("ilr",)
 
     def __init__(
-        self, variant: str = "cmsc", alpha: float | None = None, reduction: Reduction = "paper", **kwargs: Any
+        self,
+        variant: str = "cmsc",
+        alpha: float | None = None,
+        reduction: Reduction = "paper",
+        scale_balance: Literal["none", "bicubic"] = "none",
+        **kwargs: Any,
     ) -> None:
         """
         Args:
@@ -320,6 +326,8 @@ class CMSC(SRMethod):
                 None = 1/(S+1) (spec default). The resolved number goes into the hparams: the run logs it.
             reduction: ``paper`` (1/2 per-sample sum, batch mean: the scale VDSR's lr 0.1 and theta 0.01
                 assume) or ``mean`` (per pixel: 1/840.5 of ``paper`` on 41x41 patches).
+            scale_balance: ``bicubic`` weights each sample by 1 / its scale's bicubic MSE in the batch
+                (``losses.scale_balance_weights``, as VDSR's option) [proposal; ``none`` is the paper's loss].
         """
         if reduction not in ("paper", "mean"):
             raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
@@ -332,8 +340,10 @@ class CMSC(SRMethod):
                 f"model.init_args.alpha must be a number in [0, 1] (or null for 1/(S+1) = "
                 f"{default_alpha(num_subnets):.4g}), got {alpha!r}"
             )
+        if scale_balance not in ("none", "bicubic"):
+            raise ValueError(f"model.init_args.scale_balance must be 'none' or 'bicubic', got {scale_balance!r}")
         self.alpha = float(alpha)
-        self.reduction = reduction
+        self.reduction, self.scale_balance = reduction, scale_balance
         # Log and checkpoint what was used, not only what was overridden: alpha and every network option (the
         # spec's [proposal]s). A dict argument updates the hparams and the initial copy the loggers receive.
         self.save_hyperparameters({"alpha": self.alpha, "net": dict(self.net.config)})
@@ -349,7 +359,11 @@ class CMSC(SRMethod):
         ilr = torch.cat([g["ilr"] for g in groups])
         hr = torch.cat([g["hr"] for g in groups])
         final, intermediates = self.net(ilr)
-        total, parts = cascaded_loss(final, intermediates, hr, self.alpha, base_loss=self._loss)
+        loss = self._loss
+        if self.scale_balance == "bicubic":
+            scale = torch.cat([g["scale"] for g in groups])
+            loss = functools.partial(mse, reduction=self.reduction, weight=scale_balance_weights(ilr, hr, scale))
+        total, parts = cascaded_loss(final, intermediates, hr, self.alpha, base_loss=loss)
         parts["bicubic"] = self.bicubic_loss(groups, self._loss)
         return total, parts
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
-from lit_sr.losses import Reduction, mse
+from lit_sr.losses import Reduction, mse, scale_balance_weights
 from lit_sr.methods.base import SRMethod
 from lit_sr.nn import he_init_
 from lit_sr.registry import register_model
@@ -70,10 +70,10 @@ def vdsr_small(**kwargs: Any) -> VDSRNet:
 class VDSR(SRMethod):
     """VDSR training: MSE on the residual of the ILR input; one model for every trained scale.
 
-    Loss term ``mse`` (``stages[i].loss_weights.mse``, default 1). ``scale_balance: bicubic`` divides each
-    scale's MSE by that scale's bicubic MSE in the batch [proposal, off in the paper recipe]: x4 residuals
-    are several times larger than x2 ones, so with the plain sum the x4 samples dominate the gradient and a
-    short mixed-scale run gains little at x2.
+    Loss term ``mse`` (``stages[i].loss_weights.mse``, default 1). ``scale_balance: bicubic`` weights each
+    sample by 1 / its scale's bicubic MSE in the batch (``losses.scale_balance_weights``) [proposal, off in the
+    paper recipe]: x4 residuals are several times larger than x2 ones, so with the plain sum the x4 samples
+    dominate the gradient and a short mixed-scale run gains little at x2.
     """
 
     name = "vdsr"
@@ -105,12 +105,6 @@ class VDSR(SRMethod):
         ilr = torch.cat([g["ilr"] for g in groups])
         hr = torch.cat([g["hr"] for g in groups])
         scale = torch.cat([g["scale"] for g in groups])
-        err = (self.net(ilr) - hr).pow(2).flatten(1).sum(1)  # per-sample squared error
-        if self.scale_balance == "bicubic":
-            ref = (ilr - hr).detach().float().pow(2).flatten(1).sum(1)
-            for s in scale.unique():
-                at = scale == s
-                err = torch.where(at, err / ref[at].mean().clamp_min(1e-12), err)
-        loss = 0.5 * err.mean() if self.reduction == "paper" else err.mean() / hr[0].numel()
-        total = self.loss_weight("mse") * loss
-        return total, {"mse": loss, "bicubic": self.bicubic_loss(groups, self._mse)}
+        weight = scale_balance_weights(ilr, hr, scale) if self.scale_balance == "bicubic" else None
+        loss = mse(self.net(ilr), hr, self.reduction, weight)
+        return self.loss_weight("mse") * loss, {"mse": loss, "bicubic": self.bicubic_loss(groups, self._mse)}
