@@ -76,7 +76,7 @@ def step_fn(method, setting: str):
 
 
 def flops_per_step(model: str, batches: list) -> float:
-    method = build_method(model).train()
+    method = build_method(model, channels_last=False).train()
     with FlopCounterMode(display=False) as counter:
         loss, _ = method.compute_loss(batches[0])
         loss.backward()
@@ -86,7 +86,7 @@ def flops_per_step(model: str, batches: list) -> float:
 def measure(model: str, setting: str, batches: list, seconds: float) -> float:
     """Steps per second of ``setting`` after a warm-up pass over every batch (compilation included there)."""
     torch.manual_seed(0)
-    method = build_method(model).train()
+    method = build_method(model, channels_last=False).train()
     step, prepare = step_fn(method, setting)
     batches = [prepare(copy.copy(b)) for b in batches]
     for b in batches:
