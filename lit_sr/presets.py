@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lit_sr.errors import ConfigError
 from lit_sr.paths import REPO
 
 
@@ -29,21 +30,21 @@ def preset_names(method: str) -> list[str]:
 
 
 def preset_path(method: str, preset: str) -> Path:
-    """``experiments/<method>/<preset>.yaml``; a clear error listing what exists."""
+    """``experiments/<method>/<preset>.yaml``; a ``ConfigError`` listing what exists."""
     path = _find(f"experiments/{method}/{preset}.yaml")
     if path is None:
         known = {m: preset_names(m) for root in config_roots() for m in _dirs(root / "experiments")}
         listing = "; ".join(f"{m}: {', '.join(p)}" for m, p in sorted(known.items())) or "none found"
-        raise ValueError(f"no preset experiments/{method}/{preset}.yaml (searched {_roots()}); presets: {listing}")
+        raise ConfigError(f"no preset experiments/{method}/{preset}.yaml (searched {_roots()}); presets: {listing}")
     return path
 
 
 def sweep_path(method: str) -> Path:
-    """``sweeps/<method>.yaml``; a clear error listing what exists."""
+    """``sweeps/<method>.yaml``; a ``ConfigError`` listing what exists."""
     path = _find(f"sweeps/{method}.yaml")
     if path is None:
         known = sorted({p.stem for root in config_roots() for p in (root / "sweeps").glob("*.yaml")})
-        raise ValueError(f"no sweep file sweeps/{method}.yaml (searched {_roots()}); sweep files: {known}")
+        raise ConfigError(f"no sweep file sweeps/{method}.yaml (searched {_roots()}); sweep files: {known}")
     return path
 
 
