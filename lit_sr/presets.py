@@ -1,22 +1,26 @@
 """Where a method's configs live: ``experiments/<method>/<preset>.yaml`` and ``sweeps/<method>.yaml``.
 
 One mapping for the whole package: the method name (its registry key, ``lit_sr.methods``) names its preset
-folder, its sweep file, its run folder ``runs/<method>/`` and its W&B tag. The folders are looked up in the
-current directory, then in the source checkout, then among the files installed with the package.
+folder, its sweep file, its run folder ``runs/<method>/`` and its W&B tag. The folders (and ``trainers/``)
+are looked up in the current directory, then in the source checkout, then in ``lit_sr/configs/``, where a
+wheel carries copies of the checkout's folders (package data, see pyproject.toml).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from lit_sr.errors import ConfigError
 from lit_sr.paths import REPO
 
+#: the config folders a wheel installs inside the package (``[tool.setuptools.package-dir]`` in pyproject.toml)
+PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIG_FOLDERS = ("experiments", "sweeps", "trainers")
+
 
 def config_roots() -> list[Path]:
-    """Folders that may hold ``experiments/`` and ``sweeps/``, in lookup order."""
-    roots = [Path.cwd(), REPO, Path(sys.prefix) / "share" / "lit_sr"]
+    """Folders that may hold ``experiments/``, ``sweeps/`` and ``trainers/``, in lookup order."""
+    roots = [Path.cwd(), REPO, PACKAGED]
     return list(dict.fromkeys(r.resolve() for r in roots))
 
 
