@@ -14,6 +14,8 @@ A stage is one phase of training read from YAML (``model.init_args.stages`` in a
       targets: null                    # free-form tag read by the method (e.g. downsampled_hr)
 
 This module is pure: parsing with clear errors, optimizer construction, the lr at a step, gradient clipping.
+The stage dataclasses are typed (``Literal``, ``PositiveFloat``, ...); their ``__post_init__`` checks every field
+against its hint (``lit_sr.typed``), and :func:`parse_stage` names the path of a bad key.
 ``lit_sr.methods.base.SRMethod`` hooks it into Lightning (switching, logging, resuming).
 """
 
@@ -23,59 +25,79 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
+from lit_sr.typed import FieldError, check_typed, type_hints
+
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULES = ("constant", "step", "halving", "multistep", "cosine")
-CLIP_MODES = ("none", "norm", "value", "adjustable")
 
 
 class StageConfigError(ValueError):
     """A stage key or value is wrong; the message names its config path."""
 
 
+def _check(spec: object) -> None:
+    """``__post_init__`` of every spec: each field against its type hint (``lit_sr.typed``)."""
+    check_typed({f.name: getattr(spec, f.name) for f in fields(spec)}, type_hints(type(spec)))
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: NonNegativeFloat = 0.9
+    weight_decay: NonNegativeFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: PositiveFloat = 1e-8
     nesterov: bool = False
+
+    __post_init__ = _check
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    name: str = "constant"
-    step_size: int = 1
-    unit: str = "epoch"
+    name: Literal["constant", "step", "halving", "multistep", "cosine"] = "constant"
+    step_size: PositiveInt = 1
+    unit: Literal["epoch", "step"] = "epoch"
     milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    gamma: PositiveFloat = 0.1
+    min_lr: NonNegativeFloat = 0.0
+
+    __post_init__ = _check
 
 
 @dataclass(frozen=True)
 class ClipSpec:
-    mode: str = "none"
-    theta: float = 0.01
-    value: float = 1.0
+    mode: Literal["none", "norm", "value", "adjustable"] = "none"  # adjustable uses theta; norm and value, value
+    theta: PositiveFloat = 0.01
+    value: PositiveFloat = 1.0
+
+    __post_init__ = _check
 
 
 @dataclass(frozen=True)
 class ParamGroupSpec:
     match: str
-    lr_mult: float = 1.0
-    weight_decay_mult: float = 1.0
+    lr_mult: NonNegativeFloat = 1.0
+    weight_decay_mult: NonNegativeFloat = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self)
+        try:
+            re.compile(self.match)
+        except re.error as err:
+            raise FieldError(f"match: bad regex {self.match!r}: {err}") from err
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    epochs: int | None = None
-    steps: int | None = None
+    epochs: PositiveInt | None = None
+    steps: PositiveInt | None = None
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     lr_schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     clip: ClipSpec = field(default_factory=ClipSpec)
@@ -85,37 +107,30 @@ class Stage:
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     targets: str | None = None
 
+    def __post_init__(self) -> None:
+        _check(self)
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"give exactly one of 'epochs' or 'steps' (stage {self.name!r})")
+
     def length_steps(self, steps_per_epoch: int) -> int:
         return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
 
 def _build(cls, raw, path: str):
+    """``cls(**raw)``; an unknown key or a value its type hint rejects is an error naming its path."""
     if isinstance(raw, cls):
         return raw
     if not isinstance(raw, Mapping):
         raise StageConfigError(f"{path} must be a mapping of {[f.name for f in fields(cls)]}, got {raw!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(raw) - known):
         raise StageConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    kwargs = {}
-    for key, value in raw.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
     try:
-        return cls(**kwargs)
-    except TypeError as err:
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
+    except FieldError as err:
+        raise StageConfigError(f"{path}.{err}") from err
+    except (TypeError, ValueError) as err:
         raise StageConfigError(f"{path}: {err}") from err
-
-
-def _positive(value, path: str, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if integer:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise StageConfigError(f"{path} must be {kind}, got {value!r}")
 
 
 def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
@@ -124,66 +139,16 @@ def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
         return raw
     if not isinstance(raw, Mapping):
         raise StageConfigError(f"{path} must be a mapping with at least 'name' and 'epochs' or 'steps'")
-    raw = dict(raw)
-    sub = {
-        "optimizer": OptimizerSpec,
-        "lr_schedule": ScheduleSpec,
-        "clip": ClipSpec,
-    }
-    for key, cls in sub.items():
-        if key in raw and raw[key] is not None:
+    raw = {key: value for key, value in raw.items() if value is not None}  # null: the default
+    for key, cls in {"optimizer": OptimizerSpec, "lr_schedule": ScheduleSpec, "clip": ClipSpec}.items():
+        if key in raw:
             raw[key] = _build(cls, raw[key], f"{path}.{key}")
-        else:
-            raw.pop(key, None)
     if raw.get("param_groups"):
-        raw["param_groups"] = tuple(
-            _build(ParamGroupSpec, g, f"{path}.param_groups.{i}") for i, g in enumerate(raw["param_groups"])
-        )
-    if raw.get("trainable") is not None:
-        raw["trainable"] = tuple(raw["trainable"])
-    if raw.get("loss_weights") is None:
-        raw.pop("loss_weights", None)
+        raw["param_groups"] = [_build(ParamGroupSpec, g, f"{path}.param_groups.{i}")
+                               for i, g in enumerate(raw["param_groups"])]
     if "name" not in raw:
         raise StageConfigError(f"{path}.name is missing: every stage needs a name")
-    stage = _build(Stage, raw, path)
-
-    if (stage.epochs is None) == (stage.steps is None):
-        raise StageConfigError(f"{path}: give exactly one of 'epochs' or 'steps' (stage {stage.name!r})")
-    _positive(
-        stage.epochs if stage.steps is None else stage.steps,
-        f"{path}.{'epochs' if stage.steps is None else 'steps'}",
-        True,
-    )
-    opt = stage.optimizer
-    if opt.name not in OPTIMIZERS:
-        raise StageConfigError(f"{path}.optimizer.name: {opt.name!r} is not one of {sorted(OPTIMIZERS)}")
-    _positive(opt.lr, f"{path}.optimizer.lr")
-    sched = stage.lr_schedule
-    if sched.name not in SCHEDULES:
-        raise StageConfigError(f"{path}.lr_schedule.name: {sched.name!r} is not one of {list(SCHEDULES)}")
-    if sched.unit not in ("epoch", "step"):
-        raise StageConfigError(f"{path}.lr_schedule.unit: {sched.unit!r} must be 'epoch' or 'step'")
-    _positive(sched.step_size, f"{path}.lr_schedule.step_size", True)
-    if sched.min_lr < 0:
-        raise StageConfigError(f"{path}.lr_schedule.min_lr must be >= 0, got {sched.min_lr}")
-    clip = stage.clip
-    if clip.mode not in CLIP_MODES:
-        raise StageConfigError(f"{path}.clip.mode: {clip.mode!r} is not one of {list(CLIP_MODES)}")
-    if clip.mode == "adjustable":
-        _positive(clip.theta, f"{path}.clip.theta")
-    if clip.mode in ("norm", "value"):
-        _positive(clip.value, f"{path}.clip.value")
-    for i, g in enumerate(stage.param_groups):
-        try:
-            re.compile(g.match)
-        except re.error as err:
-            raise StageConfigError(f"{path}.param_groups.{i}.match: bad regex {g.match!r}: {err}") from err
-    if not isinstance(stage.frozen_eval, bool):
-        raise StageConfigError(f"{path}.frozen_eval must be true or false, got {stage.frozen_eval!r}")
-    for key, w in stage.loss_weights.items():
-        if not isinstance(w, (int, float)):
-            raise StageConfigError(f"{path}.loss_weights.{key} must be a number, got {w!r}")
-    return stage
+    return _build(Stage, raw, path)
 
 
 def parse_stages(raw: Iterable[Mapping] | None, path: str = "stages") -> list[Stage]:

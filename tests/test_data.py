@@ -287,6 +287,15 @@ def test_datamodule_argument_errors(tmp_path):
         SRDataModule(scale_mode="split", batch_size=2)
     with pytest.raises(ValueError, match=r"data.rescale"):
         SRDataModule(rescale=(0.0, 1.0))
+    # the typed arguments (PositiveInt, NonNegativeInt, Literal, ...) are checked from Python as from a config
+    with pytest.raises(ValueError, match=r"^data.batches_per_epoch must be a positive integer, got 0$"):
+        SRDataModule(batches_per_epoch=0)
+    with pytest.raises(ValueError, match=r"^data.num_workers must be an integer >= 0, got -1$"):
+        SRDataModule(num_workers=-1)
+    with pytest.raises(ValueError, match=r"^data.val_max_images must be a positive integer, got 2.5$"):
+        SRDataModule(val_max_images=2.5)
+    with pytest.raises(ValueError, match=r"^data.scale_mode: 'splt' is not one of \['per_batch', 'mixed', 'split'\]$"):
+        SRDataModule(scale_mode="splt")
     with pytest.raises(ImageError, match=r"unknown image source 'NoSuchSet'"):
         SRDataModule(train_sources=["NoSuchSet"])
 

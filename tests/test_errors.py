@@ -193,6 +193,15 @@ def test_a_bad_config_value_names_its_key_path(stages, message, tmp_path, capsys
     assert message in error_line(capsys)
 
 
+def test_a_bad_typed_data_argument_is_named_by_jsonargparse(tmp_path, capsys):
+    """The DataModule's typed arguments (PositiveInt, ...) are checked by jsonargparse, which names the key."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--data.batch_size", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert 'error: Parser key "data.batch_size":' in err and "0 does not conform to restriction v>0" in err
+
+
 # ---- data, storage, sweeps, output ------------------------------------------------------------------------
 def test_a_missing_or_empty_data_folder(tmp_path, capsys):
     assert main(["benchmark", "bicubic", "--data", str(tmp_path / "nowhere")]) == 2

@@ -7,7 +7,7 @@ import pytest
 from lit_sr.cli import SRCLI
 from lit_sr.methods import registered_methods
 from lit_sr.paths import REPO
-from lit_sr.presets import preset_names, preset_path
+from lit_sr.presets import CONFIG_FOLDERS, PACKAGED, preset_names, preset_path
 
 PRESETS = [(m, p) for m in registered_methods() for p in preset_names(m)]
 
@@ -17,6 +17,21 @@ def test_every_trainable_method_has_quick_and_paper_presets_and_a_sweep():
     for method in trainable:
         assert {"quick", "paper"} <= set(preset_names(method)), method
         assert (REPO / "sweeps" / f"{method}.yaml").is_file(), method
+
+
+def test_the_wheel_carries_every_lit_sr_package_and_every_preset_sweep_and_trainer_yaml():
+    """pyproject.toml lists the packages by hand (the config folders are mapped into lit_sr/configs/): a new
+    subpackage, config folder or YAML file the lists miss would be missing from an installed wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "lit_sr").rglob("__init__.py")}
+    mapped = {f"{PACKAGED.parent.name}.{PACKAGED.name}.{folder}": folder for folder in CONFIG_FOLDERS}
+    assert set(setuptools["packages"]) == packages | set(mapped), "list it under [tool.setuptools] packages"
+    assert setuptools["package-dir"] == mapped and not setuptools["include-package-data"]
+    shipped = {p for package, folder in mapped.items() for pattern in setuptools["package-data"][package]
+               for p in (REPO / folder).glob(pattern)}
+    yamls = {p for folder in CONFIG_FOLDERS for p in (REPO / folder).rglob("*.y*ml")}
+    assert yamls and shipped == yamls, sorted(map(str, yamls - shipped))
 
 
 @pytest.mark.parametrize(("method", "preset"), PRESETS, ids=[f"{m}-{p}" for m, p in PRESETS])

@@ -6,6 +6,8 @@ from torch import nn
 
 from lit_sr.stages import (
     ClipSpec,
+    OptimizerSpec,
+    ScheduleSpec,
     StageConfigError,
     StagePlan,
     apply_trainable,
@@ -43,6 +45,15 @@ def test_parse_errors_name_the_key():
         parse_stages([_stage(), _stage()])
     with pytest.raises(StageConfigError, match="stages is empty"):
         parse_stages([])
+
+
+def test_the_stage_specs_check_their_typed_fields_when_built_directly():
+    with pytest.raises(ValueError, match=r"^lr must be a positive number, got -1$"):
+        OptimizerSpec(lr=-1)
+    with pytest.raises(ValueError, match=r"^unit: 'epochs' is not one of \['epoch', 'step'\]$"):
+        ScheduleSpec(unit="epochs")
+    with pytest.raises(ValueError, match=r"^stages.0.lr_schedule.min_lr must be a number >= 0, got -0.1$"):
+        parse_stages([_stage(lr_schedule={"min_lr": -0.1})])
 
 
 def test_lr_schedules_with_floor():

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
@@ -43,6 +44,7 @@ from lit_sr.data.images import ImageCache, ImageError
 from lit_sr.data.overlap import near_duplicates, pixel_hash
 from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
+from lit_sr.typed import check_typed, type_hints
 
 HOLDOUT = "holdout"
 
@@ -52,12 +54,6 @@ def _worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-
-
-def _check_int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"data.{key} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_scales(key: str, scales: Any) -> list[int]:
@@ -109,45 +105,50 @@ class SRDataModule(pl.LightningDataModule):
         self,
         train_sources: list[str] = ["auto"],  # noqa: B006 - LightningCLI shows and copies this default
         val_sets: list[str] | None = None,
-        val_holdout: int = 10,
+        val_holdout: PositiveInt = 10,
         test_sets: list[str] | None = None,
         allow_selection_on_test: bool = False,
         near_duplicates: Literal["exclude", "error"] = "exclude",
         scales: list[int] = [2, 3, 4],  # noqa: B006
         val_scales: list[int] | None = None,
         scale_mode: Literal["per_batch", "mixed", "split"] = "mixed",
-        patch_size: int = 41,
-        batch_size: int = 16,
-        batches_per_epoch: int = 500,
-        num_workers: int = 2,
+        patch_size: PositiveInt = 41,
+        batch_size: PositiveInt = 16,
+        batches_per_epoch: PositiveInt = 500,
+        num_workers: NonNegativeInt = 2,
         rescale: tuple[float, float] | None = None,
-        rescale_step: float = 0.1,
+        rescale_step: PositiveFloat = 0.1,
         d4: bool = True,
         cache_dir: str | None = None,
-        memmap_threshold_mb: int = 2048,
+        memmap_threshold_mb: NonNegativeInt = 2048,
         on_bad_image: Literal["error", "warn"] = "error",
-        val_max_images: int | None = None,
+        val_max_images: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # jsonargparse checks the typed arguments of a config; check_typed also those of a call from Python, and
+        # hands back plain ints and floats for the attributes below (see lit_sr.typed).
+        hints = type_hints(SRDataModule.__init__)
+        args = check_typed({k: v for k, v in locals().items() if k in hints}, hints, "data.")
         if not isinstance(train_sources, (list, tuple)) or not train_sources:
             raise ValueError(f"data.train_sources must be a non-empty list like ['291'], got {train_sources!r}")
         self.scales = _check_scales("scales", scales)
         self.val_scales = list(self.scales) if val_scales is None else _check_scales("val_scales", val_scales)
         self.scale_mode, self.on_bad_image, self.near_duplicates = scale_mode, on_bad_image, near_duplicates
-        self.patch_size = _check_int("patch_size", patch_size, 2 * max(self.scales))
-        self.batch_size = _check_int("batch_size", batch_size, len(self.scales) if scale_mode == "split" else 1)
-        self.batches_per_epoch = _check_int("batches_per_epoch", batches_per_epoch, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.memmap_threshold_mb = _check_int("memmap_threshold_mb", memmap_threshold_mb, 0)
-        self.val_max_images = None if val_max_images is None else _check_int("val_max_images", val_max_images, 1)
+        self.patch_size, self.batch_size = args["patch_size"], args["batch_size"]
+        if patch_size < 2 * max(self.scales):
+            raise ValueError(f"data.patch_size must be an integer >= {2 * max(self.scales)} (twice the largest scale "
+                             f"of data.scales), got {patch_size}")
+        if scale_mode == "split" and batch_size < len(self.scales):
+            raise ValueError(f"data.batch_size must be an integer >= {len(self.scales)} (one patch per scale of "
+                             f"data.scales in scale_mode split), got {batch_size}")
+        self.batches_per_epoch, self.num_workers = args["batches_per_epoch"], args["num_workers"]
+        self.memmap_threshold_mb, self.val_max_images = args["memmap_threshold_mb"], args["val_max_images"]
         if rescale is not None and not (len(rescale) == 2 and 0 < rescale[0] <= rescale[1] <= 1):
             raise ValueError(f"data.rescale must be null or two factors 0 < low <= high <= 1, got {rescale!r}")
-        if rescale_step <= 0:
-            raise ValueError(f"data.rescale_step must be a positive number such as 0.1, got {rescale_step!r}")
         self.rescale = None if rescale is None else (float(rescale[0]), float(rescale[1]))
-        self.rescale_step, self.d4, self.cache_dir = float(rescale_step), bool(d4), cache_dir
-        self.allow_selection_on_test = bool(allow_selection_on_test)
+        self.rescale_step, self.d4, self.cache_dir = args["rescale_step"], d4, cache_dir
+        self.allow_selection_on_test = allow_selection_on_test
 
         # Resolving sources only lists folders: cheap, and a wrong name fails here, not mid-training.
         train: list[Path] = []
@@ -160,7 +161,6 @@ class SRDataModule(pl.LightningDataModule):
         if val_sets is None and set(self.train_names) == {"builtin"}:
             val_sets = ["builtin_val"]
         if val_sets is None:
-            _check_int("val_holdout", val_holdout, 1)
             train, held = holdout_split(train, val_holdout)
             if not train:
                 raise ValueError(f"data.val_holdout={val_holdout} leaves no training images; lower it")

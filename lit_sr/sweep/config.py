@@ -10,6 +10,7 @@ a ``fixed`` path may add a new leaf under an existing mapping.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,9 @@ class Param:
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def __post_init__(self) -> None:
+        self.distribution()  # a bad bound fails the parse, which names params.<knob>
 
 
 @dataclass
@@ -105,33 +109,31 @@ def parse(kind: Any, value: Any, where: str) -> Any:
 
 
 # ---- dotted config paths (list items by index) ------------------------------------------------------------
-def _parts(path: str) -> list[str | int]:
-    return [int(p) if p.isdigit() else p for p in path.split(".")]
-
-
 def get_path(cfg: Any, path: str) -> Any:
     """The value at ``path``; ``KeyError`` naming the first missing segment."""
-    node = cfg
-    for i, part in enumerate(_parts(path)):
-        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        if not (in_list or isinstance(node, dict) and part in node):
-            where = ".".join(path.split(".")[:i]) or "the top level"
+    node, parts = cfg, path.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
             there = sorted(map(str, node)) if isinstance(node, dict) else f"{type(node).__name__} {node!r}"[:80]
-            raise KeyError(f"no {part!r} under {where} (there: {there})")
-        node = node[part]
+            raise KeyError(f"no {part!r} under {'.'.join(parts[:i]) or 'the top level'} (there: {there})")
     return node
 
 
-def set_path(cfg: dict, path: str, value: Any, create_leaf: bool = False) -> None:
-    """Set an existing ``path`` (or, with ``create_leaf``, a new last key under an existing mapping)."""
+def set_path(cfg: dict, path: str, value: Any) -> None:
+    """Set ``path``: an existing one, or a new last key under an existing mapping."""
     head, _, last = path.rpartition(".")
     parent = get_path(cfg, head) if head else cfg
-    key = int(last) if last.isdigit() and isinstance(parent, list) else last
-    if not create_leaf:
-        get_path(cfg, path)
-    elif not isinstance(parent, (dict, list)):
+    if isinstance(parent, list):
+        get_path(parent, last)
+        parent[int(last)] = value
+    elif isinstance(parent, dict):
+        parent[last] = value
+    else:
         raise KeyError(f"{head} holds {parent!r}, not a mapping")
-    parent[key] = value
 
 
 # ---- the resolved sweep ---------------------------------------------------------------------------------
@@ -185,14 +187,9 @@ class Sweep:
 
     def violations(self, values: dict[str, Any]) -> list[str]:
         """The ``study.constraints`` that ``values`` (by knob name) break, as readable reasons."""
-        out = []
-        for c in self.study.constraints:
-            product = 1.0
-            for name in c.product:
-                product *= float(values[name])
-            if product > c.max:
-                out.append(f"constraint {' * '.join(f'{n}({values[n]})' for n in c.product)} = {product:g} > {c.max:g}")
-        return out
+        products = [(c, math.prod(float(values[n]) for n in c.product)) for c in self.study.constraints]
+        return [f"constraint {' * '.join(f'{n}({values[n]})' for n in c.product)} = {product:g} > {c.max:g}"
+                for c, product in products if product > c.max]
 
     def trial_config(self, values: dict[str, Any], run_dir: Path, number: int, callback: dict[str, Any]) -> dict:
         """The preset with ``fixed`` and the trial's knob values, its run dir, W&B logger and Optuna callback."""
@@ -238,17 +235,12 @@ def load_sweep(
     path = Path(path)
     if not path.is_file() and path.suffix in (".yaml", ".yml"):
         raise SweepError(f"sweep file not found: {path}")
-    if not path.is_file():  # a method name: sweeps/<method>.yaml
-        try:
-            path = sweep_path(str(path))
-        except ValueError as err:
-            raise SweepError(str(err)) from err
+    path = path if path.is_file() else sweep_path(str(path))  # a method name: sweeps/<method>.yaml
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method, study, fixed, params")
     preset = preset or raw.get("preset") or "quick"
-    overlay = (raw.get("presets") or {}).get(preset) or {}
-    raw = _merge({**raw, "preset": preset}, overlay)
+    raw = _merge({**raw, "preset": preset}, (raw.get("presets") or {}).get(preset) or {})
     if n_trials is not None:
         raw["study"] = {**(raw.get("study") or {}), "n_trials": n_trials}
     if unknown := sorted(set(raw) - set(SweepFile.__dataclass_fields__)):
@@ -259,21 +251,17 @@ def load_sweep(
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
     try:
         preset_path = find_preset(spec.method, preset)
-    except ValueError as err:
+    except ConfigError as err:
         raise SweepError(f"{path}: {err}") from err
     base = yaml.safe_load(preset_path.read_text()) or {}
     for key, value in spec.fixed.items():
         if key.startswith(RESERVED):
             raise SweepError(f"{path}: fixed may not set {key!r}: the sweep sets {', '.join(RESERVED)} itself")
         try:
-            set_path(base, key, copy.deepcopy(value), create_leaf=True)
+            set_path(base, key, copy.deepcopy(value))
         except KeyError as err:
             raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
     for name, param in spec.params.items():
-        try:
-            param.distribution()
-        except (ValueError, TypeError) as err:
-            raise SweepError(f"{path}: params.{name}: {err}") from err
         for p in param.paths:
             try:
                 get_path(base, p)
@@ -285,10 +273,10 @@ def load_sweep(
     for c in spec.study.constraints:
         if unknown := [n for n in c.product if n not in spec.params]:
             raise SweepError(f"{path}: study.constraints names {unknown}, not knobs in params {sorted(spec.params)}")
+    if spec.study.grace_period <= spec.study.heartbeat_interval:
+        raise SweepError(f"{path}: study.grace_period must exceed study.heartbeat_interval, or live trials get failed")
     root = Path(root) if root is not None else DEFAULT_ROOT
     sweep = Sweep(path, spec, preset, preset_path, base, study_name or spec.study.name or f"{spec.method}-{preset}",
                   storage or f"sqlite:///{root / 'optuna.db'}", root)
-    if spec.study.grace_period <= spec.study.heartbeat_interval:
-        raise SweepError(f"{path}: study.grace_period must exceed study.heartbeat_interval, or live trials get failed")
     sweep.sampler(), sweep.pruner()  # fail now, naming the file, rather than inside a worker
     return sweep

@@ -1,0 +1,82 @@
+"""Typed arguments: the checks jsonargparse makes from a config, also where jsonargparse does not parse.
+
+``lit-sr fit`` builds the DataModule and the method through jsonargparse, which checks each argument against
+its type hint (``Literal``, ``PositiveInt`` from ``jsonargparse.typing``, ...) and names the bad key. The same
+hints must hold when a class is built directly from Python, and inside plain mappings jsonargparse passes on
+untouched (``model.init_args.stages``): :func:`check_typed` checks them there. It also hands values back as
+plain ``int``/``float``: jsonargparse passes ``PositiveInt`` etc. on as its own subclasses, which
+``torch.load(weights_only=True)`` refuses should one reach a checkpoint (say, in a data stream's state).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from lit_sr.errors import ConfigError
+
+#: the hints checked, and how a message names what they accept
+KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    PositiveInt: "a positive integer",
+    NonNegativeInt: "an integer >= 0",
+    PositiveFloat: "a positive number",
+    NonNegativeFloat: "a number >= 0",
+}
+
+
+class FieldError(ConfigError):
+    """A value its type hint rejects; the message starts with the value's key."""
+
+
+@functools.cache
+def type_hints(obj: Any) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a class or function, cached."""
+    return typing.get_type_hints(obj)
+
+
+def check_typed(values: Mapping[str, Any], hints: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``values`` with plain ``int``/``float`` for jsonargparse's restricted numbers; ``FieldError`` naming
+    ``<prefix><key>`` for the first value its hint rejects.
+
+    Checked: ``Literal[...]``, ``X | None``, ``bool``, ``int``, ``float``, jsonargparse's positive/non-negative
+    numbers and ``Mapping[str, <one of these>]``; any other hint is left to the code that uses the value.
+    """
+    out = dict(values)
+    for key, value in values.items():
+        hint = hints.get(key)
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                continue
+            hint = next(a for a in args if a is not type(None)) if len(args) == 2 else None
+            args = typing.get_args(hint)
+        if typing.get_origin(hint) is Literal:
+            if value not in args:
+                raise FieldError(f"{prefix}{key}: {value!r} is not one of {list(args)}")
+        elif typing.get_origin(hint) in (Mapping, dict) and isinstance(value, Mapping):
+            check_typed(value, dict.fromkeys(value, args[1]), f"{prefix}{key}.")
+        elif hint in KINDS:
+            if not _accepts(hint, value):
+                raise FieldError(f"{prefix}{key} must be {KINDS[hint]}, got {value!r}")
+            out[key] = value if hint is bool else (int if issubclass(hint, int) else float)(value)
+    return out
+
+
+def _accepts(hint: type, value: Any) -> bool:
+    if hint is bool or isinstance(value, bool):
+        return hint is bool and isinstance(value, bool)
+    if not isinstance(value, int if issubclass(hint, int) else (int, float)):
+        return False
+    try:
+        hint(value)  # jsonargparse's restriction (v>0, v>=0); plain int and float take any number
+    except ValueError:
+        return False
+    return True
