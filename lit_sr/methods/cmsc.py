@@ -370,6 +370,7 @@ class CMSC(SRMethod):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total = super().training_step(batch, batch_idx)
         # w_s may go negative or let one prediction dominate (spec gotcha): written every log_every_n_steps.
-        for s, w in enumerate(self.net.assembly_weights().detach().float().tolist()):
-            self.log(f"assembly/w{s + 1}", w, on_step=True, on_epoch=False)
+        if self.is_logging_step():
+            for s, w in enumerate(self.net.assembly_weights().detach().float().tolist()):
+                self.log(f"assembly/w{s + 1}", w, on_step=True, on_epoch=False)
         return total

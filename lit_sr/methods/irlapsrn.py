@@ -289,6 +289,6 @@ class IRLapSRN(PyramidMethod):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total = super().training_step(batch, batch_idx)
-        if self._rank_agreement is not None:
+        if self._rank_agreement is not None and self.is_logging_step():
             self.log("train/rank_agreement", self._rank_agreement, on_step=True, on_epoch=False)
         return total
