@@ -21,8 +21,12 @@ STEPS = 12  # batches per epoch in the stage tests
 
 
 def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict | None = None, extra: list[str] = ()):
-    """Run ``lit-sr fit`` in-process on the VDSR quick config with overrides; returns the finished CLI."""
-    override = {"model": {"init_args": model}, "data": data, "trainer": trainer or {}}
+    """Run ``lit-sr fit`` in-process on the VDSR quick config with overrides; returns the finished CLI.
+
+    Validation runs every epoch unless ``trainer`` says otherwise (the preset's own interval suits its length).
+    """
+    trainer = {"check_val_every_n_epoch": 1, **(trainer or {})}
+    override = {"model": {"init_args": model}, "data": data, "trainer": trainer}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(override))
     args = [
