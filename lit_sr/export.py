@@ -153,7 +153,8 @@ def export_onnx(
         ) from err
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    method = method.to("cpu").float().eval()
+    # channels_last weights (a training-speed option) make torch.export guard on the batch size: export plain NCHW
+    method = method.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
     graph = SRGraph(method, scale).eval()
     example = torch.rand(1, method_channels(method), *example_size)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}
