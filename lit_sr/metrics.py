@@ -45,27 +45,28 @@ def psnr_y(sr_y: Tensor, hr_y: Tensor, shave: int) -> Tensor:
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
-def _gaussian_window(device: torch.device, size: int = 11, sigma: float = 1.5) -> Tensor:
+def _gaussian_1d(device: torch.device, size: int = 11, sigma: float = 1.5) -> Tensor:
     coords = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+    return g / g.sum()
 
 
 def ssim_y(sr_y: Tensor, hr_y: Tensor, shave: int, variant: SSIMVariant = "ssim_index") -> Tensor:
     """Per-image SSIM (N,) of (N, 1, H, W) Y images in [0, 1]; see the module doc for the variants."""
     sr, hr = _prepare(sr_y, hr_y, shave)
-    window = _gaussian_window(sr.device)
+    g = _gaussian_1d(sr.device)
     if variant == "matlab":
-        pad = window.shape[-1] // 2
+        pad = g.numel() // 2
         sr, hr = (F.pad(t, (pad,) * 4, mode="replicate") for t in (sr, hr))
     elif variant != "ssim_index":
         raise ValueError(f"unknown SSIM variant {variant!r}; use 'ssim_index' or 'matlab'")
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(sr, window), F.conv2d(hr, window)
-    sxx = F.conv2d(sr * sr, window) - mu_x**2
-    syy = F.conv2d(hr * hr, window) - mu_y**2
-    sxy = F.conv2d(sr * hr, window) - mu_x * mu_y
+    # The 11x11 Gaussian is separable: a column then a row pass, all five moments in one batch (4x faster
+    # than the 2-D window in float64, equal to it within 1e-12: tests/test_protocol.py).
+    moments = torch.cat([sr, hr, sr * sr, hr * hr, sr * hr])
+    filtered = F.conv2d(F.conv2d(moments, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+    mu_x, mu_y, xx, yy, xy = filtered.split(sr.shape[0])
+    sxx, syy, sxy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return ssim_map.flatten(1).mean(1)
 
