@@ -17,6 +17,9 @@ TRAINER ?=
 WORKERS ?= 1
 STORAGE ?=
 LIT_SR_DATA ?= $(abspath ../shared/data)
+# Test processes: one per core here; a test file stays in one process (its module fixtures run once).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 export LIT_SR_DATA
 
 .PHONY: install train test test-fast lint benchmark compare bench bench-data bench-train sweep sweep-report dashboard clean
@@ -35,11 +38,11 @@ train: $(STAMP)  ## make train MODEL=vdsr [PRESET=quick|paper] [DEVICES=2 NODES=
 	  $(if $(NODES),--nodes $(NODES)) $(if $(STRATEGY),--strategy $(STRATEGY)) \
 	  $(if $(TRAINER),--trainer-preset $(TRAINER)) $(ARGS)
 
-test: $(STAMP)  ## the full suite (what CI runs)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP)  ## the full suite (what CI runs), TEST_WORKERS pytest-xdist processes (0 = serial)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## everything but the tests that train (marked slow)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,11 +10,12 @@ depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/ro
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -142,29 +143,8 @@ def super_resolve_tiled(
             return tiled_forward(lambda part: base(part, scale), t, tile, margin, scale)
         return base(t, scale)
 
-    with torch.no_grad(), _own_tiling(method):
+    with torch.no_grad(), mock.patch.dict(method.hparams, tile_size=0):  # the caller's tiling, not the method's
         return self_ensemble(one_pass, x) if ensemble else one_pass(x)
-
-
-@contextlib.contextmanager
-def _own_tiling(method: SRMethod) -> Iterator[None]:
-    """Switch the method's built-in tiling off while the caller's tile settings apply."""
-    saved = method.hparams.get("tile_size")
-    method.hparams["tile_size"] = 0
-    try:
-        yield
-    finally:
-        method.hparams["tile_size"] = saved
-
-
-@contextlib.contextmanager
-def _inference_options(method: SRMethod, tile: int, overlap: int | None, ensemble: bool) -> Iterator[None]:
-    """Within the block, ``method.super_resolve`` (as ``upscale_rgb`` calls it) uses these tile/ensemble options."""
-    method.super_resolve = lambda x, scale: super_resolve_tiled(method, x, scale, tile, overlap, ensemble)
-    try:
-        yield
-    finally:
-        del method.super_resolve
 
 
 def upscale_picture(
@@ -178,7 +158,9 @@ def upscale_picture(
     """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
     or an RGB network), with the tile / ensemble options; alpha by MATLAB bicubic; bit depth kept."""
     lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
-    with torch.no_grad(), _inference_options(method, tile, overlap, ensemble):
+    # ``upscale_rgb`` calls ``method.super_resolve``: within the block, with these tile / ensemble options
+    tiled = partial(super_resolve_tiled, method, tile=tile, overlap=overlap, ensemble=ensemble)
+    with torch.no_grad(), mock.patch.object(method, "super_resolve", tiled):
         sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
     alpha = None
     if picture.alpha is not None:

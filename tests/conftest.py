@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`make test` runs -n 2), each worker and the processes its tests start take an equal share
+# of the cores, so two workers do not oversubscribe them (torch and OpenMP read OMP_NUM_THREADS at import).
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 
 def _data_root() -> Path:
     return Path(os.environ.get("LIT_SR_DATA", REPO.parent / "shared" / "data")).resolve()

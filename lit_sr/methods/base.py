@@ -175,6 +175,11 @@ class SRMethod(L.LightningModule):
         """The current stage's ``targets`` value (None when unset)."""
         return self.stage.targets if self.stage else None
 
+    def reference_loss(self, groups: list[dict]) -> dict[str, Tensor]:
+        """Reference parts logged beside the loss on logging steps only, usually ``{"bicubic": self.bicubic_loss(
+        groups, <the method's loss>)}``: the level a learning run goes below. Default: none."""
+        return {}
+
     def bicubic_loss(self, groups: list[dict], loss_fn: LossFn) -> Tensor:
         """``loss_fn`` of MATLAB bicubic against HR, batch-share weighted: the level a learning run goes below."""
         total = sum(len(g["hr"]) for g in groups)
@@ -322,12 +327,13 @@ class SRMethod(L.LightningModule):
         return total
 
     def log_loss(self, groups: list[dict], total: Tensor, parts: dict[str, Tensor]) -> None:
-        """``train/loss`` and ``train/loss_<part>`` on logging steps, weighted by the batch's sample count."""
+        """``train/loss`` and ``train/loss_<part>`` (with the ``reference_loss`` parts) on logging steps, weighted by
+        the batch's sample count."""
         if not self.is_logging_step():
             return
         n = sum(len(g["hr"]) for g in groups)
         self.log("train/loss", total, prog_bar=True, batch_size=n)
-        for name, value in parts.items():
+        for name, value in {**parts, **self.reference_loss(groups)}.items():
             self.log(f"train/loss_{name}", value, batch_size=n)
 
     def is_logging_step(self) -> bool:

@@ -363,9 +363,10 @@ class CMSC(SRMethod):
         if self.scale_balance == "bicubic":
             scale = torch.cat([g["scale"] for g in groups])
             loss = functools.partial(mse, reduction=self.reduction, weight=scale_balance_weights(ilr, hr, scale))
-        total, parts = cascaded_loss(final, intermediates, hr, self.alpha, base_loss=loss)
-        parts["bicubic"] = self.bicubic_loss(groups, self._loss)
-        return total, parts
+        return cascaded_loss(final, intermediates, hr, self.alpha, base_loss=loss)
+
+    def reference_loss(self, groups: list[dict]) -> dict[str, Tensor]:
+        return {"bicubic": self.bicubic_loss(groups, self._loss)}
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total = super().training_step(batch, batch_idx)

@@ -418,9 +418,10 @@ class DRN(SRMethod):
             parts = {"final": final, "intermediate": torch.stack(coarse).sum(), "dual": torch.stack(duals).sum()}
             for key, value in {**parts, **gsl_parts}.items():
                 sums[key] = sums.get(key, 0.0) + share * value
-        total = sums["final"] + sums["intermediate"] + self.dual_weight * sums["dual"]
-        sums["bicubic"] = self.bicubic_loss(groups, lambda p, t: self.final_loss(p, t)[0])
-        return total, sums
+        return sums["final"] + sums["intermediate"] + self.dual_weight * sums["dual"], sums
+
+    def reference_loss(self, groups: list[dict]) -> dict[str, Tensor]:
+        return {"bicubic": self.bicubic_loss(groups, lambda p, t: self.final_loss(p, t)[0])}
 
     # ---- skipping exploding batches -------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor | None:

@@ -283,9 +283,10 @@ class IRLapSRN(PyramidMethod):
             finest_pred = preds[finest - 1].detach().float()
             agreement.append(share * rank_agreement(finest_pred, group["pyramid"][finest - 1], self.rank_window))
         self._rank_agreement = torch.stack(agreement).sum()
-        total = w_image * image + w_rank * rank
-        bicubic = self.bicubic_loss(groups, self._weighted_level_loss)
-        return total, {"image": image, "rank": rank, "bicubic": bicubic}
+        return w_image * image + w_rank * rank, {"image": image, "rank": rank}
+
+    def reference_loss(self, groups: list[dict]) -> dict[str, Tensor]:
+        return {"bicubic": self.bicubic_loss(groups, self._weighted_level_loss)}
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         total = super().training_step(batch, batch_idx)
