@@ -209,7 +209,8 @@ def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "lit-sr-train", "SLURM_NNODES": "1", "SLURM_NTASKS": "1",
              "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
              "SLURM_NODELIST": "127.0.0.1", "SLURM_SUBMIT_DIR": str(tmp_path)}  # fmt: skip
-    job_env = env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable, **slurm)
+    job_env = env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable, LIT_SR_DATA=str(data_root),
+                  **slurm)  # the job runs in tmp_path: the data root must not be the relative default
     job_env.pop("LIT_SR_IGNORE_SLURM", None)
     cmd = ["bash", str(SCRIPTS["train"]), "vdsr", "quick", "--config", str(config)]
     ckpt = tmp_path / "runs" / "vdsr" / "slurm-4242" / "checkpoints" / "last.ckpt"
