@@ -137,8 +137,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Fit a preset (choosing the checkpoint on val), test that checkpoint, print and write the test table."""
     import wandb
 
-    from lit_sr.evaluate import format_table, run_benchmark, write_results
-    from lit_sr.methods.bicubic import Bicubic
+    from lit_sr.evaluate import versus_bicubic, write_results
 
     config = preset_path(args.model, args.preset)
     wall, cpu = time.monotonic(), _cpu_seconds()
@@ -153,13 +152,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if not trainer.is_global_zero:
         return 0
     scales = sorted({s for s in dm.val_scales})
-    rows = {args.model: method.last_results if dm.test_sets else {}}
+    rows, table = {args.model: {}}, "(no test sets: data.test_sets is empty)"
     if dm.test_sets:
-        rows = {
-            "bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), dm.test_sets, scales),
-            **rows,
-        }
-    table = format_table(rows, scales) if dm.test_sets else "(no test sets: data.test_sets is empty)"
+        rows, table = versus_bicubic(method, args.model, dm.test_sets, scales, method.last_results)
     selection = {"metric": "val/psnr_y", "value": val_score, "val_sets": dm.val_sets, "checkpoint": ckpt}
     out = cli.run_dir / "benchmark"
     meta = {

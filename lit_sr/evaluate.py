@@ -86,6 +86,17 @@ def run_benchmark(
     return method.last_results
 
 
+def versus_bicubic(
+    method: SRMethod, name: str, datasets: Sequence[str], scales: Sequence[int], results: Results | None = None
+) -> tuple[dict[str, Results], str]:
+    """The rows ``bicubic`` and ``name`` (``results``, or ``method`` benchmarked now) and their Markdown table."""
+    rows = {
+        "bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), datasets, scales),
+        name: results if results is not None else run_benchmark(method, datasets, scales),
+    }
+    return rows, format_table(rows, scales)
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(

@@ -74,9 +74,7 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     """Benchmark the best trial's checkpoint on the test sets of its config (cached per checkpoint)."""
     from lit_sr.checkpoint import load_method
     from lit_sr.data.sources import default_test_sets
-    from lit_sr.evaluate import format_table as bench_table
-    from lit_sr.evaluate import run_benchmark, write_results
-    from lit_sr.methods.bicubic import Bicubic
+    from lit_sr.evaluate import versus_bicubic, write_results
 
     ckpt = best.user_attrs.get("checkpoint")
     if not ckpt or not Path(ckpt).is_file():
@@ -92,9 +90,7 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     method = load_method(ckpt)
     scales = [s for s in (data.get("val_scales") or data.get("scales") or method.supported_scales)
               if s in method.supported_scales]
-    rows = {"bicubic": run_benchmark(Bicubic(ssim_variant=method.hparams.ssim_variant), sets, scales),
-            f"trial-{best.number}": run_benchmark(method, sets, scales)}
-    table = bench_table(rows, scales)
+    rows, table = versus_bicubic(method, f"trial-{best.number}", sets, scales)
     write_results(out, rows[f"trial-{best.number}"], str(get_path(cfg, "model.class_path")), ckpt,
                   method.hparams.ssim_variant, str(Path(best.user_attrs["run_dir"]) / "trial.yaml"), table,
                   meta={"selection": {"metric": metric, "value": best.value, "trial": best.number}})
