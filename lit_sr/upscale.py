@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -147,19 +148,13 @@ def super_resolve_tiled(
         return self_ensemble(one_pass, x) if ensemble else one_pass(x)
 
 
-def upscale_picture(
-    method: SRMethod,
-    picture: Picture,
-    scale: int,
-    tile: int = 256,
-    overlap: int | None = None,
-    ensemble: bool = False,
-) -> Picture:
+def upscale_picture(method: SRMethod, picture: Picture, scale: int, **options: Any) -> Picture:
     """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
-    or an RGB network), with the tile / ensemble options; alpha by MATLAB bicubic; bit depth kept."""
+    or an RGB network); ``options``: ``tile``, ``overlap``, ``ensemble`` of :func:`super_resolve_tiled`; alpha by
+    MATLAB bicubic; bit depth kept."""
     lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
     # ``upscale_rgb`` calls ``method.super_resolve``: within the block, with these tile / ensemble options
-    tiled = partial(super_resolve_tiled, method, tile=tile, overlap=overlap, ensemble=ensemble)
+    tiled = partial(super_resolve_tiled, method, **options)
     with torch.no_grad(), mock.patch.object(method, "super_resolve", tiled):
         sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
     alpha = None
@@ -230,7 +225,7 @@ def upscale_files(
     method.eval()
     written = []
     for src, target in track(pairs, description=f"upscaling x{scale}", disable=not progress):
-        sr = upscale_picture(method, read_picture(src), scale, tile, overlap, ensemble)
+        sr = upscale_picture(method, read_picture(src), scale, tile=tile, overlap=overlap, ensemble=ensemble)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_picture(target, sr)
         written.append(target)
