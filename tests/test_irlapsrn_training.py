@@ -44,6 +44,11 @@ def tiny(**kw) -> IRLapSRN:
     return IRLapSRN(variant="irlapsrn_small", net=TINY_NET, **kw)
 
 
+def at_stage(index: int, **finetune) -> IRLapSRN:
+    """The tiny method at stage ``index`` of ``stages()``: the only stage it has (same seed, same weights)."""
+    return tiny(stages=[stages(**finetune)[index]])
+
+
 def real_batch(n: int = 4, patch: int = 32) -> list[dict]:
     _, paths = resolve_images("builtin")
     img = read_image(paths[0])
@@ -59,12 +64,11 @@ def by_hand(pred: torch.Tensor, target: torch.Tensor, rank: float = 0.1) -> torc
 
 
 def test_each_stage_supervises_its_levels_against_their_downsampled_targets():
-    method = tiny()
     groups = real_batch()
     (group,) = groups
     assert [tuple(t.shape[-2:]) for t in group["pyramid"]] == [(16, 16), (32, 32)]
     # pretrain_level_1: level 1 only (the network runs level 1 only), against HR downsampled x2.
-    method._stage_index = 0
+    method = at_stage(0)
     total, parts = method.compute_loss(groups)
     level1 = method.net(group["lr"], 2)[-1]
     torch.testing.assert_close(total, by_hand(level1, group["pyramid"][0]))
@@ -72,12 +76,10 @@ def test_each_stage_supervises_its_levels_against_their_downsampled_targets():
     # pretrain_level_2 and finetune (w_int = 0): the finest level only, against HR.
     finest = method.net(group["lr"], 4)[-1]
     for index in (1, 2):
-        method._stage_index = index
-        total, _ = method.compute_loss(groups)
+        total, _ = at_stage(index).compute_loss(groups)
         torch.testing.assert_close(total, by_hand(finest, group["hr"]))
     # finetune with w_int = 0.5: the intermediate level joins with that weight.
-    method = tiny(stages=stages(intermediate=0.5))
-    method._stage_index = 2
+    method = at_stage(2, intermediate=0.5)
     total, parts = method.compute_loss(groups)
     outs = method.net(group["lr"], 4)
     torch.testing.assert_close(total, by_hand(outs[1], group["hr"]) + 0.5 * by_hand(outs[0], group["pyramid"][0]))
@@ -91,7 +93,7 @@ def test_joint_mode_merges_the_pretraining_stages_into_one_over_all_levels():
     joint = method.stages[0]
     assert (joint.steps, joint.trainable, joint.targets) == (6, None, "all_levels")
     assert joint.clip.mode == "adjustable" and joint.optimizer.name == "sgd"
-    method._stage_index = 0
+    assert method.stage is joint  # a new method starts at its first stage
     groups = real_batch()
     total, _ = method.compute_loss(groups)
     outs = method.net(groups[0]["lr"], 4)
