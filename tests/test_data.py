@@ -304,13 +304,13 @@ def test_datamodule_argument_errors(tmp_path):
 def test_holdout_is_deterministic_and_disjoint_from_training(data_root):
     dm = SRDataModule(train_sources=["291"], val_holdout=10)
     again = SRDataModule(train_sources=["291"], val_holdout=10)
-    held = dm._eval_paths["holdout"]
-    assert dm.val_sets == ["holdout"] and len(held) == 10 and held == again._eval_paths["holdout"]
-    assert not set(held) & set(dm._train_paths) and len(dm._train_paths) == 291 - 10
+    held = dm.eval_paths("holdout")
+    assert dm.val_sets == ["holdout"] and len(held) == 10 and held == again.eval_paths("holdout")
+    assert not set(held) & set(dm.train_paths) and len(dm.train_paths) == 291 - 10
     # A stable hash of the file name, not the order of the folder listing.
     from lit_sr.data.datamodule import holdout_split
 
-    train, held_reversed = holdout_split(list(reversed(held + dm._train_paths)), 10)
+    train, held_reversed = holdout_split(list(reversed(held + dm.train_paths)), 10)
     assert sorted(held_reversed) == sorted(held)
     assert dm.test_sets == ["Set5", "Set14"]
 

@@ -38,8 +38,8 @@ def test_the_wheel_carries_every_lit_sr_package_and_every_preset_sweep_and_train
 def test_preset_builds_and_resolves_its_training_validation_and_test_sources(method, preset, data_root, tmp_path):
     cli = SRCLI(args=["--config", str(preset_path(method, preset)), "--run_dir", str(tmp_path)], run=False)
     dm = cli.datamodule
-    assert dm._train_paths and dm.val_sets and type(cli.model).name == method
+    assert dm.train_paths and dm.val_sets and type(cli.model).name == method
     if preset == "paper":
-        assert dm.train_names == ["291"] and len(dm._train_paths) + len(dm._eval_paths["holdout"]) == 291
+        assert dm.train_names == ["291"] and len(dm.train_paths) + len(dm.eval_paths("holdout")) == 291
     assert not set(dm.val_sets) & {"Set5", "Set14"}  # a preset never chooses on a benchmark
     assert dm.test_sets == ["Set5", "Set14"]

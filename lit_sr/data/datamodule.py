@@ -203,6 +203,15 @@ class SRDataModule(pl.LightningDataModule):
 
     # ---- images
     @property
+    def train_paths(self) -> list[Path]:
+        """The training image files after the hold-out split (``train_images`` may still drop near-copies)."""
+        return list(self._train_paths)
+
+    def eval_paths(self, name: str) -> list[Path]:
+        """The image files of validation or test set ``name`` (``holdout``: the held-out training images)."""
+        return list(self._eval_paths[name])
+
+    @property
     def crop_size(self) -> int:
         """Side of the uint8 HR crops shipped by the training DataLoader."""
         return crop_size(self.patch_size, self.scales)
