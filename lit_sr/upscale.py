@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -148,13 +147,14 @@ def super_resolve_tiled(
         return self_ensemble(one_pass, x) if ensemble else one_pass(x)
 
 
-def upscale_picture(method: SRMethod, picture: Picture, scale: int, **options: Any) -> Picture:
+def upscale_picture(method: SRMethod, picture: Picture, scale: int, *, tile: int = 256, overlap: int | None = None,
+                    ensemble: bool = False) -> Picture:  # fmt: skip
     """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
-    or an RGB network); ``options``: ``tile``, ``overlap``, ``ensemble`` of :func:`super_resolve_tiled`; alpha by
-    MATLAB bicubic; bit depth kept."""
+    or an RGB network), with :func:`super_resolve_tiled`'s tile / ensemble options; alpha by MATLAB bicubic;
+    bit depth kept."""
     lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
     # ``upscale_rgb`` calls ``method.super_resolve``: within the block, with these tile / ensemble options
-    tiled = partial(super_resolve_tiled, method, **options)
+    tiled = partial(super_resolve_tiled, method, tile=tile, overlap=overlap, ensemble=ensemble)
     with torch.no_grad(), mock.patch.object(method, "super_resolve", tiled):
         sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
     alpha = None

@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import wandb
 import yaml
 from conftest import read_logged
 
+from lit_sr.cli import SRCLI
 from lit_sr.paths import REPO
 
-pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
+pytestmark = pytest.mark.slow  # trains and runs lit-sr processes: `make test-fast` leaves it out
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 
@@ -49,7 +51,12 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
         )
     )
     base = ["--config", str(QUICK), "--config", str(override), "--trainer.enable_progress_bar", "false"]
-    results = {}  # the seeded initial network (seed_everything of the preset): the same weights in both runs
+    try:  # a checkpoint both runs load (in this process: two steps, no validation)
+        SRCLI(args=["fit", *base, "--run_dir", str(tmp_path / "fit"), "--trainer.limit_val_batches", "0"])
+    finally:
+        wandb.finish()
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    results = {}
     for name, extra in {
         "single": [],
         "ddp": ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
@@ -57,6 +64,8 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
         proc = lit_sr(
             "validate",
             *base,
+            "--ckpt_path",
+            str(ckpt),
             "--run_dir",
             str(tmp_path / name),
             *extra,

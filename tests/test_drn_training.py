@@ -198,7 +198,7 @@ def test_rgb_method_evaluates_through_the_one_path(tmp_path, data_root):
         assert time.monotonic() < deadline, "the second validation never reached the W&B file"
         time.sleep(0.5)
     logged = run.series("val/Set14/x4/psnr_y")[-1]
-    assert run.series("train/loss_gsl_high") and run.series("train/loss_dual")
+    assert run.series("train/loss_gsl_high") and run.series("train/loss_dual") and run.series("train/loss_bicubic")
     ckpt = tmp_path / "eval" / "checkpoints" / "last.ckpt"
     method = load_method(str(ckpt))
     assert isinstance(method, DRN) and method.channels == "rgb"

@@ -188,6 +188,7 @@ def greedy_run(tmp_path_factory, data_root):
 
 def test_pretraining_level_l_changes_exactly_level_l_and_keeps_the_others_in_eval(greedy_run):
     cli, rec = greedy_run
+    assert {"train/loss_image", "train/loss_rank", "train/loss_bicubic"} <= set(cli.trainer.callback_metrics)
     net = cli.model.net
     assert [r["stage"] for r in rec.rows] == ["pretrain_level_1"] * 2 + ["pretrain_level_2"] * 2 + ["finetune"] * 2
     level1, level2 = level_params(net, 1), level_params(net, 2)

@@ -172,7 +172,7 @@ class IRLapSRN(PyramidMethod):
     ``loss_weights``: ``image`` (default 1), ``rank`` (lambda_rank, default 0.1), ``intermediate`` (w_int).
     ``stage1_mode="joint"`` merges the consecutive ``level_<l>`` stages into one ``pretrain_joint`` stage (all
     levels trainable, target ``all_levels``, as long as all of them, the first one's optimizer and clip).
-    Loss parts: ``image``, ``rank``, ``bicubic`` (the same loss for MATLAB bicubic against HR, a reference);
+    Loss parts: ``image``, ``rank``; ``reference_loss``: ``bicubic`` (the same loss for MATLAB bicubic against HR);
     ``train/rank_agreement`` (hard-rank agreement at the finest supervised level) is logged as a metric.
     """
 
