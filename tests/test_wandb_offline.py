@@ -1,9 +1,10 @@
-"""Reading offline W&B runs back (lit_sr.wandb_offline) from real runs and hand-framed files."""
+"""Reading offline W&B runs back (tests/wandb_offline.py) from real runs and hand-framed files."""
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -42,10 +43,14 @@ def test_reads_back_a_real_offline_run(tmp_path):
     finally:
         wandb.finish()
 
+    # wandb-core may still be writing the file's last records after finish(): wait for the summary (the last one).
+    deadline = time.monotonic() + 60
+    while not ((r := read_run(find_runs(tmp_path)[0])).summary.get("best") == 3.0 and "late" in r.config):
+        assert time.monotonic() < deadline, "the offline run never got its final records"
+        time.sleep(0.2)
     paths = find_runs(tmp_path)
     assert len(paths) == 1
     assert paths[0].name == f"run-{run_id}.wandb" and paths[0].parent.name.startswith("offline-run-")
-    r = read_run(paths[0])
     assert (r.run_id, r.name, r.group, r.project, r.tags) == (run_id, "n", "g", "t", ["a"])
     assert r.config == {"lr": 0.1, "nested": {"x": 1}, "late": "z"}
     assert r.series("val/Set5/x2/psnr_y") == [30.0, 31.0, 32.0, 33.0]
