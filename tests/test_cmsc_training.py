@@ -112,7 +112,7 @@ def test_hparams_hold_the_resolved_alpha_and_every_network_option():
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"model.init_args.alpha must be a number in \[0, 1\].*got 1.5"):
         _method(alpha=1.5)
-    with pytest.raises(ValueError, match="model.init_args.reduction must be 'paper' or 'mean', got 'sum'"):
+    with pytest.raises(ValueError, match=r"model.init_args.reduction: 'sum' is not one of \['paper', 'mean'\]"):
         _method(reduction="sum")
     stage = {"name": "train", "epochs": 1, "loss_weights": {"final": 1.0}}
     with pytest.raises(ValueError, match=r"stages.0.loss_weights: CMSC reads no loss term \['final'\]"):

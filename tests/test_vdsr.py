@@ -98,3 +98,14 @@ def test_channels_last_stores_nhwc_weights_and_keeps_the_output():
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     lr = torch.rand(1, 1, 20, 24)
     torch.testing.assert_close(fast.super_resolve(lr, 2), plain.super_resolve(lr, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_a_method_argument_its_type_rejects_is_one_message_naming_the_key():
+    """SRMethod checks every method's typed arguments (here VDSR's own and the base's) from Python too."""
+    from lit_sr.methods.vdsr import VDSR
+
+    with pytest.raises(ValueError, match=r"model.init_args.scale_balance: 'x2' is not one of \['none', 'bicubic'\]"):
+        VDSR(scale_balance="x2")
+    with pytest.raises(ValueError, match=r"model.init_args.ssim_variant: 'skimage' is not one of"):
+        VDSR(ssim_variant="skimage")
+    assert VDSR(scale_balance="bicubic").scale_balance == "bicubic"

@@ -49,6 +49,7 @@ from lit_sr.stages import (
     parse_stages,
     set_lr,
 )
+from lit_sr.typed import check_typed, type_hints
 
 STAGE_KEY = "lit_sr_stage_index"
 # Degrading on the method's side of the transfer is the design (the method knows its channels and needs).
@@ -116,6 +117,10 @@ class SRMethod(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        # The typed arguments of every __init__ from here to the method (``Literal``, ``PositiveFloat``, ...),
+        # checked as jsonargparse checks a config, also when the method is built from Python or a checkpoint.
+        inits = [c.__init__ for c in reversed(type(self).__mro__) if issubclass(c, SRMethod) and "__init__" in vars(c)]
+        check_typed(dict(self.hparams), {k: v for f in inits for k, v in type_hints(f).items()}, "model.init_args.")
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
         if channels_last and self.net is not None:
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -329,8 +329,6 @@ class CMSC(SRMethod):
             scale_balance: ``bicubic`` weights each sample by 1 / its scale's bicubic MSE in the batch
                 (``losses.scale_balance_weights``, as VDSR's option) [proposal; ``none`` is the paper's loss].
         """
-        if reduction not in ("paper", "mean"):
-            raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
         super().__init__(variant=variant, **kwargs)
         num_subnets = self.net.num_subnets
         if alpha is None:
@@ -340,8 +338,6 @@ class CMSC(SRMethod):
                 f"model.init_args.alpha must be a number in [0, 1] (or null for 1/(S+1) = "
                 f"{default_alpha(num_subnets):.4g}), got {alpha!r}"
             )
-        if scale_balance not in ("none", "bicubic"):
-            raise ValueError(f"model.init_args.scale_balance must be 'none' or 'bicubic', got {scale_balance!r}")
         self.alpha = float(alpha)
         self.reduction, self.scale_balance = reduction, scale_balance
         # Log and checkpoint what was used, not only what was overridden: alpha and every network option (the

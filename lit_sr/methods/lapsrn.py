@@ -429,8 +429,6 @@ class PyramidMethod(SRMethod):
                 f"model.init_args.supported_scales={list(supported_scales)} cannot be set for "
                 f"{type(self).__name__}: the network variant fixes its scales; remove the key"
             )
-        if reduction not in ("paper", "mean"):
-            raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
         if not eps > 0:
             raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
         super().__init__(variant=variant, supported_scales=(), **kwargs)

@@ -88,10 +88,6 @@ class VDSR(SRMethod):
         **kwargs: Any,
     ) -> None:
         """``reduction``: ``paper`` (1/2N sum, what lr 0.1 and theta assume) or ``mean`` (per pixel)."""
-        if reduction not in ("paper", "mean"):
-            raise ValueError(f"model.init_args.reduction must be 'paper' or 'mean', got {reduction!r}")
-        if scale_balance not in ("none", "bicubic"):
-            raise ValueError(f"model.init_args.scale_balance must be 'none' or 'bicubic', got {scale_balance!r}")
         super().__init__(variant=variant, **kwargs)
         self.reduction, self.scale_balance = reduction, scale_balance
 
