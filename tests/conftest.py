@@ -44,26 +44,6 @@ def _isolated_wandb(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def read_logged(run_dir, key: str, timeout: float = 60.0):
-    """The newest offline W&B run under ``run_dir``, once ``key`` is in its history.
-
-    wandb-core writes the run file asynchronously and may still be flushing when the run's process returns.
-    """
-    import time
-
-    from wandb_offline import find_runs, read_run
-
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = find_runs(run_dir)
-        run = read_run(runs[-1]) if runs else None
-        if run is not None and any(key in h for h in run.history):
-            return run
-        if time.monotonic() > deadline:
-            raise AssertionError(f"W&B key {key!r} never appeared under {run_dir}")
-        time.sleep(0.5)
-
-
 # Stage "warm" (Adam, 1 epoch) then "main" (SGD + momentum, halving lr, adjustable clipping, 2 epochs).
 TWO_STAGES = [
     {"name": "warm", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}},

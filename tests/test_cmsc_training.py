@@ -6,7 +6,7 @@ import pytest
 import torch
 import wandb
 import yaml
-from wandb_offline import find_runs, read_run
+from wandb_offline import read_finished
 
 import lit_sr
 from lit_sr.checkpoint import load_method
@@ -160,7 +160,7 @@ def fitted(tmp_path_factory, data_root):
 def test_fit_logs_loss_parts_and_assembly_weights(fitted):
     run_dir, cli = fitted
     assert cli.trainer.global_step == STEPS
-    run = read_run(find_runs(run_dir)[-1])
+    run = read_finished(run_dir)
     n_rows = STEPS // 5
     for part in ("", "_intermediate", "_final", "_sub1", "_sub2", "_bicubic"):
         assert len(run.series(f"train/loss{part}")) == n_rows, part
@@ -178,7 +178,7 @@ def test_fit_logs_loss_parts_and_assembly_weights(fitted):
 
 def test_fit_logs_the_config_it_used(fitted):
     run_dir, cli = fitted
-    run = read_run(find_runs(run_dir)[-1])
+    run = read_finished(run_dir)
     assert run.config["alpha"] == pytest.approx(0.4)  # the CLI override reached the loss
     assert set(run.config["net"]) == SPEC_OPTIONS
     assert run.config["net"]["channels"] == 8 and run.config["net"]["zero_init_reconstruction"] is True

@@ -9,7 +9,7 @@ import sys
 import pytest
 import wandb
 import yaml
-from conftest import read_logged
+from wandb_offline import read_finished
 
 from lit_sr.cli import SRCLI
 from lit_sr.paths import REPO
@@ -72,7 +72,7 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
             cwd=tmp_path,
         )
         assert ("MEMBER: 2/2" in proc.stderr) == (name == "ddp")  # really two ranks
-        run = read_logged(tmp_path / name, "val/psnr_y")
+        run = read_finished(tmp_path / name)
         results[name] = {
             k: run.series(k)[-1]
             for k in ("val/Sun80/x2/psnr_y", "val/Sun80/x3/psnr_y", "val/Sun80/x2/ssim_y", "val/psnr_y")

@@ -31,13 +31,15 @@ def test_bicubic_upsample_is_matlab_imresize(scale):
 
 
 # Fewer repeated blocks, the same graph: DRN-S's 30 blocks per level and IRLapSRN's 8 IRBs take 10-20 s to trace.
-SMALLER = {"drn": {"variant": "drn_small_x4"}, "irlapsrn": {"net": {"irb_per_level": 2}}}
+SMALLER = {"drn": {"variant": "drn_small_x4"}, "irlapsrn": {"net": {"irb_per_level": 2}},
+           "ms_lapsrn": {"net": {"recursions": 2}}, "lapsrn": {"net": {"depth_per_level": 2}},
+           "cmsc": {"net": {"num_modules": 2}}}
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_exported_model_matches_pytorch_at_two_sizes(name, tmp_path):
     torch.manual_seed(0)
-    # the default (paper) network, fewer blocks for two, random weights: the graph is what is tested
+    # the default (paper) network with fewer repeated blocks, random weights: the graph is what is tested
     method = METHODS[name](**SMALLER.get(name, {})).eval()
     exportable = [s for s in method.supported_scales if s != 3 or "pyramid" not in method.batch_needs]
     scale = max(exportable)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import wandb
 import yaml
-from wandb_offline import find_runs, read_run
+from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -194,7 +194,7 @@ def ms_run(tmp_path_factory, data_root):
 def test_ms_lapsrn_fit_logs_every_level_and_gives_a_checkpoint_for_every_scale(ms_run):
     tmp, cli = ms_run
     assert cli.trainer.global_step == 2 * STEPS
-    run = read_run(find_runs(tmp / "ms")[-1])
+    run = read_finished(tmp / "ms")
     logged = {k for row in run.history for k in row}
     levels = {"x2_level1", "x4_level1", "x4_level2", "x8_level1", "x8_level2", "x8_level3"}
     assert {f"train/loss_{k}" for k in levels} | {"train/loss_bicubic_x8"} <= logged

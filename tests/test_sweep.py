@@ -24,7 +24,7 @@ import pytest
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from wandb_offline import find_runs, read_run
+from wandb_offline import find_runs, read_finished
 
 from lit_sr.sweep import SweepError, load_sweep
 from lit_sr.sweep.cli import main
@@ -113,12 +113,6 @@ def wait_for(predicate, timeout: float, what: str):
                 return value
         time.sleep(0.2)
     raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-
-
-def logged_run(trial: optuna.trial.FrozenTrial):
-    """The trial's offline W&B run, once wandb-core has flushed its validation metric."""
-    return wait_for(lambda: (r := read_run(trial.user_attrs["wandb_run"])).series("val/psnr_y") and r, 60,
-                    f"trial {trial.number}'s W&B run")
 
 
 # ---- sweep files ---------------------------------------------------------------------------------------
@@ -274,7 +268,7 @@ def test_the_objective_and_the_pruner_read_val_and_no_test_set_is_evaluated_in_a
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert done
     for t in done:
-        run = logged_run(t)
+        run = read_finished(t.user_attrs["wandb_run"])
         logged = run.series("val/psnr_y")
         assert len(logged) == 2 and t.value == pytest.approx(max(logged), abs=1e-9)  # the best validation
         assert t.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # what the pruner saw
@@ -287,7 +281,7 @@ def test_the_objective_and_the_pruner_read_val_and_no_test_set_is_evaluated_in_a
 @pytest.mark.slow
 def test_each_trial_is_one_wandb_run_holding_its_params_and_config(parallel_study):
     for t in parallel_study[2].trials:
-        run = logged_run(t) if t.state == TrialState.COMPLETE else read_run(t.user_attrs["wandb_run"])
+        run = read_finished(t.user_attrs["wandb_run"])
         assert (run.name, run.group, run.tags) == (f"trial-{t.number}", "par", ["vdsr"])
         assert run.config["optuna"]["params"] == t.params and run.config["optuna"]["trial"] == t.number
         assert f"lr: {t.params['lr']}" in run.config["config"]  # the resolved config holds the value
@@ -356,7 +350,7 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
     for t in (retry, new):  # pruned at the first validation past the warm-up, the last epoch never ran
         assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("pruned: ")
         assert max(t.intermediate_values) == 1
-    logged = read_run(new.user_attrs["wandb_run"]).series("val/psnr_y")
+    logged = read_finished(new.user_attrs["wandb_run"]).series("val/psnr_y")
     assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
 
 
@@ -409,7 +403,7 @@ def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root,
     assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
     assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
-    assert all(read_run(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
+    assert all(read_finished(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
 
 
 @pytest.mark.slow
@@ -427,7 +421,7 @@ def test_a_trial_runs_as_a_two_process_ddp_job_and_reports_rank_zeros_values(tmp
     (trial,) = load(sqlite_url(root), "ddp").trials
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("reason")
     assert "MEMBER: 2/2" in (Path(trial.user_attrs["run_dir"]) / "trial.log").read_text()  # really two ranks
-    run = logged_run(trial)
+    run = read_finished(trial.user_attrs["wandb_run"])
     logged = run.series("val/psnr_y")
     assert len(logged) == 2 and trial.value == pytest.approx(max(logged), abs=1e-9)
     assert trial.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # reported once per epoch

@@ -7,7 +7,8 @@ import pytest
 import torch
 import wandb
 import yaml
-from conftest import TWO_STAGES, read_logged
+from conftest import TWO_STAGES
+from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -79,7 +80,7 @@ def staged_run(tmp_path_factory, data_root):
 def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
     tmp, cli = staged_run
     assert cli.model.stage_index == 1 and isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
-    run = read_logged(tmp / "staged", "clip_bound")
+    run = read_finished(tmp / "staged")
     rows = [h for h in run.history if "stage" in h]
     steps = [int(h["trainer/global_step"]) for h in rows]
     stage = dict(zip(steps, (h["stage"] for h in rows)))
@@ -122,7 +123,7 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
     assert restored["state"].keys() == expected["state"].keys() and len(expected["state"]) > 0
     for index, state in expected["state"].items():
         assert torch.equal(restored["state"][index]["momentum_buffer"], state["momentum_buffer"]), index
-    run = read_logged(tmp_path / "resumed", "lr")
+    run = read_finished(tmp_path / "resumed")
     rows = {int(h["trainer/global_step"]): h for h in run.history if "lr" in h}
     assert min(rows) == 2 * STEPS and rows[2 * STEPS]["stage"] == 1
     assert rows[2 * STEPS]["lr"] == pytest.approx(0.05 * 0.5)  # second epoch of stage 2: one halving
@@ -160,7 +161,7 @@ def learned_run(tmp_path_factory, data_root):
 
 def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_test(learned_run, data_root):
     tmp, cli = learned_run
-    run = read_logged(tmp / "learn", "val/Sun80/x2/psnr_y")
+    run = read_finished(tmp / "learn")
     assert not any(k.startswith("test/") or "/Set5/" in k for h in run.history for k in h)  # fit never tests
     bicubic = run_benchmark(Bicubic(), ["Set5"], [2])["Set5"]["x2"]["psnr_y"]
     assert bicubic == pytest.approx(33.66, abs=0.01)
@@ -174,7 +175,7 @@ def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_te
 
 def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):
     tmp, cli = learned_run
-    run = read_logged(tmp / "learn", "val/Sun80/x2/psnr_y")
+    run = read_finished(tmp / "learn")
     logged_psnr = run.series("val/Sun80/x2/psnr_y")[-1]
     logged_ssim = run.series("val/Sun80/x2/ssim_y")[-1]
     assert run.series("val/psnr_y")[-1] == pytest.approx(logged_psnr, abs=1e-9)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
 import wandb
-from conftest import read_logged
 from wandb.proto import wandb_internal_pb2 as pb
-from wandb_offline import find_runs, read_run
+from wandb_offline import find_runs, read_finished, read_run
 
 pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
@@ -43,11 +41,8 @@ def test_reads_back_a_real_offline_run(tmp_path):
     finally:
         wandb.finish()
 
-    # wandb-core may still be writing the file's last records after finish(): wait for the summary (the last one).
-    deadline = time.monotonic() + 60
-    while not ((r := read_run(find_runs(tmp_path)[0])).summary.get("best") == 3.0 and "late" in r.config):
-        assert time.monotonic() < deadline, "the offline run never got its final records"
-        time.sleep(0.2)
+    r = read_finished(tmp_path)  # wandb-core may still be writing the file's last records after finish()
+    assert r.finished
     paths = find_runs(tmp_path)
     assert len(paths) == 1
     assert paths[0].name == f"run-{run_id}.wandb" and paths[0].parent.name.startswith("offline-run-")
@@ -108,7 +103,7 @@ def test_reads_train_loss_of_a_lightning_wandb_logger_run(tmp_path):
     finally:
         wandb.finish()
 
-    r = read_logged(tmp_path, "trainer/global_step")  # wandb-core may still be flushing the file
+    r = read_finished(tmp_path)
     assert r.group == "lit"
     losses = r.series("train/loss")
     assert len(losses) == 5 and losses == model.losses
@@ -184,3 +179,14 @@ def test_errors_name_the_file(tmp_path):
     _write_framed(path, [_history({"v": 0}), _history({"v": 1})])
     path.write_bytes(path.read_bytes()[:-5])
     assert read_run(path).series("v") == [0]
+
+
+def test_a_run_is_finished_only_once_its_exit_record_is_written(tmp_path):
+    path = tmp_path / "run-x.wandb"
+    _write_framed(path, [_history({"v": 0})])
+    assert not read_run(path).finished
+    with pytest.raises(AssertionError, match=r"no finished W&B run below .*run-x.wandb after 0.3 s"):
+        read_finished(path, timeout=0.3)
+    exit_record = pb.Record(exit=pb.RunExitRecord(exit_code=0)).SerializeToString()
+    _write_framed(path, [_history({"v": 0}), exit_record])
+    assert read_finished(path, timeout=0.3).series("v") == [0]

@@ -13,9 +13,11 @@ Used by tests and by users checking what a run really logged, without a W&B acco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False  # the run's exit record is in the file: nothing more will be written
 
     def series(self, key: str) -> list[Any]:
         """Values of history ``key`` in logging order (rows without the key are skipped)."""
@@ -106,6 +109,8 @@ def read_run(path: str | Path) -> OfflineRun:
             _apply_summary(run.summary, record.summary)
         elif kind == "config":
             _apply_config(run.config, record.config)
+        elif kind == "exit":
+            run.finished = True
         elif kind == "run":
             r = record.run
             run.run_id = r.run_id or run.run_id
@@ -116,6 +121,22 @@ def read_run(path: str | Path) -> OfflineRun:
             _apply_config(run.config, r.config)
             _apply_summary(run.summary, r.summary)
     return run
+
+
+def read_finished(path: str | Path, timeout: float = 60.0) -> OfflineRun:
+    """``read_run`` once the run's exit record is written.
+
+    wandb-core writes the file asynchronously: after ``wandb.finish()`` returns, or the run's process exits,
+    it may still be flushing history, summary and config records for a few seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            if (run := read_run(path)).finished:
+                return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no finished W&B run below {path} after {timeout:g} s (no exit record)")
+        time.sleep(0.2)
 
 
 def _records(path: Path) -> Iterator[bytes]:
