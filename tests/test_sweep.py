@@ -327,9 +327,10 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
             ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
             trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
             child = trial.user_attrs["trial_pid"]
-            os.kill(trial.user_attrs["worker_pid"], signal.SIGKILL)
+            assert trial.user_attrs["worker_pid"] == parent.pid  # with one worker, the command is the worker
+            os.kill(parent.pid, signal.SIGKILL)
             killed = time.monotonic()
-            assert parent.wait(timeout=60) == 1  # the launcher reports the dead worker
+            assert parent.wait(timeout=60) == -signal.SIGKILL
         finally:
             parent.kill()
         wait_for(lambda: not alive(child), 15, "the trial's process to die with its worker")
@@ -352,6 +353,27 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
         assert max(t.intermediate_values) == 1
     logged = read_finished(new.user_attrs["wandb_run"]).series("val/psnr_y")
     assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
+
+
+@pytest.mark.slow
+def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_preset(tmp_path, data_root):
+    knobs = {"depth": {"type": "int", "low": 2, "high": 6, "paths": ["model.init_args.net.depth"]},
+             "width": {"type": "int", "low": 4, "high": 16, "paths": ["model.init_args.net.width"]}}
+    limits = {"n_trials": 2, "enqueue_preset": True, "max_params": 500,
+              "constraints": [{"product": ["depth", "width"], "max": 24}]}
+    path = write_sweep(tmp_path, "limits", study=limits, params=knobs)
+    root = tmp_path / "runs"
+    with sweep_env(data_root):
+        sweep = load_sweep(path, root=root)
+        assert sweep.preset_values() == {"depth": 3, "width": 8}  # the network TINY_FIXED sets
+        create_study(sweep).enqueue_trial({"depth": 5, "width": 8})  # trial 1: outside the constraint
+        assert main([str(path), "--root", str(root), "--no-report"]) == 0
+    preset, deep = load(sqlite_url(root), "limits").trials
+    assert preset.params == {"depth": 3, "width": 8} and preset.state == TrialState.PRUNED
+    assert preset.user_attrs["reason"] == "pruned: network has 737 parameters > study.max_params 500"
+    assert preset.intermediate_values == {}  # pruned at fit start: never trained or validated
+    assert deep.state == TrialState.PRUNED and deep.user_attrs["reason"] == "constraint depth(5) * width(8) = 40 > 24"
+    assert not (root / "limits" / f"trial-{deep.number}").exists()  # no trial process was started
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------

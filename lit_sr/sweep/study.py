@@ -1,13 +1,13 @@
 """Optuna studies on Optuna's own worker model (the README "Sweeps" explains the use).
 
-``lit-sr sweep FILE --workers N`` creates the study first (workers creating the schema of an empty database
-at once race), then starts N copies of ``lit-sr sweep worker FILE ...``. A worker is ``study.optimize(
-objective, callbacks=[MaxTrialsCallback(n_trials, states=None)])``, so a study may overshoot ``n_trials``
-by at most ``workers - 1``. The objective runs each trial as a child ``python -m lit_sr.cli fit --config
-trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of its own); the child reports to the
-trial and prunes it (``lit_sr.sweep.trial``) and its ``result.json`` gives the value or the reason.
-A dead worker's trial is failed by the heartbeat of ``RDBStorage`` and retried with the same params by
-``RetryHeartbeatStaleTrialCallback``, from the dead trial's ``checkpoints/last.ckpt`` when there is one.
+``lit-sr sweep FILE --workers N`` creates the study (workers creating an empty database's schema at once race),
+then is its worker, or starts N ``lit-sr sweep worker FILE ...``. A worker is ``study.optimize(objective,
+callbacks=[MaxTrialsCallback(n_trials, states=<all but WAITING>)])``: a study may overshoot ``n_trials`` by
+``workers - 1``.
+Each trial is a child ``lit-sr fit --config trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of
+its own) that reports to the trial and prunes it (``lit_sr.sweep.trial``); its ``result.json`` gives the value
+or the reason. A dead worker's trial is failed by ``RDBStorage``'s heartbeat and retried with the same params
+(``RetryHeartbeatStaleTrialCallback``), from the dead trial's ``checkpoints/last.ckpt`` when there is one.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
         result = run_dir / "result.json"
         callback = {"class_path": "lit_sr.sweep.trial.OptunaTrialCallback", "init_args": {
             "study": sweep.study_name, "trial": trial.number, "metric": sweep.study.metric,
-            "pruner": sweep.study.pruner, "result": str(result), "max_params": sweep.study.max_params}}
+            "pruner": sweep.study.pruner, "result": str(result),
+            "max_params": sweep.study.max_params and int(sweep.study.max_params)}}  # a plain int for YAML
         config = run_dir / "trial.yaml"
         config.write_text(yaml.safe_dump(sweep.trial_config(values, run_dir, trial.number, callback), sort_keys=False))
         cmd = [sys.executable, "-m", "lit_sr.cli", "fit", "--config", str(config)]
@@ -181,26 +182,29 @@ def run_worker(sweep: Sweep, index: int = 0, workers: int = 1) -> int:
         print(f"[worker {index}] study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: "
               "nothing to run", flush=True)
         return 0
+    # Queued (WAITING) trials are not counted until they start: enqueued and retried trials all run.
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     study.optimize(objective(sweep, url, workers), catch=(TrialFailed,),
-                   callbacks=[MaxTrialsCallback(sweep.study.n_trials, states=None)])
+                   callbacks=[MaxTrialsCallback(sweep.study.n_trials, states=counted)])
     return 0
 
 
 def run_sweep(sweep: Sweep, workers: int = 1) -> int:
-    """Create the study, start ``workers`` copies of ``lit-sr sweep worker`` and wait; 0 when all ended well."""
+    """Create the study, then be its worker (``workers`` 1) or start that many ``lit-sr sweep worker``; 0 when all
+    ended well."""
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
           f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
-    env = dict(os.environ, **{STORAGE_ENV: sweep.storage_url})
     cmd = [sys.executable, "-m", "lit_sr.sweep.cli", "worker", str(sweep.path), "--preset", sweep.preset,
            "--study-name", sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials),
            "--workers", str(workers)]
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers)]
+    env = dict(os.environ, **{STORAGE_ENV: sweep.storage_url})
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers if workers > 1 else 0)]
     try:
-        codes = [p.wait() for p in procs]
+        codes = [p.wait() for p in procs] if procs else [run_worker(sweep)]
     except KeyboardInterrupt:  # Ctrl-C reached the workers too: their running trials end FAIL
         codes = [p.wait() for p in procs]
         print(f"interrupted: run the same command again to resume the study {sweep.study_name}", flush=True)
@@ -210,4 +214,3 @@ def run_sweep(sweep: Sweep, workers: int = 1) -> int:
             print(f"worker {i} ended with code {code}: its running trial is failed and retried "
                   f"{sweep.study.grace_period} s after its last heartbeat by the next worker (run the command again)")
     return int(any(codes))
-
