@@ -70,14 +70,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
-def test_a_non_checkpoint_file_is_one_line_and_debug_shows_the_traceback(tmp_path):
+def test_a_non_checkpoint_file_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     junk = tmp_path / "notes.ckpt"
     junk.write_text("these are my notes, not a checkpoint\n")
-    proc = cli("benchmark", str(junk), "--data", "Set5")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"lit-sr: error: {junk} is not a checkpoint or is corrupt")
-    assert "Traceback" not in proc.stderr and "pass a .ckpt file written by `lit-sr fit`" in proc.stderr
-    debug = cli("benchmark", str(junk), "--data", "Set5", "--debug")
+    assert main(["benchmark", str(junk), "--data", "Set5"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines()[-1].startswith(f"lit-sr: error: {junk} is not a checkpoint or is corrupt")
+    assert "Traceback" not in stderr and "pass a .ckpt file written by `lit-sr fit`" in stderr
+    debug = cli("benchmark", str(junk), "--data", "Set5", "--debug")  # the real process: its exit code
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 
 
