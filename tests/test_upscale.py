@@ -25,14 +25,14 @@ from lit_sr.upscale import read_picture, super_resolve_tiled, upscale_files
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
-    """vdsr_small trained at x2 for 200 steps of the quick preset on the built-in photos: its last checkpoint."""
+    """vdsr_small trained at x2 for 100 steps of the quick preset on the built-in photos: its last checkpoint."""
     tmp = tmp_path_factory.mktemp("upscale_train")
     override = {
         "model": {"init_args": {"stages": [{"name": "train", "epochs": 2, "optimizer": {"name": "adam", "lr": 1e-3}}]}},
         "data": {
             "train_sources": ["builtin"],
             "test_sets": [],
-            "batches_per_epoch": 100,
+            "batches_per_epoch": 50,
             "scales": [2],
             "scale_mode": "per_batch",
             "val_scales": [2],
