@@ -1,12 +1,12 @@
-"""``lit-sr sweep``: run an Optuna study of a sweep file, one of its workers, or its report.
+"""``lit-sr sweep``: an Optuna study of a sweep file, or its report.
 
     lit-sr sweep sweeps/cmsc.yaml [--workers N] [--storage URL] [--n-trials N] [--preset quick|paper]
-    lit-sr sweep worker sweeps/cmsc.yaml [...]       one worker on an existing study (what --workers starts)
     lit-sr sweep report sweeps/cmsc.yaml [--storage URL] [--top-k K] [--no-test]
 
-Default storage: ``sqlite:///runs/sweeps/optuna.db`` (what ``make dashboard`` opens). The same command
-on several machines with ``--storage postgresql+psycopg2://user@host:port/db`` shares one study;
-running it again resumes the study up to its n_trials.
+Storage: ``--storage URL``, else ``$LIT_SR_SWEEP_STORAGE`` (keeps a password off the command line), else
+``sqlite:///runs/sweeps/optuna.db`` (what ``make dashboard`` opens). The same command on several machines with
+``--storage postgresql+psycopg2://user@host:port/db`` shares one study; running it again resumes the study up
+to its n_trials.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.sweep.config import load_sweep
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"lit-sr sweep{'' if command == 'run' else ' ' + command}", description=__doc__,
+def _parser(report: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lit-sr sweep" + (" report" if report else ""), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="sweep file, e.g. sweeps/cmsc.yaml")
     p.add_argument("--preset", default=None, help="experiment preset the trials build on (default: the file's)")
@@ -28,15 +28,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="folder of the study folders and the default SQLite file (runs/sweeps)")
     p.add_argument("--n-trials", type=int, default=None, help="the study's total number of trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)")
-    if command == "report":
+    if report:
         p.add_argument("--top-k", type=int, default=None)
         p.add_argument("--no-test", action="store_true", help="skip the best trial's test table")
     else:
-        p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
-    if command == "run":
+        p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         p.add_argument("--no-report", action="store_true", help="skip the report at the end")
-    if command == "worker":
-        p.add_argument("--worker-index", type=int, default=0, help="this worker's index (added to the sampler's seed)")
+        p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # added to the sampler's seed
     return p
 
 
@@ -47,23 +45,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
-    command = argv.pop(0) if argv and argv[0] in ("worker", "report") else "run"
-    args = _parser(command).parse_args(argv)
+    report = bool(argv) and argv[0] == "report"
+    args = _parser(report).parse_args(argv[report:])
     sweep = load_sweep(args.sweep, args.preset, args.n_trials, args.study_name, args.storage, args.root)
-    if command == "worker":
-        from lit_sr.sweep.study import run_worker
-
-        return run_worker(sweep, args.worker_index, args.workers)
     code = 0
-    if command == "run":
+    if not report:
         from lit_sr.sweep.study import run_sweep
 
-        code = run_sweep(sweep, args.workers)
+        code = run_sweep(sweep, args.workers, args.worker_index)
         if code == 130 or args.no_report:
             return code
-    from lit_sr.sweep.report import report
+    from lit_sr.sweep.report import report as write_report
 
-    print(report(sweep, getattr(args, "top_k", None), test=not getattr(args, "no_test", False)), flush=True)
+    print(write_report(sweep, getattr(args, "top_k", None), test=not getattr(args, "no_test", False)), flush=True)
     return code
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from lit_sr.presets import preset_path as find_preset
 from lit_sr.presets import sweep_path
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
+STORAGE_ENV = "LIT_SR_SWEEP_STORAGE"  # the storage URL when --storage is not given (it may hold a password)
 #: set by the sweep for every trial; a sweep file may not set them
 RESERVED = ("run_dir", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
 
@@ -277,6 +279,6 @@ def load_sweep(
         raise SweepError(f"{path}: study.grace_period must exceed study.heartbeat_interval, or live trials get failed")
     root = Path(root) if root is not None else DEFAULT_ROOT
     sweep = Sweep(path, spec, preset, preset_path, base, study_name or spec.study.name or f"{spec.method}-{preset}",
-                  storage or f"sqlite:///{root / 'optuna.db'}", root)
+                  storage or os.environ.get(STORAGE_ENV) or f"sqlite:///{root / 'optuna.db'}", root)
     sweep.sampler(), sweep.pruner()  # fail now, naming the file, rather than inside a worker
     return sweep

@@ -1,12 +1,11 @@
 """Optuna studies on Optuna's own worker model (the README "Sweeps" explains the use).
 
 ``lit-sr sweep FILE --workers N`` creates the study (workers creating an empty database's schema at once race),
-then is its worker, or starts N ``lit-sr sweep worker FILE ...``. A worker is ``study.optimize(objective,
-callbacks=[MaxTrialsCallback(n_trials, states=<all but WAITING>)])``: a study may overshoot ``n_trials`` by
-``workers - 1``.
-Each trial is a child ``lit-sr fit --config trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of
-its own) that reports to the trial and prunes it (``lit_sr.sweep.trial``); its ``result.json`` gives the value
-or the reason. A dead worker's trial is failed by ``RDBStorage``'s heartbeat and retried with the same params
+then is its worker, or runs itself N times with ``--workers 1``. A worker is ``study.optimize(objective,
+callbacks=[MaxTrialsCallback(...)])``: a study may overshoot ``n_trials`` by ``workers - 1``. Each trial is a
+child ``lit-sr fit --config trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of its own) that
+reports to the trial and prunes it (``lit_sr.sweep.trial``); its ``result.json`` gives the value or the reason.
+A dead worker's trial is failed by ``RDBStorage``'s heartbeat and retried with the same params
 (``RetryHeartbeatStaleTrialCallback``), from the dead trial's ``checkpoints/last.ckpt`` when there is one.
 """
 
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from lit_sr.sweep.config import Sweep, SweepError
+from lit_sr.sweep.config import STORAGE_ENV, Sweep, SweepError
 
-STORAGE_ENV = "LIT_SR_SWEEP_STORAGE"  # the storage URL (it may hold a password) never goes on a command line
 WORKER_ENV = "LIT_SR_SWEEP_WORKER_PID"
 RESULT_ATTRS = ("checkpoint", "wandb_run", "best_epoch", "n_params", "reason")  # result.json -> user attributes
 
@@ -78,8 +77,8 @@ def _serialize_sqlite(storage: RDBStorage) -> None:
 
 def describe(trials: list[optuna.trial.FrozenTrial]) -> str:
     """``3 trials (2 COMPLETE, 1 PRUNED)``."""
-    states = [t.state.name for t in trials]
-    return f"{len(trials)} trials (" + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) + ")"
+    counts = sorted(Counter(t.state.name for t in trials).items())
+    return f"{len(trials)} trials (" + ", ".join(f"{n} {state}" for state, n in counts) + ")"
 
 
 def create_study(sweep: Sweep) -> optuna.Study:
@@ -113,13 +112,10 @@ def _resume_checkpoint(sweep: Sweep, study: optuna.Study, number: int) -> Path |
     return None
 
 
-def objective(sweep: Sweep, url: str, workers: int = 1):
+def objective(sweep: Sweep):
     """The objective: one child ``lit-sr fit`` per trial; returns its best ``study.metric``."""
 
     def run(trial: optuna.Trial) -> float:
-        for key in RESULT_ATTRS:  # a retry starts with its dead original's attributes: not its results
-            if trial.user_attrs.get(key) is not None:
-                trial.set_user_attr(key, None)
         values = {name: _suggest(trial, name, dist) for name, dist in sweep.distributions().items()}
         if broken := sweep.violations(values):  # outside the feasible region: never trained
             trial.set_user_attr("reason", "; ".join(broken))
@@ -141,9 +137,7 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
             trial.set_user_attr("resumed_from", str(ckpt))
         for key, value in {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}.items():
             trial.set_user_attr(key, value)
-        env = dict(os.environ, **{STORAGE_ENV: url, WORKER_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
-        if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env = {**os.environ, STORAGE_ENV: sweep.storage_url, WORKER_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         with open(run_dir / "trial.log", "wb") as log:
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
@@ -153,9 +147,8 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
             child.kill()
             raise
         out = json.loads(result.read_text()) if result.is_file() else {"state": "fail", "reason": None}
-        for key in RESULT_ATTRS:
-            if out.get(key) is not None:
-                trial.set_user_attr(key, out[key])
+        for key in RESULT_ATTRS:  # all of them: a retry starts with its dead original's attributes
+            trial.set_user_attr(key, out.get(key))
         if out["state"] == "complete":
             return out["value"]
         if out["state"] == "pruned":
@@ -168,43 +161,40 @@ def objective(sweep: Sweep, url: str, workers: int = 1):
     return run
 
 
-def run_worker(sweep: Sweep, index: int = 0, workers: int = 1) -> int:
+def run_worker(sweep: Sweep, index: int = 0) -> int:
     """One worker: trials until the study holds ``n_trials`` (retries of dead workers' trials first)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = os.environ.get(STORAGE_ENV, sweep.storage_url)
-    storage = make_storage(url, sweep)
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage, pruner=sweep.pruner())
+    study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(sweep.storage_url, sweep),
+                              pruner=sweep.pruner())
     fail_stale_trials(study)  # a dead worker's trial becomes a WAITING retry now, before the count below
     trials = study.get_trials(deepcopy=False)
     # Seed + worker index + trials so far: local workers, and machines joining later, draw different params.
     study.sampler = sweep.sampler(index + len(trials))
     if len(trials) >= sweep.study.n_trials and not any(t.state == TrialState.WAITING for t in trials):
-        print(f"[worker {index}] study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: "
-              "nothing to run", flush=True)
+        print(f"study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: nothing to run")
         return 0
     # Queued (WAITING) trials are not counted until they start: enqueued and retried trials all run.
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    study.optimize(objective(sweep, url, workers), catch=(TrialFailed,),
+    study.optimize(objective(sweep), catch=(TrialFailed,),
                    callbacks=[MaxTrialsCallback(sweep.study.n_trials, states=counted)])
     return 0
 
 
-def run_sweep(sweep: Sweep, workers: int = 1) -> int:
-    """Create the study, then be its worker (``workers`` 1) or start that many ``lit-sr sweep worker``; 0 when all
-    ended well."""
+def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
+    """Create the study and be its worker, or start this command ``workers`` times with ``--workers 1``;
+    0 when all ended well."""
     if workers < 1:
         raise SweepError(f"--workers must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
           f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
-    cmd = [sys.executable, "-m", "lit_sr.sweep.cli", "worker", str(sweep.path), "--preset", sweep.preset,
-           "--study-name", sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials),
-           "--workers", str(workers)]
-    env = dict(os.environ, **{STORAGE_ENV: sweep.storage_url})
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers if workers > 1 else 0)]
+    cmd = [sys.executable, "-m", "lit_sr.cli", "sweep", str(sweep.path), "--preset", sweep.preset, "--study-name",
+           sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials), "--no-report"]
+    env = {**os.environ, STORAGE_ENV: sweep.storage_url}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # the cores, shared
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers)] if workers > 1 else []
     try:
-        codes = [p.wait() for p in procs] if procs else [run_worker(sweep)]
+        codes = [p.wait() for p in procs] if procs else [run_worker(sweep, index)]
     except KeyboardInterrupt:  # Ctrl-C reached the workers too: their running trials end FAIL
         codes = [p.wait() for p in procs]
         print(f"interrupted: run the same command again to resume the study {sweep.study_name}", flush=True)
