@@ -71,7 +71,7 @@ sweep-report: $(STAMP)  ## the best trial, top-k, plots and its test table: make
 	$(BIN)/lit-sr sweep report sweeps/$(MODEL).yaml --preset $(PRESET) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 dashboard: $(STAMP)
-	$(BIN)/optuna-dashboard --host 127.0.0.1 $(or $(STORAGE),sqlite:///runs/sweeps/optuna.db)
+	$(BIN)/optuna-dashboard --host 127.0.0.1 $(or $(STORAGE),$(LIT_SR_SWEEP_STORAGE),sqlite:///runs/sweeps/optuna.db)
 
 clean:
 	rm -rf runs outputs wandb lightning_logs .pytest_cache

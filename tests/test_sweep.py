@@ -86,6 +86,7 @@ def sweep_env(data_root: Path) -> Iterator[None]:
         mp.setenv("LIT_SR_DATA", str(data_root))
         mp.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
         mp.setenv("OMP_NUM_THREADS", "1")
+        mp.delenv("LIT_SR_SWEEP_STORAGE", raising=False)  # a developer's own study storage stays untouched
         yield
 
 

@@ -34,7 +34,8 @@ def _parser(report: bool) -> argparse.ArgumentParser:
     else:
         p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         p.add_argument("--no-report", action="store_true", help="skip the report at the end")
-        p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # added to the sampler's seed
+        p.add_argument("--worker-index", type=int, default=0,
+                       help="this machine's index, for the sampler's seed (e.g. a SLURM array index)")
     return p
 
 

@@ -1,8 +1,8 @@
 """Optuna studies on Optuna's own worker model (the README "Sweeps" explains the use).
 
 ``lit-sr sweep FILE --workers N`` creates the study (workers creating an empty database's schema at once race),
-then is its worker, or runs itself N times with ``--workers 1``. A worker is ``study.optimize(objective,
-callbacks=[MaxTrialsCallback(...)])``: a study may overshoot ``n_trials`` by ``workers - 1``. Each trial is a
+then is its worker, or runs itself N times with ``--workers 1``. A worker is ``study.optimize(objective)``
+until the study is ``full``: a study may overshoot ``n_trials`` by ``workers - 1``. Each trial is a
 child ``lit-sr fit --config trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of its own) that
 reports to the trial and prunes it (``lit_sr.sweep.trial``); its ``result.json`` gives the value or the reason.
 A dead worker's trial is failed by ``RDBStorage``'s heartbeat and retried with the same params
@@ -26,7 +26,6 @@ import optuna
 import yaml
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from lit_sr.sweep.config import STORAGE_ENV, Sweep, SweepError
@@ -116,6 +115,9 @@ def objective(sweep: Sweep):
     """The objective: one child ``lit-sr fit`` per trial; returns its best ``study.metric``."""
 
     def run(trial: optuna.Trial) -> float:
+        for key in (*RESULT_ATTRS, "resumed_from"):  # a retry starts with its dead original's attributes
+            if trial.user_attrs.get(key) is not None:
+                trial.set_user_attr(key, None)
         values = {name: _suggest(trial, name, dist) for name, dist in sweep.distributions().items()}
         if broken := sweep.violations(values):  # outside the feasible region: never trained
             trial.set_user_attr("reason", "; ".join(broken))
@@ -147,8 +149,9 @@ def objective(sweep: Sweep):
             child.kill()
             raise
         out = json.loads(result.read_text()) if result.is_file() else {"state": "fail", "reason": None}
-        for key in RESULT_ATTRS:  # all of them: a retry starts with its dead original's attributes
-            trial.set_user_attr(key, out.get(key))
+        for key in RESULT_ATTRS:
+            if out.get(key) is not None:
+                trial.set_user_attr(key, out[key])
         if out["state"] == "complete":
             return out["value"]
         if out["state"] == "pruned":
@@ -161,21 +164,31 @@ def objective(sweep: Sweep):
     return run
 
 
+def full(study: optuna.Study, n_trials: int) -> bool:
+    """``n_trials`` trials started, failed ones too, and none is queued.
+
+    Optuna's ``MaxTrialsCallback`` stops at the count whether or not trials wait: with ``states=None`` a queued
+    trial (``enqueue_preset``, a dead worker's retry) counts before it runs, and without WAITING the retries of
+    several dead workers run one per restart. Here queued trials always run.
+    """
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return len(states) >= n_trials and TrialState.WAITING not in states
+
+
 def run_worker(sweep: Sweep, index: int = 0) -> int:
     """One worker: trials until the study holds ``n_trials`` (retries of dead workers' trials first)."""
     study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(sweep.storage_url, sweep),
                               pruner=sweep.pruner())
     fail_stale_trials(study)  # a dead worker's trial becomes a WAITING retry now, before the count below
     trials = study.get_trials(deepcopy=False)
-    # Seed + worker index + trials so far: local workers, and machines joining later, draw different params.
-    study.sampler = sweep.sampler(index + len(trials))
-    if len(trials) >= sweep.study.n_trials and not any(t.state == TrialState.WAITING for t in trials):
-        print(f"study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: nothing to run")
+    # Seed + 1000 x worker index + trials so far: local workers, and machines joining later, draw different params.
+    study.sampler = sweep.sampler(1000 * index + len(trials))
+    if full(study, sweep.study.n_trials):
+        print(f"study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: nothing to run",
+              flush=True)
         return 0
-    # Queued (WAITING) trials are not counted until they start: enqueued and retried trials all run.
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     study.optimize(objective(sweep), catch=(TrialFailed,),
-                   callbacks=[MaxTrialsCallback(sweep.study.n_trials, states=counted)])
+                   callbacks=[lambda study, _: full(study, sweep.study.n_trials) and study.stop()])
     return 0
 
 
@@ -192,7 +205,8 @@ def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
            sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials), "--no-report"]
     env = {**os.environ, STORAGE_ENV: sweep.storage_url}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # the cores, shared
-    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(workers)] if workers > 1 else []
+    indices = [index * workers + i for i in range(workers)] if workers > 1 else []
+    procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in indices]
     try:
         codes = [p.wait() for p in procs] if procs else [run_worker(sweep, index)]
     except KeyboardInterrupt:  # Ctrl-C reached the workers too: their running trials end FAIL

@@ -5,7 +5,8 @@ in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's ``PyTorchLightningPr
 metric (``check_pruned()`` after fit, as its DDP mode needs); logs the knob values to the run's logger;
 prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the best value of the
 metric, ``pruned`` (pruner, size, or a diverging run: ``FloatingPointError``) or ``fail``, with the reason.
-Without ``LIT_SR_SWEEP_STORAGE`` (a trial's config re-run by hand) it does nothing.
+Outside a worker's trial process (``LIT_SR_SWEEP_WORKER_PID`` unset: a trial's config re-run by hand) it
+does nothing.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class OptunaTrialCallback(pl.Callback):
         self.info: dict[str, Any] = {"study": study, "trial": trial}
         self.pruning: PyTorchLightningPruningCallback | None = None
         url = os.environ.get(STORAGE_ENV)
-        if url is None:
+        if url is None or WORKER_ENV not in os.environ:  # not a sweep worker's child: a trial re-run by hand
             return
         if sys.platform.startswith("linux") and os.environ.get("LOCAL_RANK", "0") == "0":  # ranks > 0: rank 0's
             ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG: die with the worker
-            if str(os.getppid()) != os.environ.get(WORKER_ENV, str(os.getppid())):
+            if str(os.getppid()) != os.environ[WORKER_ENV]:
                 os.kill(os.getpid(), signal.SIGKILL)  # the worker died before prctl
         storage = make_storage(url)
         pruner_obj = parse(optuna.pruners.BasePruner, pruner, "study.pruner")
