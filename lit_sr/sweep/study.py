@@ -201,7 +201,8 @@ def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
           f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
-    cmd = [sys.executable, "-m", "lit_sr.cli", "sweep", str(sweep.path), "--preset", sweep.preset, "--study-name",
+    # `lit-sr sweep` itself, by its own module: importing lit_sr.cli (Lightning) would add seconds per worker.
+    cmd = [sys.executable, "-m", "lit_sr.sweep.cli", str(sweep.path), "--preset", sweep.preset, "--study-name",
            sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials), "--no-report"]
     env = {**os.environ, STORAGE_ENV: sweep.storage_url}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # the cores, shared
