@@ -1,119 +1,29 @@
-"""Optuna sweeps (lit_sr.sweep): sweep files, real parallel studies, dead workers, pruning, PostgreSQL.
+"""Optuna sweeps (lit_sr.sweep): sweep files, the SQLite claim race, real parallel studies, pruning, limits.
 
 The studies run real ``lit-sr fit`` trials in child processes (a 3-layer VDSR, a few steps on the built-in
-photos, validated on one held-out image): the sweep machinery is under test, not the model.
+photos, validated on one held-out image): the sweep machinery is under test, not the model. Dead workers,
+PostgreSQL and DDP trials: tests/test_sweep_scale_out.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sweep_helpers import LR, REPO, TEST_SETS, TINY_FIXED, load, sqlite_url, sweep_env, write_sweep
 from wandb_offline import find_runs, read_finished
 
 from lit_sr.sweep import SweepError, load_sweep
 from lit_sr.sweep.cli import main
-from lit_sr.sweep.study import create_study, make_storage
-
-REPO = Path(__file__).resolve().parents[1]
-LR = "model.init_args.stages.0.optimizer.lr"
-# 3 layers of 8 channels, 2 epochs of 4 batches, validation on one image after every epoch.
-TINY_FIXED = {
-    "model.init_args.net": {"depth": 3, "width": 8},
-    "model.init_args.stages.0.epochs": 2,
-    "model.init_args.stages.0.optimizer": {"name": "sgd", "lr": 1.0e-3, "momentum": 0.9},
-    "model.init_args.stages.0.lr_schedule": {"name": "constant"},
-    "data.train_sources": ["builtin"],
-    "data.batches_per_epoch": 4,
-    "data.batch_size": 4,
-    "data.num_workers": 0,
-    "data.scales": [2],
-    "data.scale_mode": "per_batch",
-    "data.val_scales": [2],
-    "data.val_max_images": 1,
-    "data.test_sets": ["Set5"],  # the report benchmarks the best trial on it
-    "trainer.check_val_every_n_epoch": 1,
-    "trainer.precision": "32-true",
-    "trainer.log_every_n_steps": 1,
-}
-TEST_SETS = ("Set5", "Set14")  # the benchmarks: never seen by a trial
-
-
-def write_sweep(folder: Path, name: str, study: dict | None = None, **sections) -> Path:
-    """A sweep file on the VDSR quick preset with the tiny budget; ``study`` / sections override defaults."""
-    doc = {
-        "method": "vdsr",
-        "preset": "quick",
-        "study": {
-            "name": name,
-            "n_trials": 2,
-            "sampler": {"class_path": "optuna.samplers.TPESampler", "init_args": {"seed": 0}},
-            "pruner": {"class_path": "optuna.pruners.NopPruner"},
-            "heartbeat_interval": 1,
-            "grace_period": 3,
-            **(study or {}),
-        },
-        "fixed": dict(TINY_FIXED),
-        # SGD on the paper reduction: lr above about 1e-3 diverges on this network, 10 at once
-        "params": {"lr": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True, "paths": [LR]}},
-    }
-    doc.update(sections)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@contextlib.contextmanager
-def sweep_env(data_root: Path) -> Iterator[None]:
-    """The benchmark images and quiet offline W&B for this process, its workers and their trials."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LIT_SR_DATA", str(data_root))
-        mp.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
-        mp.setenv("OMP_NUM_THREADS", "1")
-        mp.delenv("LIT_SR_SWEEP_STORAGE", raising=False)  # a developer's own study storage stays untouched
-        yield
-
-
-def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=make_storage(url))
-
-
-def sqlite_url(root: Path) -> str:
-    return f"sqlite:///{root / 'optuna.db'}"
-
-
-def alive(pid: int) -> bool:
-    """``pid`` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with contextlib.suppress(Exception):  # e.g. the study is not created yet
-            if value := predicate():
-                return value
-        time.sleep(0.2)
-    raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+from lit_sr.sweep.study import create_study
 
 
 # ---- sweep files ---------------------------------------------------------------------------------------
@@ -311,52 +221,6 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
 
 
 @pytest.mark.slow
-def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
-    tmp_path, data_root
-):
-    # 3 epochs of 50 batches: seconds to kill the worker in. Every trial is pruned at its second validation.
-    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0, "n_warmup_steps": 1}}
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 50, "model.init_args.stages.0.epochs": 3}
-    path = write_sweep(tmp_path, "kill", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
-    root = tmp_path / "runs"
-    url = sqlite_url(root)
-    args = [str(path), "--root", str(root), "--no-report"]
-    with sweep_env(data_root):
-        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", *args],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
-            trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
-            child = trial.user_attrs["trial_pid"]
-            assert trial.user_attrs["worker_pid"] == parent.pid  # with one worker, the command is the worker
-            os.kill(parent.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            assert parent.wait(timeout=60) == -signal.SIGKILL
-        finally:
-            parent.kill()
-        wait_for(lambda: not alive(child), 15, "the trial's process to die with its worker")
-        assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
-        time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
-        # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
-        assert main(args) == 0
-        dead, retry = load(url, "kill").get_trials()
-        # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
-        assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0
-    assert dead.state == TrialState.FAIL
-    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
-    assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
-    assert min(retry.intermediate_values) >= 1  # resumed after the checkpointed epoch, not from epoch 0
-    trials = load(url, "kill").get_trials()
-    assert [t.number for t in trials] == [0, 1, 2]
-    new = trials[2]
-    for t in (retry, new):  # pruned at the first validation past the warm-up, the last epoch never ran
-        assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("pruned: ")
-        assert max(t.intermediate_values) == 1
-    logged = read_finished(new.user_attrs["wandb_run"]).series("val/psnr_y")
-    assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
-
-
-@pytest.mark.slow
 def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_preset(tmp_path, data_root):
     knobs = {"depth": {"type": "int", "low": 2, "high": 6, "paths": ["model.init_args.net.depth"]},
              "width": {"type": "int", "low": 4, "high": 16, "paths": ["model.init_args.net.width"]}}
@@ -375,77 +239,3 @@ def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_p
     assert preset.intermediate_values == {}  # pruned at fit start: never trained or validated
     assert deep.state == TrialState.PRUNED and deep.user_attrs["reason"] == "constraint depth(5) * width(8) = 40 > 24"
     assert not (root / "limits" / f"trial-{deep.number}").exists()  # no trial process was started
-
-
-# ---- PostgreSQL ----------------------------------------------------------------------------------------
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port (ENVIRONMENT.md), stopped afterwards."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [Path(p) for p in [shutil.which("initdb")] if p]
-    if not found:
-        msg = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install -y postgresql"
-        if os.environ.get("LIT_SR_REQUIRE_POSTGRES") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    pg_bin = found[-1].parent
-    folder = Path(tempfile.mkdtemp(prefix="lit_sr_pg_"))  # not under pytest's 0700 tmp: postgres must enter it
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(folder, "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
-
-    data = f"{folder}/data"
-    try:
-        run(str(pg_bin / "initdb"), "-D", data, "-U", "optuna", "--auth=trust", "-E", "UTF8", "--no-locale")
-        run(str(pg_bin / "pg_ctl"), "-D", data, "-l", f"{folder}/log", "-w", "-o",
-            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
-        run(str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "optuna", "optuna")
-        yield f"postgresql+psycopg2://optuna@127.0.0.1:{port}/optuna"
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            run(str(pg_bin / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
-    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
-    path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})
-    with sweep_env(data_root):
-        code = main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
-                     "--no-report"])
-    assert code == 0
-    assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
-    trials = load(postgres_url, "pg").get_trials()
-    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
-    assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
-    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
-    assert all(read_finished(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
-
-
-@pytest.mark.slow
-def test_a_trial_runs_as_a_two_process_ddp_job_and_reports_rank_zeros_values(tmp_path, data_root):
-    """``fixed: {trainer.devices: 2, trainer.strategy: ddp}``: each trial is a 2-rank gloo job; one value, one run."""
-    fixed = {**TINY_FIXED, "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu",
-             "data.val_max_images": 3}  # 3 images over 2 ranks: uneven shards, each image scored once
-    pruner = {"class_path": "optuna.pruners.MedianPruner", "init_args": {"n_startup_trials": 5}}
-    path = write_sweep(tmp_path, "ddp", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
-    root = tmp_path / "runs"
-    with sweep_env(data_root):
-        study = create_study(load_sweep(path, root=root))
-        study.enqueue_trial({"lr": 1e-4})
-        assert main([str(path), "--root", str(root), "--workers", "1", "--no-report"]) == 0
-    (trial,) = load(sqlite_url(root), "ddp").trials
-    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("reason")
-    assert "MEMBER: 2/2" in (Path(trial.user_attrs["run_dir"]) / "trial.log").read_text()  # really two ranks
-    run = read_finished(trial.user_attrs["wandb_run"])
-    logged = run.series("val/psnr_y")
-    assert len(logged) == 2 and trial.value == pytest.approx(max(logged), abs=1e-9)
-    assert trial.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # reported once per epoch
-    assert len(find_runs(trial.user_attrs["run_dir"])) == 1  # rank 0 alone logs

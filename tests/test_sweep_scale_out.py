@@ -1,0 +1,145 @@
+"""Sweeps beyond one process: a killed worker's trial retried from its checkpoint, PostgreSQL, DDP trials."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sweep_helpers import TINY_FIXED, alive, load, sqlite_url, sweep_env, wait_for, write_sweep
+from wandb_offline import find_runs, read_finished
+
+from lit_sr.sweep import load_sweep
+from lit_sr.sweep.cli import main
+from lit_sr.sweep.study import create_study
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
+    tmp_path, data_root
+):
+    # 3 epochs of 50 batches: seconds to kill the worker in. Every trial is pruned at its second validation.
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0, "n_warmup_steps": 1}}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 50, "model.init_args.stages.0.epochs": 3}
+    path = write_sweep(tmp_path, "kill", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
+    root = tmp_path / "runs"
+    url = sqlite_url(root)
+    args = [str(path), "--root", str(root), "--no-report"]
+    with sweep_env(data_root):
+        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", *args],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
+            trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
+            child = trial.user_attrs["trial_pid"]
+            assert trial.user_attrs["worker_pid"] == parent.pid  # with one worker, the command is the worker
+            os.kill(parent.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            assert parent.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            parent.kill()
+        wait_for(lambda: not alive(child), 15, "the trial's process to die with its worker")
+        assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
+        time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
+        # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
+        assert main(args) == 0
+        dead, retry = load(url, "kill").get_trials()
+        # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
+        assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0
+    assert dead.state == TrialState.FAIL
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
+    assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
+    assert min(retry.intermediate_values) >= 1  # resumed after the checkpointed epoch, not from epoch 0
+    trials = load(url, "kill").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    new = trials[2]
+    for t in (retry, new):  # pruned at the first validation past the warm-up, the last epoch never ran
+        assert t.state == TrialState.PRUNED and t.user_attrs["reason"].startswith("pruned: ")
+        assert max(t.intermediate_values) == 1
+    logged = read_finished(new.user_attrs["wandb_run"]).series("val/psnr_y")
+    assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port (ENVIRONMENT.md), stopped afterwards."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or [Path(p) for p in [shutil.which("initdb")] if p]
+    if not found:
+        msg = "PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install -y postgresql"
+        if os.environ.get("LIT_SR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    pg_bin = found[-1].parent
+    folder = Path(tempfile.mkdtemp(prefix="lit_sr_pg_"))  # not under pytest's 0700 tmp: postgres must enter it
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(folder, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
+
+    data = f"{folder}/data"
+    try:
+        run(str(pg_bin / "initdb"), "-D", data, "-U", "optuna", "--auth=trust", "-E", "UTF8", "--no-locale")
+        run(str(pg_bin / "pg_ctl"), "-D", data, "-l", f"{folder}/log", "-w", "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+        run(str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "optuna", "optuna")
+        yield f"postgresql+psycopg2://optuna@127.0.0.1:{port}/optuna"
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            run(str(pg_bin / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
+    pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
+    path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})
+    with sweep_env(data_root):
+        code = main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
+                     "--no-report"])
+    assert code == 0
+    assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
+    trials = load(postgres_url, "pg").get_trials()
+    assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there
+    assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    assert all(read_finished(t.user_attrs["wandb_run"]).config["optuna"]["params"] == t.params for t in trials)
+
+
+@pytest.mark.slow
+def test_a_trial_runs_as_a_two_process_ddp_job_and_reports_rank_zeros_values(tmp_path, data_root):
+    """``fixed: {trainer.devices: 2, trainer.strategy: ddp}``: each trial is a 2-rank gloo job; one value, one run."""
+    fixed = {**TINY_FIXED, "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu",
+             "data.val_max_images": 3}  # 3 images over 2 ranks: uneven shards, each image scored once
+    pruner = {"class_path": "optuna.pruners.MedianPruner", "init_args": {"n_startup_trials": 5}}
+    path = write_sweep(tmp_path, "ddp", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
+    root = tmp_path / "runs"
+    with sweep_env(data_root):
+        study = create_study(load_sweep(path, root=root))
+        study.enqueue_trial({"lr": 1e-4})
+        assert main([str(path), "--root", str(root), "--workers", "1", "--no-report"]) == 0
+    (trial,) = load(sqlite_url(root), "ddp").trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("reason")
+    assert "MEMBER: 2/2" in (Path(trial.user_attrs["run_dir"]) / "trial.log").read_text()  # really two ranks
+    run = read_finished(trial.user_attrs["wandb_run"])
+    logged = run.series("val/psnr_y")
+    assert len(logged) == 2 and trial.value == pytest.approx(max(logged), abs=1e-9)
+    assert trial.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # reported once per epoch
+    assert len(find_runs(trial.user_attrs["run_dir"])) == 1  # rank 0 alone logs
