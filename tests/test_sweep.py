@@ -62,7 +62,9 @@ def test_optuna_and_jsonargparse_name_bad_distributions_and_classes(tmp_path):
 
 def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_and_callback(tmp_path):
     lrs = ["model.init_args.stages.0.optimizer.lr", "model.init_args.stages.0.lr_schedule.min_lr"]
-    fixed = {**TINY_FIXED, "model.init_args.stages.0.lr_schedule": {"name": "cosine", "min_lr": 1e-5}}
+    early = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/psnr_y"}}
+    fixed = {**TINY_FIXED, "model.init_args.stages.0.lr_schedule": {"name": "cosine", "min_lr": 1e-5},
+             "trainer.callbacks": [early]}
     knobs = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "paths": lrs},
              "depth": {"type": "int", "low": 2, "high": 5, "paths": ["model.init_args.net.depth"]}}
     sweep = load_sweep(write_sweep(tmp_path, "cfg", fixed=fixed, params=knobs), root=tmp_path / "runs")
@@ -74,7 +76,8 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_and_cal
     assert cfg["model"]["init_args"]["net"] == {"depth": 5, "width": 8} and cfg["run_dir"] == str(tmp_path / "t")
     assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "t"), "group": "cfg",
                                                      "name": "trial-7", "tags": ["vdsr"]}
-    assert cfg["trainer"]["callbacks"][-1] == callback
+    assert cfg["trainer"]["callbacks"] == [early, callback]  # the file's callbacks as written, then the sweep's
+    yaml.safe_dump(cfg)  # what the worker writes as trial.yaml
     assert sweep.base["model"]["init_args"]["net"] == {"depth": 3, "width": 8}  # the base is untouched
 
 

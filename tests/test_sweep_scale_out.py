@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sweep_helpers import TINY_FIXED, alive, load, sqlite_url, sweep_env, wait_for, write_sweep
@@ -29,9 +30,12 @@ from lit_sr.sweep.study import create_study
 def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
     tmp_path, data_root
 ):
-    # 3 epochs of 50 batches: seconds to kill the worker in. Every trial is pruned at its second validation.
+    # 3 epochs of 100 batches, a step checkpoint every 20: the worker is killed while its trial trains, and the
+    # retry resumes mid-epoch. Every trial is pruned at its second validation.
     pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0, "n_warmup_steps": 1}}
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 50, "model.init_args.stages.0.epochs": 3}
+    every_20 = {"class_path": "lit_sr.cluster.StepCheckpoint", "init_args": {"every_n_steps": 20}}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 100, "model.init_args.stages.0.epochs": 3,
+             "trainer.callbacks": [every_20]}
     path = write_sweep(tmp_path, "kill", study={"n_trials": 1, "pruner": pruner}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
@@ -43,6 +47,7 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
             ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
             trial = wait_for(lambda: ckpt.is_file() and load(url, "kill").trials[0], 120, "trial 0's first checkpoint")
             child = trial.user_attrs["trial_pid"]
+            assert alive(child), "the trial ended before the worker was killed: give it more batches"
             assert trial.user_attrs["worker_pid"] == parent.pid  # with one worker, the command is the worker
             os.kill(parent.pid, signal.SIGKILL)
             killed = time.monotonic()
@@ -50,6 +55,7 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
         finally:
             parent.kill()
         wait_for(lambda: not alive(child), 15, "the trial's process to die with its worker")
+        saved_step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
         assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
         time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
         # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
@@ -60,7 +66,8 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
     assert dead.state == TrialState.FAIL
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
     assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
-    assert min(retry.intermediate_values) >= 1  # resumed after the checkpointed epoch, not from epoch 0
+    steps = read_finished(retry.user_attrs["wandb_run"]).series("trainer/global_step")
+    assert saved_step > 0 and steps[0] == saved_step  # resumed at the dead trial's last step checkpoint
     trials = load(url, "kill").get_trials()
     assert [t.number for t in trials] == [0, 1, 2]
     new = trials[2]

@@ -28,8 +28,8 @@ from lit_sr.presets import sweep_path
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
 STORAGE_ENV = "LIT_SR_SWEEP_STORAGE"  # the storage URL when --storage is not given (it may hold a password)
-#: set by the sweep for every trial; a sweep file may not set them
-RESERVED = ("run_dir", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
+#: set by the sweep for every trial; a sweep file may not set them (trainer.callbacks it may: the sweep appends its own)
+RESERVED = ("run_dir", "trainer.logger", "trainer.default_root_dir")
 
 
 class SweepError(ConfigError):
@@ -247,7 +247,8 @@ def load_sweep(
         raw["study"] = {**(raw.get("study") or {}), "n_trials": n_trials}
     if unknown := sorted(set(raw) - set(SweepFile.__dataclass_fields__)):
         raise SweepError(f"{path}: unknown key(s) {unknown}; a sweep file has {list(SweepFile.__dataclass_fields__)}")
-    spec = parse(SweepFile, {**raw, "params": {}}, str(path))
+    spec = parse(SweepFile, copy.deepcopy({**raw, "params": {}}), str(path))  # jsonargparse edits what it parses
+    spec.fixed = raw.get("fixed") or {}  # as written: jsonargparse instantiates class_path values
     spec.params = {n: parse(Param, knob, f"{path}: params.{n}") for n, knob in (raw.get("params") or {}).items()}
     if not spec.params:
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
