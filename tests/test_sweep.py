@@ -221,6 +221,13 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
     psnr = results["results"][sets[0]]["x2"]["psnr_y"]
     assert f"| {sets[0]} | trial-{best.number} | {psnr:.2f} / " in stdout
     assert "The test numbers were not used to choose this trial" in stdout
+    run = read_finished(out / "wandb")  # the study's own W&B run
+    assert (run.name, run.group, run.tags) == ("report", "par", ["vdsr"]) and f"W&B run {run.path.parent}" in stdout
+    assert run.summary["best/trial"] == best.number and run.summary["best/val/psnr_y"] == best.value
+    for name in ("optimization_history", "parallel_coordinate", "intermediate_values"):
+        assert run.summary[f"plots/{name}._type"] == "image-file"
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert run.summary["trials._type"] == "table-file" and run.summary["trials.nrows"] == len(done)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""A study's report: best trial, top-k table, Optuna plots, and the best trial's test table.
+"""A study's report: best trial, top-k table, Optuna plots, the best trial's test table, and a W&B run of them.
 
 Written to ``<root>/<study>/report/``: ``top_k.md``, ``trials.json``, ``<plot>.png`` (matplotlib) and
 ``<plot>.html`` (plotly) for the optimization history, parameter importances, parallel coordinates and
@@ -9,6 +9,7 @@ sets. The trial was chosen on the validation metric; the test numbers are for re
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,30 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     return table
 
 
+def log_report_run(sweep: Sweep, out: Path, best: list[FrozenTrial], metric: str) -> Path:
+    """The study's own W&B run (group = study, name ``report``): the plots, the ranked trials, the best in summary."""
+    import wandb
+
+    from lit_sr.loggers import wandb_offline
+
+    names = list(dict.fromkeys(k for t in best for k in t.params))
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "lit_sr"), entity=os.environ.get("WANDB_ENTITY"),
+                     group=sweep.study_name, name="report", job_type="sweep-report", tags=[sweep.spec.method],
+                     dir=str(out), mode="offline" if wandb_offline() else "online", reinit="create_new",
+                     config={"sweep_file": str(sweep.path), "preset": sweep.preset, "metric": metric})
+    try:
+        ranked_trials = wandb.Table(columns=["trial", metric, *names],
+                                    data=[[t.number, t.value, *(t.params.get(n) for n in names)] for t in best])
+        plots = {f"plots/{png.stem}": wandb.Image(str(png)) for png in sorted(out.glob("*.png"))}
+        run.log({"trials": ranked_trials, **plots})
+        if best:
+            run.summary.update({"best/trial": best[0].number, f"best/{metric}": best[0].value,
+                                **{f"best/{k}": v for k, v in best[0].params.items()}})
+    finally:
+        run.finish()
+    return Path(run.dir).parent
+
+
 def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     """Write the report files; returns the text ``lit-sr sweep`` prints."""
     url = sweep.storage_url
@@ -127,5 +152,5 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
                   best_trial_test_table(b, out / "test", metric), "",
                   "The test numbers were not used to choose this trial: it was chosen on validation only."]
     skipped = write_plots(study, out, metric)
-    lines += ["", f"report and plots in {out}/"] + [f"  skipped plot {k}: {v}" for k, v in skipped.items()]
-    return "\n".join(lines)
+    lines += ["", f"report and plots in {out}/, W&B run {log_report_run(sweep, out, best, metric)}"]
+    return "\n".join(lines + [f"  skipped plot {k}: {v}" for k, v in skipped.items()])
