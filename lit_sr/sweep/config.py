@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +85,11 @@ class Study:
     grace_period: PositiveInt = 30
     max_retry: NonNegativeInt = 2
     top_k: PositiveInt = 5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # jsonargparse's PositiveInt values are an int subclass that YAML cannot write
+            if isinstance(value := getattr(self, f.name), int) and not isinstance(value, bool):
+                setattr(self, f.name, int(value))
 
 
 @dataclass

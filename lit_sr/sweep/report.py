@@ -35,9 +35,14 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def knob_names(trials: list[FrozenTrial]) -> list[str]:
+    """Every knob the trials sampled, in first-seen order."""
+    return list(dict.fromkeys(k for t in trials for k in t.params))
+
+
 def format_table(trials: list[FrozenTrial], metric: str) -> str:
     """Markdown: rank, trial, metric, every knob, duration."""
-    names = list(dict.fromkeys(k for t in trials for k in t.params))
+    names = knob_names(trials)
     rows = [["rank", "trial", metric, *names, "time (s)"]]
     rows += [[str(i + 1), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n, "")) for n in names),
               f"{t.duration.total_seconds():.0f}" if t.duration else ""] for i, t in enumerate(trials)]
@@ -104,7 +109,7 @@ def log_report_run(sweep: Sweep, out: Path, best: list[FrozenTrial], metric: str
 
     from lit_sr.loggers import wandb_offline
 
-    names = list(dict.fromkeys(k for t in best for k in t.params))
+    names = knob_names(best)
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "lit_sr"), entity=os.environ.get("WANDB_ENTITY"),
                      group=sweep.study_name, name="report", job_type="sweep-report", tags=[sweep.spec.method],
                      dir=str(out), mode="offline" if wandb_offline() else "online", reinit="create_new",

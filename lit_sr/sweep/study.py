@@ -129,8 +129,7 @@ def objective(sweep: Sweep):
         result = run_dir / "result.json"
         callback = {"class_path": "lit_sr.sweep.trial.OptunaTrialCallback", "init_args": {
             "study": sweep.study_name, "trial": trial.number, "metric": sweep.study.metric,
-            "pruner": sweep.study.pruner, "result": str(result),
-            "max_params": sweep.study.max_params and int(sweep.study.max_params)}}  # a plain int for YAML
+            "pruner": sweep.study.pruner, "result": str(result), "max_params": sweep.study.max_params}}
         config = run_dir / "trial.yaml"
         config.write_text(yaml.safe_dump(sweep.trial_config(values, run_dir, trial.number, callback), sort_keys=False))
         cmd = [sys.executable, "-m", "lit_sr.cli", "fit", "--config", str(config)]
