@@ -99,13 +99,13 @@ def _plot(rows: list[dict], cells: list[tuple[str, str]], path: Path) -> None:
 
 
 def _log_wandb(rows: list[dict], table: str, plot: Path) -> None:
-    from lit_sr.loggers import wandb_offline
+    from lit_sr.loggers import init_run, wandb_offline
 
     if wandb_offline():
         return
     import wandb
 
-    run = wandb.init(project="lit_sr", job_type="compare", name="compare")
+    run = init_run("compare", "compare", plot.parent)
     columns = ["method", "variant", "params", "val_psnr_y", "test"]
     data = [[r["method"], r["variant"], r["params"], r["val"], json.dumps(r["test"])] for r in rows]
     run.log({"compare": wandb.Table(columns=columns, data=data), "compare_plot": wandb.Image(str(plot))})

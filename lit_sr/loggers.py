@@ -34,6 +34,16 @@ def wandb_offline(offline: bool | None = None) -> bool:
     return not wandb_has_credentials()
 
 
+def init_run(name: str, job_type: str, save_dir: str | Path, **kwargs: Any) -> Any:
+    """A W&B run of its own (a sweep report, a comparison), in the project, entity and mode of the trainer's logger."""
+    import wandb
+
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "lit_sr"), entity=os.environ.get("WANDB_ENTITY"),
+                      name=name, job_type=job_type, dir=str(save_dir), reinit="create_new",
+                      mode="offline" if wandb_offline() else "online", **kwargs)
+
+
 class SRWandbLogger(WandbLogger):
     """``WandbLogger`` writing under the run directory; project/entity/group from arguments or WANDB_* env."""
 

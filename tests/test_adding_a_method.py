@@ -74,7 +74,7 @@ PRESET = {
 }
 
 
-def test_a_method_defined_here_trains_tests_and_reloads_through_lit_sr_train(tmp_path, monkeypatch, data_root):
+def test_a_method_defined_here_trains_tests_reloads_and_compares_through_lit_sr(tmp_path, monkeypatch, data_root):
     assert method_class("tiny_test_method") is TinySR and "tiny_test_method" in registered_methods()
     (tmp_path / "experiments" / "tiny_test_method").mkdir(parents=True)
     (tmp_path / "experiments" / "tiny_test_method" / "quick.yaml").write_text(yaml.safe_dump(PRESET))
@@ -85,6 +85,12 @@ def test_a_method_defined_here_trains_tests_and_reloads_through_lit_sr_train(tmp
     assert set(results["results"]["Set5"]) == {"x2", "x4"} and results["results"]["Set5"]["x2"]["n_images"] == 5
     method = load_method(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert isinstance(method, TinySR) and method.stage.loss_weights == {"mse": 1.0}
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "compare")]) == 0  # the run in the table
+    row = json.loads((tmp_path / "compare" / "compare.json").read_text())["runs"][0]
+    assert row["method"] == "tiny_test_method" and row["test"] == results["results"]
+    psnr = results["results"]["Set5"]["x2"]["psnr_y"]
+    assert "| tiny_test_method | " in (md := (tmp_path / "compare" / "compare.md").read_text()) and f"{psnr:.2f}" in md
+    assert (tmp_path / "compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_stage_keys_a_method_does_not_read_are_rejected_with_their_path():

@@ -1,15 +1,13 @@
-"""A study's report: best trial, top-k table, Optuna plots, the best trial's test table, and a W&B run of them.
+"""A study's report in ``<root>/<study>/report/``, also logged as the study's W&B run (group = study, name report).
 
-Written to ``<root>/<study>/report/``: ``top_k.md``, ``trials.json``, ``<plot>.png`` (matplotlib) and
-``<plot>.html`` (plotly) for the optimization history, parameter importances, parallel coordinates and
-intermediate values, and ``test/results.{md,json}``: the best trial's checkpoint benchmarked on the test
-sets. The trial was chosen on the validation metric; the test numbers are for reporting only.
+``top_k.md``, ``trials.json``, ``<plot>.png`` (matplotlib) and ``<plot>.html`` (plotly) of the optimization
+history, parameter importances, parallel coordinates and intermediate values, and ``test/results.{md,json}``:
+the best trial's checkpoint on the test sets. It was chosen on the validation metric; the test is only reported.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_sr.sweep.config import Sweep, SweepError, get_path
+from lit_sr.sweep.config import Sweep, SweepError
 from lit_sr.sweep.study import describe, make_storage
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
@@ -31,23 +29,22 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (sign * t.value, t.number))
 
 
+def trials_table(trials: list[FrozenTrial], metric: str) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the ranked trials: rank, trial, metric, every knob, duration in seconds."""
+    names = list(dict.fromkeys(k for t in trials for k in t.params))
+    rows = [[i + 1, t.number, t.value, *(t.params.get(n) for n in names),
+             round(t.duration.total_seconds()) if t.duration else None] for i, t in enumerate(trials)]
+    return ["rank", "trial", metric, *names, "time (s)"], rows
+
+
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def knob_names(trials: list[FrozenTrial]) -> list[str]:
-    """Every knob the trials sampled, in first-seen order."""
-    return list(dict.fromkeys(k for t in trials for k in t.params))
-
-
-def format_table(trials: list[FrozenTrial], metric: str) -> str:
-    """Markdown: rank, trial, metric, every knob, duration."""
-    names = knob_names(trials)
-    rows = [["rank", "trial", metric, *names, "time (s)"]]
-    rows += [[str(i + 1), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n, "")) for n in names),
-              f"{t.duration.total_seconds():.0f}" if t.duration else ""] for i, t in enumerate(trials)]
-    return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] +
-                     ["| " + " | ".join(r) + " |" for r in rows[1:]])
+def markdown(columns: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table of ``trials_table`` rows (the metric to 4 decimals)."""
+    cells = [[f"{v:.4f}" if i == 2 else _fmt(v) for i, v in enumerate(row)] for row in rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [columns, ["---"] * len(columns), *cells])
 
 
 def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
@@ -77,51 +74,44 @@ def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
 
 
 def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
-    """Benchmark the best trial's checkpoint on the test sets of its config (cached per checkpoint)."""
+    """Benchmark the best trial's checkpoint on the test sets and val scales of its config (cached per checkpoint)."""
     from lit_sr.checkpoint import load_method
     from lit_sr.data.sources import default_test_sets
     from lit_sr.evaluate import versus_bicubic, write_results
 
-    ckpt = best.user_attrs.get("checkpoint")
+    ckpt, name = best.user_attrs.get("checkpoint"), f"trial-{best.number}"
+    config = Path(best.user_attrs["run_dir"]) / "trial.yaml"
     if not ckpt or not Path(ckpt).is_file():
         return f"no test table: trial {best.number} left no checkpoint ({ckpt})"
     cached = out / "results.json"
     if cached.is_file() and json.loads(cached.read_text())["meta"]["checkpoint"] == ckpt:
         return (out / "results.md").read_text().rsplit("\n\n", 1)[-1].strip()
-    cfg = yaml.safe_load((Path(best.user_attrs["run_dir"]) / "trial.yaml").read_text())
-    data = cfg.get("data") or {}
+    data = yaml.safe_load(config.read_text()).get("data") or {}  # the DataModule's defaults where it is silent
     sets = data["test_sets"] if data.get("test_sets") is not None else default_test_sets()
     if not sets:
         return "no test table: the trial's data.test_sets is empty and the data root has no Set5/Set14"
     method = load_method(ckpt)
-    scales = [s for s in (data.get("val_scales") or data.get("scales") or method.supported_scales)
+    scales = [s for s in data.get("val_scales") or data.get("scales") or method.supported_scales
               if s in method.supported_scales]
-    rows, table = versus_bicubic(method, f"trial-{best.number}", sets, scales)
-    write_results(out, rows[f"trial-{best.number}"], str(get_path(cfg, "model.class_path")), ckpt,
-                  method.hparams.ssim_variant, str(Path(best.user_attrs["run_dir"]) / "trial.yaml"), table,
+    rows, table = versus_bicubic(method, name, sets, scales)
+    write_results(out, rows[name], name, ckpt, method.hparams.ssim_variant, str(config), table,
                   meta={"selection": {"metric": metric, "value": best.value, "trial": best.number}})
     return table
 
 
-def log_report_run(sweep: Sweep, out: Path, best: list[FrozenTrial], metric: str) -> Path:
-    """The study's own W&B run (group = study, name ``report``): the plots, the ranked trials, the best in summary."""
+def log_report_run(sweep: Sweep, out: Path, columns: list[str], rows: list[list[Any]]) -> Path:
+    """The study's own W&B run: the plots, the ranked trials, the best trial in its summary."""
     import wandb
 
-    from lit_sr.loggers import wandb_offline
+    from lit_sr.loggers import init_run
 
-    names = knob_names(best)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "lit_sr"), entity=os.environ.get("WANDB_ENTITY"),
-                     group=sweep.study_name, name="report", job_type="sweep-report", tags=[sweep.spec.method],
-                     dir=str(out), mode="offline" if wandb_offline() else "online", reinit="create_new",
-                     config={"sweep_file": str(sweep.path), "preset": sweep.preset, "metric": metric})
+    run = init_run("report", "sweep-report", out, group=sweep.study_name, tags=[sweep.spec.method],
+                   config={"sweep_file": str(sweep.path), "preset": sweep.preset, "metric": sweep.study.metric})
     try:
-        ranked_trials = wandb.Table(columns=["trial", metric, *names],
-                                    data=[[t.number, t.value, *(t.params.get(n) for n in names)] for t in best])
-        plots = {f"plots/{png.stem}": wandb.Image(str(png)) for png in sorted(out.glob("*.png"))}
-        run.log({"trials": ranked_trials, **plots})
-        if best:
-            run.summary.update({"best/trial": best[0].number, f"best/{metric}": best[0].value,
-                                **{f"best/{k}": v for k, v in best[0].params.items()}})
+        run.log({"trials": wandb.Table(columns=columns, data=rows),
+                 **{f"plots/{png.stem}": wandb.Image(str(png)) for png in sorted(out.glob("*.png"))}})
+        if rows:
+            run.summary.update({f"best/{k}": v for k, v in zip(columns[1:-1], rows[0][1:-1])})
     finally:
         run.finish()
     return Path(run.dir).parent
@@ -129,7 +119,7 @@ def log_report_run(sweep: Sweep, out: Path, best: list[FrozenTrial], metric: str
 
 def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     """Write the report files; returns the text ``lit-sr sweep`` prints."""
-    url = sweep.storage_url
+    url, metric = sweep.storage_url, sweep.study.metric
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise SweepError(f"no study storage at {url}: run `lit-sr sweep {sweep.path}` first, or pass --storage URL")
     try:
@@ -139,9 +129,10 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
         raise SweepError(f"no study {sweep.study_name!r} in {where}: run `lit-sr sweep {sweep.path}` first") from err
     out = sweep.study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    trials, best, metric = study.get_trials(deepcopy=False), ranked(study), sweep.study.metric
-    table = format_table(best[: top_k or sweep.study.top_k], metric)
-    (out / "top_k.md").write_text(f"# {study.study_name}: top {top_k or sweep.study.top_k} by {metric}\n\n{table}\n")
+    trials, best, k = study.get_trials(deepcopy=False), ranked(study), top_k or sweep.study.top_k
+    columns, rows = trials_table(best, metric)
+    table = markdown(columns, rows[:k])
+    (out / "top_k.md").write_text(f"# {study.study_name}: top {k} by {metric}\n\n{table}\n")
     (out / "trials.json").write_text(json.dumps(
         [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "user_attrs": t.user_attrs,
           "intermediate_values": t.intermediate_values} for t in trials], indent=2, default=str))
@@ -157,5 +148,5 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
                   best_trial_test_table(b, out / "test", metric), "",
                   "The test numbers were not used to choose this trial: it was chosen on validation only."]
     skipped = write_plots(study, out, metric)
-    lines += ["", f"report and plots in {out}/, W&B run {log_report_run(sweep, out, best, metric)}"]
+    lines += ["", f"report and plots in {out}/, W&B run {log_report_run(sweep, out, columns, rows)}"]
     return "\n".join(lines + [f"  skipped plot {k}: {v}" for k, v in skipped.items()])
