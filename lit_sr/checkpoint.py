@@ -23,7 +23,6 @@ from lit_sr.errors import CheckpointError
 if TYPE_CHECKING:
     from lit_sr.methods.base import SRMethod
 
-CLASS_KEY = "lit_sr_class"
 HPARAMS_KEY = "hyper_parameters"
 _registered_safe = False
 
@@ -83,24 +82,20 @@ def registered_method_classes() -> dict[str, type[SRMethod]]:
 
 
 def method_class_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> type[SRMethod]:
-    """The registered lit_sr method class a checkpoint names; refuses any other class path."""
-    hparams = ckpt.get(HPARAMS_KEY) or {}
-    names = {n for n in (ckpt.get(CLASS_KEY), hparams.get("_class_path")) if n}
-    if not names:
+    """The registered lit_sr method class a checkpoint names (LightningCLI's ``_class_path``); refuses any other."""
+    name = (ckpt.get(HPARAMS_KEY) or {}).get("_class_path")
+    if not name:
         raise CheckpointError(
-            f"{path} is a Lightning checkpoint but not a lit_sr one (no {CLASS_KEY!r} or hyper_parameters._class_path);"
-            " pass a checkpoint written by `lit-sr fit`"
+            f"{path} is a Lightning checkpoint but not a lit_sr one (no hyper_parameters._class_path); "
+            "pass a checkpoint written by `lit-sr fit`"
         )
     known = registered_method_classes()
-    unknown = sorted(n for n in names if n not in known)
-    if unknown:
+    if name not in known:
         raise CheckpointError(
-            f"{path} names the class {unknown[0]!r}, which is not a registered lit_sr method (known: "
+            f"{path} names the class {name!r}, which is not a registered lit_sr method (known: "
             f"{', '.join(sorted(known))}); it was not imported. Pass a checkpoint written by `lit-sr fit`"
         )
-    if len(names) > 1:
-        raise CheckpointError(f"{path} names two different classes {sorted(names)}; the file is inconsistent")
-    return known[names.pop()]
+    return known[name]
 
 
 def load_method(
@@ -155,5 +150,5 @@ def check_ckpt_path(ckpt_path: str | None, class_path: str | None) -> None:
             raise CheckpointError(
                 f"--ckpt_path {ckpt_path} is a checkpoint of {cls.__name__} ({name}), but the config trains "
                 f"{short} (model.class_path {class_path}); pass a {short} checkpoint, or the config of "
-                f"{cls.__name__} (experiments/{cls.__name__.lower()}/...)"
+                f"{cls.__name__} (experiments/{cls.name}/...)"
             )

@@ -25,6 +25,11 @@ def registered_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def variants_of(network: type[nn.Module]) -> list[str]:
+    """The registered variants that build a ``network``, found by their return annotation (none is built)."""
+    return sorted(n for n, fn in _REGISTRY.items() if fn.__annotations__.get("return") in (network, network.__name__))
+
+
 def build_registered(name: str, **overrides) -> nn.Module:
     """Build variant ``name`` with keyword overrides replacing its defaults."""
     if name not in _REGISTRY:

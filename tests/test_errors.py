@@ -92,8 +92,7 @@ def cmsc_checkpoint(path: Path) -> Path:
     """A CMSC checkpoint as ``lit-sr fit`` writes it (state dict, hyperparameters with ``_class_path``)."""
     model = CMSC(variant="cmsc_small")
     hparams = {"_class_path": "lit_sr.methods.cmsc.CMSC", **dict(model.hparams)}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
-                "lit_sr_class": "lit_sr.methods.cmsc.CMSC"}, path)  # fmt: skip
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
     return path
 
 
@@ -107,6 +106,7 @@ def test_a_checkpoint_of_another_method(tiny_ckpt, tmp_path, capsys):
     assert main([*args, "--ckpt_path", str(other)]) == 2
     line = error_line(capsys)
     assert f"--ckpt_path {other} is a checkpoint of CMSC (lit_sr.methods.cmsc.CMSC), but the config trains VDSR" in line
+    assert line.endswith("pass a VDSR checkpoint, or the config of CMSC (experiments/cmsc/...)")
     assert not (tmp_path / "r" / "checkpoints").exists()  # nothing trained
 
 
@@ -144,7 +144,7 @@ def test_a_class_path_that_is_not_a_registered_method_is_never_imported(tiny_ckp
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     ckpt = torch.load(tiny_ckpt, weights_only=True)
-    ckpt["lit_sr_class"] = ckpt["hyper_parameters"]["_class_path"] = "sneaky_module.Sneaky"
+    ckpt["hyper_parameters"]["_class_path"] = "sneaky_module.Sneaky"
     sneaky = tmp_path / "sneaky.ckpt"
     torch.save(ckpt, sneaky)
     assert "lit_sr.methods.vdsr.VDSR" in registered_method_classes()

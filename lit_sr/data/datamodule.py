@@ -223,14 +223,7 @@ class SRDataModule(pl.LightningDataModule):
     def train_images(self) -> ImageCache:
         """The decoded training images, checked against val and test images (on first use, in this process)."""
         if self._train_cache is None:
-            cache = ImageCache(
-                self._train_paths,
-                min_size=self.crop_size,
-                on_error=self._policy,
-                memmap_threshold_mb=self.memmap_threshold_mb,
-                cache_dir=self.cache_dir,
-                enlarge_small=True,
-            )
+            cache = self._train_image_cache(self._train_paths)
             if cache.enlarged:
                 rank_zero_info(
                     f"{len(cache.enlarged)} of {len(cache)} training images are smaller than the "
@@ -284,15 +277,11 @@ class SRDataModule(pl.LightningDataModule):
             return train
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the images were reported when first decoded
-            kept = [p for t, p in enumerate(train.paths) if t not in drop]
-            return ImageCache(
-                kept,
-                min_size=self.crop_size,
-                on_error=self._policy,
-                memmap_threshold_mb=self.memmap_threshold_mb,
-                cache_dir=self.cache_dir,
-                enlarge_small=True,
-            )
+            return self._train_image_cache([p for t, p in enumerate(train.paths) if t not in drop])
+
+    def _train_image_cache(self, paths: list[Path]) -> ImageCache:
+        return ImageCache(paths, min_size=self.crop_size, on_error=self._policy, enlarge_small=True,
+                          memmap_threshold_mb=self.memmap_threshold_mb, cache_dir=self.cache_dir)
 
     def benchmark_set(self, name: str, scale: int) -> BenchmarkSet:
         """The BenchmarkSet of one val/test set at one scale (decoded images shared across scales)."""

@@ -182,7 +182,6 @@ class IRLapSRN(PyramidMethod):
     loss_terms: ClassVar[tuple[str, ...]] = ("image", "rank", "intermediate")
     stage_targets: ClassVar[tuple[str, ...]] = ("level_1", "level_2", "level_3", "all_levels", "hr")
     network_type = IRLapSRNNet
-    variants_hint = "irlapsrn_x2, irlapsrn_x4, irlapsrn_x8, irlapsrn_small"
 
     def __init__(
         self,

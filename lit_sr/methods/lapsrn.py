@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
 from lit_sr.losses import Reduction, charbonnier
-from lit_sr.methods.base import SRMethod
+from lit_sr.methods.base import SRMethod, registered_methods
 from lit_sr.nn import BilinearUpsample2x, he_init_
-from lit_sr.registry import register_model
+from lit_sr.registry import register_model, variants_of
 
 __all__ = [
     "LaplacianPyramid",
@@ -404,9 +404,8 @@ class PyramidMethod(SRMethod):
     ``reduction``. Subclasses add the loss (``PyramidSRMethod`` for LapSRN / MS-LapSRN, ``IRLapSRN``)."""
 
     batch_needs = ("lr", "pyramid")
-    #: the network class this method trains, and a hint naming its variants (for the error message)
+    #: the network class this method trains (its registered variants are the ones a config may name)
     network_type: type[nn.Module] = nn.Module
-    variants_hint = ""
 
     def __init__(
         self,
@@ -433,11 +432,13 @@ class PyramidMethod(SRMethod):
             raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
         super().__init__(variant=variant, supported_scales=(), **kwargs)
         if not isinstance(self.net, self.network_type):
-            other = {LapSRNNet: "lapsrn.MSLapSRN", MSLapSRNNet: "lapsrn.LapSRN"}.get(self.network_type, "lapsrn.LapSRN")
+            other = [f"{c.__module__}.{c.__qualname__}" for c in registered_methods().values()
+                     if getattr(c, "network_type", None) is type(self.net)]
             raise ValueError(
                 f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
-                f"{type(self).__name__} trains {self.network_type.__name__} variants ({self.variants_hint}); "
-                f"pick one of those, or set model.class_path to lit_sr.methods.{other}"
+                f"{type(self).__name__} trains {self.network_type.__name__} variants "
+                f"({', '.join(variants_of(self.network_type))}); pick one of those"
+                + (f", or set model.class_path to {other[0]}" if other else "")
             )
         self.eps = float(eps)
         self.reduction: Reduction = reduction
@@ -532,7 +533,6 @@ class LapSRN(PyramidSRMethod):
 
     name = "lapsrn"
     network_type = LapSRNNet
-    variants_hint = "lapsrn_x2, lapsrn_x4, lapsrn_x8, lapsrn_x4_small"
 
     def __init__(self, variant: str = "lapsrn_x4", **kwargs: Any) -> None:
         super().__init__(variant=variant, **kwargs)
@@ -543,7 +543,6 @@ class MSLapSRN(PyramidSRMethod):
 
     name = "ms_lapsrn"
     network_type = MSLapSRNNet
-    variants_hint = "ms_lapsrn_d5r2, ms_lapsrn_d5r5, ms_lapsrn_d5r8, ms_lapsrn_small, lapsrn_ns_d10r1, ..."
 
     def __init__(self, variant: str = "ms_lapsrn_d5r8", **kwargs: Any) -> None:
         super().__init__(variant=variant, **kwargs)
