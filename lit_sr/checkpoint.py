@@ -2,7 +2,7 @@
 
 A checkpoint is data, never code: unpickling is restricted to tensors, containers and the few types lit_sr and
 Lightning store (``SAFE_TYPES``), so a file whose pickle would run code fails before anything runs. The class a
-checkpoint names (LightningCLI's ``hyper_parameters._class_path``, lit_sr's ``lit_sr_class``) only selects one
+checkpoint names (LightningCLI's ``hyper_parameters._class_path``) only selects one
 of the registered lit_sr methods; an import path that is not one of them is refused, never imported.
 
 Every failure is a ``CheckpointError`` (a ``UserError``): one line naming the file and what to pass instead.
