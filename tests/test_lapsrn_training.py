@@ -218,3 +218,13 @@ def test_lapsrn_fit_with_a_scale_the_network_lacks_fails_before_training(tmp_pat
     with pytest.raises(ValueError, match=r"data.scales=\[8\] holds \[8\], but LapSRN \(lapsrn_x4_small\) trains "
                                          r"\[2, 4\] only"):
         fit(tmp_path, "bad", "experiments/lapsrn/quick.yaml", override)
+
+
+def test_lapsrn_fit_with_a_patch_the_pyramid_cannot_cut_fails_before_training(tmp_path, data_root):
+    override = {"model": {"init_args": {"net": {"channels": 4}}},
+                "data": {"scales": [2, 4], "patch_size": 42, "batch_size": 2, "batches_per_epoch": 2, "num_workers": 0,
+                         "val_sets": ["Sun80"], "test_sets": [], "val_scales": [2], "val_max_images": 1}}
+    with pytest.raises(ValueError, match=r"data.patch_size=42 is not divisible by scale\(s\) \[4\], so the LR patch "
+                                         r"would not align; use a multiple of 4 \(e.g. 40\)"):
+        fit(tmp_path, "bad", "experiments/lapsrn/quick.yaml", override)
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # nothing trained

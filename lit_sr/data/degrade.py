@@ -1,8 +1,9 @@
 """The single place where training LR is made: batched MATLAB bicubic on the training device.
 
 The DataLoader ships only uint8 HR crops; :func:`degrade` (called from
-``SRDataModule.on_after_batch_transfer``) turns them into float patches and their LR / ILR / pyramid
-targets. Every training method builds on the geometry and keys below.
+``SRMethod.on_after_batch_transfer``) turns them into float patches and their LR / ILR / pyramid
+targets; ``SRMethod.on_fit_start`` first checks with :func:`check_patch` that the method's needs can be
+cut. Every training method builds on the geometry and keys below.
 
 Crop geometry (shared with ``datasets.TrainPatches``)
 ----------------------------------------------------
@@ -209,8 +210,7 @@ def degrade(
     if channels not in ("y", "rgb"):
         raise ValueError(f"unknown channels {channels!r}; use 'y' or 'rgb'")
     scale = scale.to(hr.device, torch.int64)
-    present = sorted(set(scale.tolist()))
-    check_patch(patch_size, present, needs)
+    present = sorted(set(scale.tolist()))  # their patch was checked once, at fit start (check_patch)
     gray = gray.to(hr.device, torch.bool)
     if len(present) == 1:
         return [dict(_degrade_group(hr, gray, None, present[0], needs, patch_size, channels), scale=scale)]
