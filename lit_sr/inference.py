@@ -18,7 +18,7 @@ from lit_sr.data.resize import imresize
 Forward = Callable[[Tensor], Tensor]
 
 
-def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Split one axis into tiles: (tile_start, tile_end, core_start, core_end) per tile.
 
     Tiles have size ``min(tile, length)`` and step ``tile - 2 * overlap`` (the last one is moved back to
@@ -63,8 +63,8 @@ def tiled_forward(fn: Forward, x: Tensor, tile: int, overlap: int, scale: int = 
         return fn(x)
 
     out: Tensor | None = None
-    for ty0, ty1, cy0, cy1 in _tile_spans(height, tile, overlap):
-        for tx0, tx1, cx0, cx1 in _tile_spans(width, tile, overlap):
+    for ty0, ty1, cy0, cy1 in tile_spans(height, tile, overlap):
+        for tx0, tx1, cx0, cx1 in tile_spans(width, tile, overlap):
             y = fn(x[..., ty0:ty1, tx0:tx1].contiguous())
             expected = ((ty1 - ty0) * scale, (tx1 - tx0) * scale)
             if y.dim() != 4 or tuple(y.shape[-2:]) != expected or y.shape[0] != x.shape[0]:

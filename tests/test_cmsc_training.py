@@ -12,8 +12,9 @@ import lit_sr
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
 from lit_sr.data.resize import imresize
-from lit_sr.methods.cmsc import CMSC, CMSCNet, cascaded_loss
+from lit_sr.methods.cmsc import CMSC, CMSCNet, cascaded_loss, default_alpha
 from lit_sr.paths import REPO
+from lit_sr.sweep import load_sweep
 
 pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
@@ -119,14 +120,12 @@ def test_config_errors_name_the_key():
         _method(stages=[stage])
 
 
-def test_paper_preset_has_the_paper_recipe_and_plain_sweep_paths():
-    cfg = yaml.safe_load((REPO / "experiments/cmsc/paper.yaml").read_text())
-    args = cfg["model"]["init_args"]
-    assert cfg["model"]["class_path"] == "lit_sr.methods.cmsc.CMSC" and args["variant"] == "cmsc"
-    assert {"num_subnets", "num_modules"} <= set(args["net"]) and "alpha" in args  # sweep: S, M, alpha
-    method = CMSC(**{k: v for k, v in args.items()})
-    assert len(method.stages) == 1 and method.stages[0].optimizer.name == "adam"
-    assert method.alpha == pytest.approx(0.2) and method.net.depth == 35
+def test_paper_preset_builds_the_papers_network_and_the_sweep_knobs_reach_it():
+    sweep = load_sweep(REPO / "sweeps" / "cmsc.yaml", preset="paper")  # every knob's path exists in paper.yaml
+    method = CMSC(**sweep.base["model"]["init_args"])
+    params = sum(p.numel() for p in method.net.parameters())
+    assert method.net.depth == 35 and abs(params - 1_220_000) < 0.1 * 1_220_000  # the survey's CMSC: 35, 1,220k
+    assert method.alpha == pytest.approx(default_alpha(method.net.num_subnets))  # the spec's cascade weight
 
 
 # ---- a short real fit through the CLI ----------------------------------------------------------------------

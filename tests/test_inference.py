@@ -11,7 +11,7 @@ from torch import nn
 
 from lit_sr.data.color import rgb_to_y, to_y
 from lit_sr.data.resize import imresize
-from lit_sr.inference import _tile_spans, self_ensemble, tiled_forward, y_to_rgb_sr
+from lit_sr.inference import self_ensemble, tile_spans, tiled_forward, y_to_rgb_sr
 from lit_sr.nn import he_init_
 
 
@@ -65,7 +65,7 @@ def _calls(fn):
 @pytest.mark.parametrize("length", [96, 97, 150, 200, 300, 301, 1000])
 @pytest.mark.parametrize(("tile", "overlap"), [(96, 20), (64, 8), (41, 20)])
 def test_tile_spans_partition_the_axis_with_margins(length, tile, overlap):
-    spans = _tile_spans(length, tile, overlap)
+    spans = tile_spans(length, tile, overlap)
     cores = [(c0, c1) for _, _, c0, c1 in spans]
     assert cores[0][0] == 0 and cores[-1][1] == length
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(cores[:-1], cores[1:]))
