@@ -14,14 +14,17 @@ from typing import Any
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from lit_sr.methods import registered_methods
+from lit_sr.paths import REPO  # noqa: F401 - the bench scripts' repository root
+from lit_sr.presets import preset_names, preset_path
+
 #: the methods with a quick preset, in the order the tables list them
 METHODS = ("vdsr", "lapsrn", "ms_lapsrn", "cmsc")
 
 
 def preset(model: str, name: str = "quick") -> dict[str, Any]:
     """``experiments/<model>/<name>.yaml`` as a dict."""
-    return yaml.safe_load((REPO / "experiments" / model / f"{name}.yaml").read_text())
+    return yaml.safe_load(preset_path(model, name).read_text())
 
 
 def build_method(model: str, name: str = "quick", **overrides: Any):
@@ -33,7 +36,7 @@ def build_method(model: str, name: str = "quick", **overrides: Any):
 
 def available_methods() -> list[str]:
     """The methods of :data:`METHODS` that have a quick preset, then any newer preset folders."""
-    found = sorted(p.parent.name for p in (REPO / "experiments").glob("*/quick.yaml"))
+    found = sorted(m for m in registered_methods() if "quick" in preset_names(m))
     return [m for m in METHODS if m in found] + [m for m in found if m not in METHODS]
 
 

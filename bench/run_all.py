@@ -74,7 +74,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = HERE / "logs"
     logs.mkdir(exist_ok=True)
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", NO_ALBUMENTATIONS_UPDATE="1")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     load_before = os.getloadavg()
     start, cpu_start = time.perf_counter(), _children_cpu()

@@ -13,7 +13,6 @@ import yaml
 
 from lit_sr.sweep.study import make_storage
 
-REPO = Path(__file__).resolve().parents[1]
 LR = "model.init_args.stages.0.optimizer.lr"
 # 3 layers of 8 channels, 2 epochs of 4 batches, validation on one image after every epoch.
 TINY_FIXED = {
@@ -67,7 +66,6 @@ def sweep_env(data_root: Path) -> Iterator[None]:
     """The benchmark images and quiet offline W&B for this process, its workers and their trials."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIT_SR_DATA", str(data_root))
-        mp.setenv("NO_ALBUMENTATIONS_UPDATE", "1")
         mp.setenv("OMP_NUM_THREADS", "1")
         mp.delenv("LIT_SR_SWEEP_STORAGE", raising=False)  # a developer's own study storage stays untouched
         yield

@@ -18,9 +18,10 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from sweep_helpers import LR, REPO, TEST_SETS, TINY_FIXED, load, sqlite_url, sweep_env, write_sweep
+from sweep_helpers import LR, TEST_SETS, TINY_FIXED, load, sqlite_url, sweep_env, write_sweep
 from wandb_offline import find_runs, read_finished
 
+from lit_sr.paths import REPO
 from lit_sr.sweep import SweepError, load_sweep
 from lit_sr.sweep.cli import main
 from lit_sr.sweep.study import create_study
