@@ -11,12 +11,13 @@ import yaml
 from torch import Tensor, nn
 
 from lit_sr.checkpoint import load_method
-from lit_sr.cli import main
+from lit_sr.cli import SRCLI, main
 from lit_sr.data.resize import imresize
 from lit_sr.losses import mse
 from lit_sr.methods import method_class, registered_methods
 from lit_sr.methods.base import SRMethod
 from lit_sr.registry import register_model
+from lit_sr.sweep import load_sweep
 
 pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
@@ -91,6 +92,31 @@ def test_a_method_defined_here_trains_tests_reloads_and_compares_through_lit_sr(
     psnr = results["results"]["Set5"]["x2"]["psnr_y"]
     assert "| tiny_test_method | " in (md := (tmp_path / "compare" / "compare.md").read_text()) and f"{psnr:.2f}" in md
     assert (tmp_path / "compare" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+SWEEP = {
+    "method": "tiny_test_method",
+    "study": {"n_trials": 2},
+    "fixed": {"model.init_args.net": {"width": 8}},  # the preset leaves the network's arguments at their defaults
+    "params": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True,
+                      "paths": ["model.init_args.stages.0.optimizer.lr"]},
+               "width": {"type": "int", "low": 2, "high": 16, "paths": ["model.init_args.net.width"]}},
+}
+
+
+def test_its_sweep_file_layers_on_its_preset_and_a_trial_config_builds_the_method(tmp_path, monkeypatch, data_root):
+    for relative, doc in (("experiments/tiny_test_method/quick.yaml", PRESET), ("sweeps/tiny_test_method.yaml", SWEEP)):
+        (tmp_path / relative).parent.mkdir(parents=True)
+        (tmp_path / relative).write_text(yaml.safe_dump(doc))
+    monkeypatch.chdir(tmp_path)  # sweeps/ and experiments/ are looked up in the current folder first
+    sweep = load_sweep("tiny_test_method")  # the method's name finds sweeps/<m>.yaml; every knob path is checked
+    assert sweep.preset_path.resolve() == (tmp_path / "experiments/tiny_test_method/quick.yaml").resolve()
+    lr_monitor = {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump(sweep.trial_config({"lr": 5e-3, "width": 4}, tmp_path / "trial", 0, lr_monitor)))
+    cli = SRCLI(args=["--config", str(config)], run=False)  # what the trial's `lit-sr fit` builds
+    assert isinstance(cli.model, TinySR) and cli.model.net.body[0].out_channels == 4
+    assert cli.model.stages[0].optimizer.lr == 5e-3
 
 
 def test_stage_keys_a_method_does_not_read_are_rejected_with_their_path():
