@@ -161,6 +161,7 @@ class SnapshotEachEpoch(Callback):
         self.end[trainer.current_epoch] = [p.detach().clone() for p in pl_module.net.parameters()]
 
 
+@pytest.mark.slow  # trains: `make test-fast` leaves it out
 def test_exploding_batches_are_skipped_counted_and_do_not_change_the_weights(tmp_path, data_root, monkeypatch):
     snap = SnapshotEachEpoch()
     monkeypatch.setattr(SRCLI, "instantiate_trainer", _with_callback(SRCLI.instantiate_trainer, snap))
@@ -185,6 +186,7 @@ def _with_callback(original, callback):
     return instantiate_trainer
 
 
+@pytest.mark.slow  # trains: `make test-fast` leaves it out
 def test_rgb_method_evaluates_through_the_one_path(tmp_path, data_root):
     """Validation numbers = benchmark numbers of the checkpoint; the metric is Y of the rounded RGB output."""
     model = {"variant": "drn_small_x4", "net": TINY_NET, "loss": "gsl"}
