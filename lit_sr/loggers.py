@@ -60,6 +60,9 @@ class SRWandbLogger(WandbLogger):
         **kwargs: Any,
     ) -> None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
+        offline = wandb_offline(offline)
+        if offline:  # Lightning says it through WANDB_MODE, which W&B ignores once its settings exist in the process
+            kwargs.setdefault("mode", "offline")
         super().__init__(
             save_dir=save_dir,
             project=project or os.environ.get("WANDB_PROJECT", "lit_sr"),
@@ -67,7 +70,7 @@ class SRWandbLogger(WandbLogger):
             group=group or os.environ.get("WANDB_RUN_GROUP"),
             name=name,
             tags=tags,
-            offline=wandb_offline(offline),
+            offline=offline,
             log_model=log_model,
             **kwargs,
         )

@@ -190,3 +190,21 @@ def test_a_run_is_finished_only_once_its_exit_record_is_written(tmp_path):
     exit_record = pb.Record(exit=pb.RunExitRecord(exit_code=0)).SerializeToString()
     _write_framed(path, [_history({"v": 0}), exit_record])
     assert read_finished(path, timeout=0.3).series("v") == [0]
+
+
+def test_the_logger_stays_offline_when_wandb_was_set_up_in_this_process_before(tmp_path, monkeypatch):
+    from lit_sr.loggers import SRWandbLogger
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no credentials: offline is chosen, never a login
+    wandb.teardown()
+    wandb.setup()  # e.g. a notebook's earlier run, or `lit-sr sweep report` in the same process
+    try:
+        logger = SRWandbLogger(save_dir=str(tmp_path), name="after-setup")
+        logger.log_metrics({"x": 1.0}, step=0)  # Lightning's offline alone (WANDB_MODE=dryrun) tried to log in
+        assert logger.experiment.settings.mode in ("offline", "dryrun")
+        logger.experiment.finish()
+    finally:
+        wandb.teardown()
+    assert read_finished(tmp_path).history[0]["x"] == 1.0
