@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from lit_sr.data.resize import imresize
 from lit_sr.inference import y_to_rgb_sr
+from lit_sr.typed import check_typed, type_hints
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -84,12 +86,12 @@ def panel(batch: dict, sr_y: Tensor, scale: int, size: int = 128) -> np.ndarray:
 
 
 class ImagePanels(Callback):
-    """Every ``every_n_epochs`` validations, log bicubic | SR | HR of the first image of each (set, scale)."""
+    """Every ``every_n_epochs`` validations (0: never), log bicubic | SR | HR of the first image of each (set,
+    scale). The typed argument is checked by jsonargparse (``trainer.callbacks``) and here (a Python call)."""
 
-    def __init__(self, every_n_epochs: int = 5) -> None:
-        if every_n_epochs < 0:
-            raise ValueError(f"ImagePanels every_n_epochs must be >= 0 (0: never), got {every_n_epochs}")
-        self.every_n_epochs = every_n_epochs
+    def __init__(self, every_n_epochs: NonNegativeInt = 5) -> None:
+        args = check_typed({"every_n_epochs": every_n_epochs}, type_hints(ImagePanels.__init__), "ImagePanels.")
+        self.every_n_epochs: int = args["every_n_epochs"]
         self._panels: dict[str, np.ndarray] = {}
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):

@@ -24,10 +24,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_sr.errors import ConfigError, RunInterrupted, UserError
 from lit_sr.presets import config_roots
+from lit_sr.typed import check_typed, positive_int, type_hints
 
 TRAINER_PRESETS = "trainers"
 IGNORE_SLURM_VAR = "LIT_SR_IGNORE_SLURM"
@@ -53,7 +55,7 @@ def trainer_preset(name: str) -> Path:
 def add_trainer_arguments(parser: argparse.ArgumentParser) -> None:
     """The device keys of ``lit-sr train`` (and ``make train``): shortcuts for ``--trainer.*``."""
     parser.add_argument("--devices", default=None, help="trainer.devices: N per node, 'auto', or a list '0,1'")
-    parser.add_argument("--nodes", type=int, default=None, help="trainer.num_nodes")
+    parser.add_argument("--nodes", type=positive_int, default=None, help="trainer.num_nodes")
     parser.add_argument("--strategy", default=None, help="trainer.strategy, e.g. ddp")
     parser.add_argument(
         "--trainer-preset",
@@ -70,9 +72,7 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         out += ["--config", str(trainer_preset(args.trainer_preset))]
     if getattr(args, "devices", None) is not None:
         out += ["--trainer.devices", str(args.devices)]
-    if getattr(args, "nodes", None) is not None:
-        if args.nodes < 1:
-            raise ConfigError(f"--nodes must be >= 1, got {args.nodes}")
+    if getattr(args, "nodes", None) is not None:  # a positive int: argparse checked it (``positive_int``)
         out += ["--trainer.num_nodes", str(args.nodes)]
     if getattr(args, "strategy", None):
         out += ["--trainer.strategy", args.strategy]
@@ -133,13 +133,14 @@ class StepCheckpoint(Callback):
 
     The last step of an epoch is saved at the end of the epoch instead, after its validation (so a resume never
     skips a validation). Saving at every epoch end also keeps ``last.ckpt`` the newest state: Lightning 2.6's
-    ModelCheckpoint rewrites it only when the monitored score improved.
+    ModelCheckpoint rewrites it only when the monitored score improved. The typed arguments are checked by
+    jsonargparse (``trainer.callbacks``) and here (a Python call).
     """
 
-    def __init__(self, every_n_steps: int = DEFAULT_EVERY_N_STEPS, filename: str = "last.ckpt") -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ConfigError(f"StepCheckpoint.every_n_steps must be an integer >= 0, got {every_n_steps!r}")
-        self.every_n_steps, self.filename = every_n_steps, filename
+    def __init__(self, every_n_steps: NonNegativeInt = DEFAULT_EVERY_N_STEPS, filename: str = "last.ckpt") -> None:
+        args = check_typed({"every_n_steps": every_n_steps}, type_hints(StepCheckpoint.__init__), "StepCheckpoint.")
+        self.every_n_steps: int = args["every_n_steps"]
+        self.filename = filename
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self.every_n_steps or trainer.global_step % self.every_n_steps or trainer.sanity_checking:

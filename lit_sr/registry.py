@@ -2,13 +2,22 @@
 
 Method files decorate one function per named variant with ``@register_model``; ``lit_sr.methods``
 imports every method file, so ``lit_sr.create_model(name, **overrides)`` sees them all.
+
+The overrides come from ``model.init_args.net``, a plain mapping jsonargparse does not check: ``build_registered``
+checks them against the typed constructor of the network class the variant returns (its return annotation),
+as jsonargparse checks a typed argument (``lit_sr.typed``), and names the key ``model.init_args.net.<key>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
+
+from lit_sr.typed import check_typed, type_hints
+
+NET_PREFIX = "model.init_args.net."
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,10 +39,24 @@ def variants_of(network: type[nn.Module]) -> list[str]:
     return sorted(n for n, fn in _REGISTRY.items() if fn.__annotations__.get("return") in (network, network.__name__))
 
 
+def network_hints(fn: Callable[..., nn.Module]) -> dict[str, Any]:
+    """The constructor type hints of the network class ``fn`` returns (by its return annotation); none when the
+    annotation is missing, not a class or cannot be resolved (the constructor then checks its own arguments)."""
+    try:
+        network = type_hints(fn).get("return")
+        hints = dict(type_hints(network.__init__)) if isinstance(network, type) else {}
+    except (NameError, TypeError):
+        return {}
+    hints.pop("return", None)
+    return hints
+
+
 def build_registered(name: str, **overrides) -> nn.Module:
-    """Build variant ``name`` with keyword overrides replacing its defaults."""
+    """Build variant ``name`` with keyword overrides replacing its defaults; an override its network's
+    constructor hint rejects is a ``FieldError`` naming ``model.init_args.net.<key>``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered variants: {', '.join(sorted(_REGISTRY))}")
+    overrides = check_typed(overrides, network_hints(_REGISTRY[name]), NET_PREFIX)
     try:
         return _REGISTRY[name](**overrides)
     except TypeError as err:

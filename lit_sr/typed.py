@@ -6,17 +6,19 @@ hints must hold when a class is built directly from Python, and inside plain map
 untouched (``model.init_args.stages``): :func:`check_typed` checks them there. It also hands values back as
 plain ``int``/``float``: jsonargparse passes ``PositiveInt`` etc. on as its own subclasses, which
 ``torch.load(weights_only=True)`` refuses should one reach a checkpoint (say, in a data stream's state).
+:func:`positive_int` is the same check for an ``argparse`` option (``lit-sr train --nodes``).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from lit_sr.errors import ConfigError
 
@@ -29,6 +31,7 @@ KINDS = {
     NonNegativeInt: "an integer >= 0",
     PositiveFloat: "a positive number",
     NonNegativeFloat: "a number >= 0",
+    OpenUnitInterval: "a number in (0, 1)",
 }
 
 
@@ -47,7 +50,8 @@ def check_typed(values: Mapping[str, Any], hints: Mapping[str, Any], prefix: str
     ``<prefix><key>`` for the first value its hint rejects.
 
     Checked: ``Literal[...]``, ``X | None``, ``bool``, ``int``, ``float``, jsonargparse's positive/non-negative
-    numbers and ``Mapping[str, <one of these>]``; any other hint is left to the code that uses the value.
+    numbers, ``OpenUnitInterval`` and ``Mapping[str, <one of these>]``; any other hint is left to the code that
+    uses the value.
     """
     out = dict(values)
     for key, value in values.items():
@@ -80,3 +84,15 @@ def _accepts(hint: type, value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` ``type=`` of a positive integer option; argparse's error names the option
+    (``argument --nodes: must be a positive integer, got '0'``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be {KINDS[PositiveInt]}, got {text!r}")
+    return value

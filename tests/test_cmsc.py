@@ -15,6 +15,7 @@ from lit_sr.data.resize import imresize
 from lit_sr.methods.cmsc import CMSCNet, CMSCOutput, MSCModule, cascaded_loss, default_alpha
 from lit_sr.metrics import psnr_y
 from lit_sr.registry import build_registered
+from lit_sr.typed import FieldError
 
 FIT_STEPS = 60  # about 5 s on one core; gains about 1.1 dB on butterfly (0.7 dB at 50 steps)
 
@@ -155,15 +156,38 @@ def test_zero_init_options():
     torch.testing.assert_close(model.subnet(0)(g), 2 * g)
 
 
-def test_user_errors_name_the_key():
-    with pytest.raises(ValueError, match="assembly must be one of free, softmax, equal, got 'mean'"):
-        build_registered("cmsc", assembly="mean")
-    with pytest.raises(ValueError, match=r"branch_kernels must be two odd .* got \(3, 4\)"):
-        build_registered("cmsc", branch_kernels=(3, 4))
-    with pytest.raises(ValueError, match="num_subnets must be a positive integer, got 0"):
-        build_registered("cmsc", num_subnets=0)
-    with pytest.raises(ValueError, match="convs_per_branch must be 1 or 2, got 3"):
-        build_registered("cmsc", convs_per_branch=3)
+NET = "model.init_args.net"
+
+
+@pytest.mark.parametrize(
+    ("variant", "overrides", "message"),
+    [
+        # A variant's overrides (model.init_args.net) are checked against CMSCNet's type hints by build_registered.
+        ("cmsc", {"assembly": "mean"}, f"{NET}.assembly: 'mean' is not one of ['free', 'softmax', 'equal']"),
+        ("cmsc", {"num_subnets": 0}, f"{NET}.num_subnets must be a positive integer, got 0"),
+        ("cmsc_small", {"channels": 2.5}, f"{NET}.channels must be a positive integer, got 2.5"),
+        ("cmsc", {"convs_per_branch": 3}, f"{NET}.convs_per_branch: 3 is not one of [1, 2]"),
+        ("cmsc", {"share_weights": "no"}, f"{NET}.share_weights must be true or false, got 'no'"),
+        # A direct call checks the same hints, named by the class.
+        (None, {"num_modules": True}, "CMSCNet.num_modules must be a positive integer, got True"),
+        (None, {"assembly": "fixed"}, "CMSCNet.assembly: 'fixed' is not one of ['free', 'softmax', 'equal']"),
+    ],
+)  # fmt: skip
+def test_a_bad_typed_argument_names_the_key(variant, overrides, message):
+    with pytest.raises(FieldError) as err:
+        build_registered(variant, **overrides) if variant else CMSCNet(**overrides)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("kernels", [(3, 4), (3, -5), (3, 5, 7), (3, True), [3, 2.0], 3])
+def test_branch_kernels_must_be_two_odd_sizes(kernels):
+    # What no type says (odd sizes) is the constructor's one explicit check.
+    with pytest.raises(ValueError) as err:
+        build_registered("cmsc", branch_kernels=kernels)
+    assert str(err.value) == f"CMSCNet.branch_kernels must be two odd positive integers such as (3, 5), got {kernels!r}"
+
+
+def test_a_wrong_input_shape_says_what_to_pass():
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\); got shape \(1, 3, 8, 8\)"):
         build_registered("cmsc_small")(torch.rand(1, 3, 8, 8))
 

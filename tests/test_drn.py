@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.losses import gradient_mask, gradient_sensitive_loss
-from lit_sr.methods.drn import DRNNet, edge_psnr_y
+from lit_sr.methods.drn import DRN, DRNNet, edge_psnr_y
 from lit_sr.metrics import psnr_y
 from lit_sr.registry import build_registered, registered_models
+from lit_sr.typed import FieldError
 
 
 def n_params(model: nn.Module) -> int:
@@ -192,3 +193,33 @@ def test_edge_psnr_rejects_a_flat_image():
     flat = torch.full((1, 1, 16, 16), 0.5)
     with pytest.raises(ValueError, match="no edge pixels"):
         edge_psnr_y(flat, flat, shave=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"loss": "l2"}, "model.init_args.loss: 'l2' is not one of ['gsl', 'l1']"),
+        ({"dual_weight": -0.1}, "model.init_args.dual_weight must be a number >= 0, got -0.1"),
+        ({"gsl_low_weight": -1}, "model.init_args.gsl_low_weight must be a number >= 0, got -1"),
+        ({"gsl_l1_weight": "0"}, "model.init_args.gsl_l1_weight must be a number >= 0, got '0'"),
+        ({"mask_mode": "gaussian"}, "model.init_args.mask_mode: 'gaussian' is not one of ['soft', 'hard']"),
+        ({"mask_quantile": 1.0}, "model.init_args.mask_quantile must be a number in (0, 1), got 1.0"),
+        ({"grad_form": "sobel"}, "model.init_args.grad_form: 'sobel' is not one of ['grad_of_masked', 'masked_grad']"),
+        ({"channels": "ycbcr"}, "model.init_args.channels: 'ycbcr' is not one of ['rgb', 'y']"),
+        ({"max_consecutive_skips": 0}, "model.init_args.max_consecutive_skips must be a positive integer, got 0"),
+        ({"skip_factor": "big"}, "model.init_args.skip_factor must be a number, got 'big'"),
+        ({"net": {"n_feats": 1.5}}, "model.init_args.net.n_feats must be an integer, got 1.5"),
+    ],
+)  # fmt: skip
+def test_a_bad_typed_method_option_names_the_key(options, message):
+    """DRN's typed options (Literal, NonNegativeFloat, ...) are checked by SRMethod from Python as by jsonargparse."""
+    with pytest.raises(FieldError) as err:
+        DRN(variant="drn_small_x4", **options)
+    assert str(err.value) == message
+
+
+def test_skip_factor_must_exceed_one():
+    """What no type says (> 1) is DRN's one explicit check."""
+    with pytest.raises(ValueError) as err:
+        DRN(variant="drn_small_x4", skip_factor=1)
+    assert str(err.value) == "model.init_args.skip_factor must be a number > 1 (1e6 in the 2020 code), got 1"

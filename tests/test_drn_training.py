@@ -100,9 +100,9 @@ def test_y_option_builds_a_one_channel_network_and_trains_on_y():
 
 
 def test_bad_options_name_the_key():
-    with pytest.raises(ValueError, match="model.init_args.loss must be 'gsl' or 'l1'"):
+    with pytest.raises(ValueError, match=r"model.init_args.loss: 'l2' is not one of \['gsl', 'l1'\]"):
         tiny(loss="l2")
-    with pytest.raises(ValueError, match="model.init_args.mask_quantile"):
+    with pytest.raises(ValueError, match=r"model.init_args.mask_quantile must be a number in \(0, 1\), got 1.0"):
         tiny(mask_quantile=1.0)
     with pytest.raises(ValueError, match="supported_scales"):
         tiny(supported_scales=[2])

@@ -13,10 +13,13 @@ import pytest
 import torch
 import wandb
 import yaml
+from jsonargparse.typing import NonNegativeInt
 
+from lit_sr.callbacks import ImagePanels
 from lit_sr.checkpoint import load_method, registered_method_classes
 from lit_sr.cli import SRCLI, main
-from lit_sr.errors import CheckpointError
+from lit_sr.cluster import StepCheckpoint
+from lit_sr.errors import CheckpointError, ConfigError
 from lit_sr.methods.cmsc import CMSC
 from lit_sr.methods.vdsr import VDSR
 from lit_sr.paths import REPO
@@ -200,6 +203,71 @@ def test_a_bad_typed_data_argument_is_named_by_jsonargparse(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert 'error: Parser key "data.batch_size":' in err and "0 does not conform to restriction v>0" in err
+
+
+NOT_NEGATIVE = "Not of type NonNegativeInt: -1 does not conform to restriction v>=0"
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "keys", "reason"),
+    [
+        ("lapsrn", ["--model.init_args.eps", "0"], ("model", "eps"),
+         "Not of type PositiveFloat: 0 does not conform to restriction v>0"),
+        ("drn", ["--model.init_args.loss", "l2"], ("model", "loss"),
+         "Expected a typing.Literal['gsl', 'l1']. Got value: l2"),
+        ("vdsr", ["--trainer.callbacks+=lit_sr.cluster.StepCheckpoint", "--trainer.callbacks.every_n_steps=-1"],
+         ("trainer.callbacks", "every_n_steps"), NOT_NEGATIVE),
+        ("vdsr", ["--trainer.callbacks+=lit_sr.callbacks.ImagePanels", "--trainer.callbacks.every_n_epochs=-1"],
+         ("trainer.callbacks", "every_n_epochs"), NOT_NEGATIVE),
+    ],
+    ids=["method-positive", "method-literal", "step-checkpoint", "image-panels"],
+)  # fmt: skip
+def test_a_bad_typed_method_or_callback_argument_is_named_by_jsonargparse(method, args, keys, reason, tmp_path, capsys):
+    """Methods' and callbacks' typed arguments are checked by jsonargparse, which names the section and the key."""
+    config = REPO / "experiments" / method / "quick.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--run_dir", str(tmp_path / "r"), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert all(f'Parser key "{key}":' in err for key in keys) and reason in err
+
+
+def test_a_bad_network_override_names_its_key_path(tmp_path, capsys):
+    """``model.init_args.net`` is a plain mapping jsonargparse passes on: the registry checks it against the type
+    hints of the network the variant builds, and names the key."""
+    args = ["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.net", "{depth: 3.5}"]
+    assert main(args) == 2
+    assert "model.init_args.net.depth must be an integer, got 3.5" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: StepCheckpoint(every_n_steps=-1), "StepCheckpoint.every_n_steps must be an integer >= 0, got -1"),
+        (lambda: StepCheckpoint(every_n_steps=2.0), "StepCheckpoint.every_n_steps must be an integer >= 0, got 2.0"),
+        (lambda: ImagePanels(every_n_epochs=-1), "ImagePanels.every_n_epochs must be an integer >= 0, got -1"),
+        (lambda: ImagePanels(every_n_epochs=True), "ImagePanels.every_n_epochs must be an integer >= 0, got True"),
+    ],
+    ids=["step-negative", "step-float", "panels-negative", "panels-bool"],
+)  # fmt: skip
+def test_a_bad_callback_argument_from_python_names_the_key(make, message):
+    """A callback built from Python gets the checks jsonargparse makes of its typed arguments."""
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert str(err.value) == message
+
+
+def test_callbacks_hold_plain_ints():
+    """jsonargparse passes NonNegativeInt (an int subclass); the callbacks keep plain ints."""
+    assert type(StepCheckpoint(every_n_steps=NonNegativeInt(3)).every_n_steps) is int
+    assert type(ImagePanels(every_n_epochs=NonNegativeInt(0)).every_n_epochs) is int
+
+
+def test_a_bad_node_count_is_named_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "vdsr", "--nodes", "0"])
+    assert exit_.value.code == 2
+    assert "argument --nodes: must be a positive integer, got '0'" in capsys.readouterr().err
 
 
 # ---- data, storage, sweeps, output ------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from lit_sr.data.color import to_y
 from lit_sr.data.images import read_image
 from lit_sr.data.sources import resolve_images
 from lit_sr.losses import hard_rank_transform, local_rank_loss, rank_agreement, soft_rank_transform
-from lit_sr.methods.irlapsrn import InceptionResidualBlock, IRLapSRNNet
+from lit_sr.methods.irlapsrn import InceptionResidualBlock, IRLapSRN, IRLapSRNNet
 from lit_sr.methods.lapsrn import LapSRNNet, PerLevelPyramid, PyramidLevel
 from lit_sr.registry import build_registered, registered_models
 from lit_sr.stages import StageConfigError, apply_trainable, merge_stages, parse_stages
+from lit_sr.typed import FieldError
 
 
 def n_params(model: nn.Module) -> int:
@@ -216,6 +217,31 @@ def test_rank_arguments_are_checked():
         soft_rank_transform(x, tau=0)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\) images, got shape \(8, 8\)"):
         hard_rank_transform(torch.rand(8, 8))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stage1_mode": "greed"}, "model.init_args.stage1_mode: 'greed' is not one of ['greedy', 'joint']"),
+        ({"rank_tau": 0}, "model.init_args.rank_tau must be a positive number, got 0"),
+        ({"eps": -1e-3}, "model.init_args.eps must be a positive number, got -0.001"),
+        ({"reduction": "sum"}, "model.init_args.reduction: 'sum' is not one of ['paper', 'mean']"),
+        ({"net": {"input_init": "xavier"}}, "model.init_args.net.input_init: 'xavier' is not one of ['he', 'lapsrn']"),
+        ({"net": {"irb_per_level": 1.5}}, "model.init_args.net.irb_per_level must be an integer, got 1.5"),
+    ],
+)  # fmt: skip
+def test_a_bad_typed_method_option_names_the_key(options, message):
+    """IRLapSRN's typed options are checked by SRMethod from Python as by jsonargparse (the net's by the registry)."""
+    with pytest.raises(FieldError) as err:
+        IRLapSRN(variant="irlapsrn_small", **options)
+    assert str(err.value) == message
+
+
+def test_rank_window_must_be_odd():
+    """What no type says (odd, >= 3) is IRLapSRN's one explicit check."""
+    with pytest.raises(ValueError) as err:
+        IRLapSRN(variant="irlapsrn_small", rank_window=4)
+    assert str(err.value) == "model.init_args.rank_window must be an odd integer >= 3 (3 or 5), got 4"
 
 
 # ---- stage engine: frozen parts in eval mode (used by the greedy pretraining) ------------------------------

@@ -103,7 +103,7 @@ def test_joint_mode_merges_the_pretraining_stages_into_one_over_all_levels():
 def test_bad_options_name_the_key():
     with pytest.raises(ValueError, match=r"stages\.1\.targets='level_3': irlapsrn_small has levels 1\.\.2"):
         tiny(stages=[stages()[0], {**stages()[1], "targets": "level_3"}])
-    with pytest.raises(ValueError, match="stage1_mode must be one of .*got 'greed'"):
+    with pytest.raises(ValueError, match=r"model.init_args.stage1_mode: 'greed' is not one of \['greedy', 'joint'\]"):
         tiny(stage1_mode="greed")
     with pytest.raises(ValueError, match="rank_window must be an odd integer >= 3.*got 4"):
         tiny(rank_window=4)

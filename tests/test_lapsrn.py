@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lit_sr.methods.lapsrn import LapSRNNet, MSLapSRNNet
+from lit_sr.methods.lapsrn import LapSRN, LapSRNNet, MSLapSRN, MSLapSRNNet
 from lit_sr.registry import build_registered, registered_models
+from lit_sr.typed import FieldError
 
 
 def n_params(model: nn.Module) -> int:
@@ -212,3 +213,29 @@ def test_user_errors_have_clear_messages():
         build_registered("lapsrn_x4_small")(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\(N, 1, h, w\), got shape \(1, 8, 8\)"):
         build_registered("ms_lapsrn_small")(torch.rand(1, 8, 8), 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        (LapSRN, {"eps": 0}, "model.init_args.eps must be a positive number, got 0"),
+        (MSLapSRN, {"eps": "1e-3"}, "model.init_args.eps must be a positive number, got '1e-3'"),
+        (LapSRN, {"coarse_level_weight": -0.5}, "model.init_args.coarse_level_weight must be a number >= 0, got -0.5"),
+        (MSLapSRN, {"coarse_level_weight": None},
+         "model.init_args.coarse_level_weight must be a number >= 0, got None"),
+        (LapSRN, {"net": {"upconv_kernel": 5}}, "model.init_args.net.upconv_kernel: 5 is not one of [3, 4]"),
+        (MSLapSRN, {"net": {"skip": "XS"}}, "model.init_args.net.skip: 'XS' is not one of ['NS', 'DS', 'SS']"),
+    ],
+)  # fmt: skip
+def test_a_bad_typed_method_option_names_the_key(method, options, message):
+    """The typed options (PositiveFloat, NonNegativeFloat, ...) are checked by SRMethod from Python as by jsonargparse;
+    ``net`` overrides by the registry against the network's constructor hints."""
+    variant = "lapsrn_x4_small" if method is LapSRN else "ms_lapsrn_small"
+    with pytest.raises(FieldError) as err:
+        method(variant=variant, **options)
+    assert str(err.value) == message
+
+
+def test_the_bounds_of_the_typed_options_are_accepted():
+    method = LapSRN(variant="lapsrn_x4_small", eps=1e-6, coarse_level_weight=0)
+    assert (method.eps, method.coarse_level_weight) == (1e-6, 0.0)

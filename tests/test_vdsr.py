@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import lit_sr
-from lit_sr.methods.vdsr import VDSRNet
+from lit_sr.methods.vdsr import VDSR, VDSRNet, vdsr
+from lit_sr.registry import network_hints
+from lit_sr.typed import FieldError
 
 
 def count(net):
@@ -102,10 +104,39 @@ def test_channels_last_stores_nhwc_weights_and_keeps_the_output():
 
 def test_a_method_argument_its_type_rejects_is_one_message_naming_the_key():
     """SRMethod checks every method's typed arguments (here VDSR's own and the base's) from Python too."""
-    from lit_sr.methods.vdsr import VDSR
-
     with pytest.raises(ValueError, match=r"model.init_args.scale_balance: 'x2' is not one of \['none', 'bicubic'\]"):
         VDSR(scale_balance="x2")
     with pytest.raises(ValueError, match=r"model.init_args.ssim_variant: 'skimage' is not one of"):
         VDSR(ssim_variant="skimage")
     assert VDSR(scale_balance="bicubic").scale_balance == "bicubic"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: lit_sr.create_model("vdsr_small", init_fan_mode="fan_avg"),
+         "model.init_args.net.init_fan_mode: 'fan_avg' is not one of ['fan_in', 'fan_out']"),
+        (lambda: lit_sr.create_model("vdsr", bias="false"),
+         "model.init_args.net.bias must be true or false, got 'false'"),
+        (lambda: VDSR(variant="vdsr_small", net={"depth": 3, "width": 8.0}),
+         "model.init_args.net.width must be an integer, got 8.0"),
+    ],
+    ids=["literal", "bool", "through-the-method"],
+)  # fmt: skip
+def test_a_bad_net_override_names_its_key_under_model_init_args_net(build, message):
+    """``model.init_args.net`` is a plain mapping jsonargparse passes on: ``build_registered`` checks it against the
+    constructor hints of the network class the variant returns (its return annotation)."""
+    with pytest.raises(FieldError) as err:
+        build()
+    assert str(err.value) == message
+
+
+def test_network_hints_follow_the_return_annotation_and_skip_what_they_cannot_resolve():
+    def unresolvable(**kwargs) -> "NoSuchNet":  # noqa: F821 - the point of the test
+        raise AssertionError
+
+    def unannotated(**kwargs):
+        raise AssertionError
+
+    assert set(network_hints(vdsr)) == {"depth", "width", "bias", "init_fan_mode"}  # VDSRNet.__init__
+    assert network_hints(unresolvable) == {} and network_hints(unannotated) == {}

@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveInt
 from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
@@ -39,9 +40,9 @@ from lit_sr.losses import Reduction, mse, scale_balance_weights
 from lit_sr.methods.base import SRMethod
 from lit_sr.nn import he_init_
 from lit_sr.registry import register_model
+from lit_sr.typed import check_typed, type_hints
 
 Assembly = Literal["free", "softmax", "equal"]
-ASSEMBLY_MODES: tuple[str, ...] = ("free", "softmax", "equal")
 
 
 class CMSCOutput(NamedTuple):
@@ -112,6 +113,9 @@ class CMSCSubnet(nn.Module):
 class CMSCNet(nn.Module):
     """Cascaded multi-scale cross network on the ILR Y image; returns ``CMSCOutput(final, intermediates)``.
 
+    The typed arguments are checked as jsonargparse checks a config: by ``build_registered`` for a variant's
+    overrides (``model.init_args.net.<key>``), here for a direct call (``CMSCNet.<key>``).
+
     Args:
         num_subnets: S, number of cascaded subnetworks (= number of intermediate predictions).
         num_modules: M, MSC modules per subnetwork (spec name ``modules_per_subnet``).
@@ -134,21 +138,28 @@ class CMSCNet(nn.Module):
 
     def __init__(
         self,
-        num_subnets: int = 4,
-        num_modules: int = 4,
-        channels: int = 64,
+        num_subnets: PositiveInt = 4,
+        num_modules: PositiveInt = 4,
+        channels: PositiveInt = 64,
         share_weights: bool = True,
         branch_kernels: tuple[int, int] = (3, 5),
         assembly: Assembly = "free",
-        convs_per_branch: int = 2,
+        convs_per_branch: Literal[1, 2] = 2,
         entry_conv: bool = False,
         zero_init_branch_end: bool = False,
         zero_init_reconstruction: bool = False,
     ) -> None:
         super().__init__()
-        branch_kernels = _check_args(
-            num_subnets, num_modules, channels, branch_kernels, assembly, convs_per_branch
-        )
+        hints = type_hints(CMSCNet.__init__)
+        check_typed({k: v for k, v in locals().items() if k in hints}, hints, "CMSCNet.")
+        kernels = branch_kernels
+        if not isinstance(kernels, (tuple, list)) or len(kernels) != 2 or not all(
+            type(k) is int and k > 0 and k % 2 for k in kernels  # odd sizes: what no type hint says
+        ):
+            raise ValueError(
+                f"CMSCNet.branch_kernels must be two odd positive integers such as (3, 5), got {kernels!r}"
+            )
+        branch_kernels = tuple(kernels)
         self.num_subnets = num_subnets
         self.num_modules = num_modules
         self.share_weights = share_weights
@@ -223,33 +234,6 @@ class CMSCNet(nn.Module):
         for s in range(1, self.num_subnets):
             final = final + w[s] * intermediates[s]
         return CMSCOutput(final, intermediates)
-
-
-def _check_args(
-    num_subnets: int,
-    num_modules: int,
-    channels: int,
-    branch_kernels: Sequence[int],
-    assembly: str,
-    convs_per_branch: int,
-) -> tuple[int, int]:
-    """Validate the constructor values; one clear message naming the key and the fix."""
-    for key, value in (("num_subnets", num_subnets), ("num_modules", num_modules), ("channels", channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"CMSC: {key} must be a positive integer, got {value!r}")
-    kernels = tuple(branch_kernels)
-    if len(kernels) != 2 or any(
-        isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernels
-    ):
-        raise ValueError(
-            f"CMSC: branch_kernels must be two odd positive kernel sizes such as (3, 5), "
-            f"got {branch_kernels!r}"
-        )
-    if assembly not in ASSEMBLY_MODES:
-        raise ValueError(f"CMSC: assembly must be one of {', '.join(ASSEMBLY_MODES)}, got {assembly!r}")
-    if convs_per_branch not in (1, 2):
-        raise ValueError(f"CMSC: convs_per_branch must be 1 or 2, got {convs_per_branch!r}")
-    return kernels
 
 
 def default_alpha(num_subnets: int) -> float:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, OpenUnitInterval, PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -310,15 +311,15 @@ class DRN(SRMethod):
         self,
         variant: str = "drn_s_x4",
         loss: Literal["gsl", "l1"] = "gsl",
-        dual_weight: float = 0.1,
-        gsl_low_weight: float = 1.0,
-        gsl_l1_weight: float = 0.0,
+        dual_weight: NonNegativeFloat = 0.1,
+        gsl_low_weight: NonNegativeFloat = 1.0,
+        gsl_l1_weight: NonNegativeFloat = 0.0,
         mask_mode: MaskMode = "soft",
-        mask_quantile: float = 0.8,
+        mask_quantile: OpenUnitInterval = 0.8,
         grad_form: GradForm = "grad_of_masked",
         channels: Literal["rgb", "y"] = "rgb",
         skip_factor: float = 1e6,
-        max_consecutive_skips: int = 20,
+        max_consecutive_skips: PositiveInt = 20,
         net: dict[str, Any] | None = None,
         supported_scales: Sequence[int] | None = None,
         **kwargs: Any,
@@ -335,22 +336,9 @@ class DRN(SRMethod):
             channels: ``rgb`` or ``y``.
             skip_factor, max_consecutive_skips: the exploding-batch rule above.
             supported_scales: fixed by the variant; must stay unset.
+
+        The typed arguments are checked by jsonargparse (a config) or ``SRMethod`` (a Python call).
         """
-        checks = {
-            "loss": (loss in ("gsl", "l1"), "'gsl' or 'l1'"),
-            "dual_weight": (dual_weight >= 0, ">= 0 (0.1 in the 2020 code)"),
-            "gsl_low_weight": (gsl_low_weight >= 0, ">= 0 (1 by default)"),
-            "gsl_l1_weight": (gsl_l1_weight >= 0, ">= 0 (0 by default)"),
-            "mask_mode": (mask_mode in ("soft", "hard"), "'soft' or 'hard'"),
-            "mask_quantile": (0 < mask_quantile < 1, "in (0, 1) (0.8 by default)"),
-            "grad_form": (grad_form in ("grad_of_masked", "masked_grad"), "'grad_of_masked' or 'masked_grad'"),
-            "channels": (channels in ("rgb", "y"), "'rgb' (the paper's) or 'y'"),
-            "skip_factor": (skip_factor > 1, "> 1 (1e6 in the 2020 code)"),
-            "max_consecutive_skips": (max_consecutive_skips >= 1, ">= 1"),
-        }
-        for key, (ok, what) in checks.items():
-            if not ok:
-                raise ValueError(f"model.init_args.{key} must be {what}, got {locals()[key]!r}")
         if supported_scales is not None:
             raise ValueError(
                 f"model.init_args.supported_scales={list(supported_scales)} cannot be set for DRN: the variant "
@@ -366,6 +354,10 @@ class DRN(SRMethod):
         if channels == "y":
             net["n_colors"] = 1
         super().__init__(variant=variant, net=net, supported_scales=(), **kwargs)
+        if not skip_factor > 1:  # SRMethod checked that it is a number; no type hint says > 1
+            raise ValueError(
+                f"model.init_args.skip_factor must be a number > 1 (1e6 in the 2020 code), got {skip_factor}"
+            )
         if not isinstance(self.net, DRNNet):
             raise ValueError(
                 f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, not a DRN network; "

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
+from jsonargparse.typing import PositiveFloat
 from torch import Tensor, nn
 
 from lit_sr.losses import Reduction, charbonnier, local_rank_loss, rank_agreement
@@ -153,9 +154,6 @@ def irlapsrn_small(**kwargs: Any) -> IRLapSRNNet:
 # ---------------------------------------------------------------------------------------------------
 # Training: greedy per-level pretraining, then fine-tuning (stages in experiments/irlapsrn/*.yaml).
 
-STAGE1_MODES = ("greedy", "joint")
-
-
 class IRLapSRN(PyramidMethod):
     """IRLapSRN training: image-space Charbonnier + lambda_rank x local-rank loss, on the levels a stage names.
 
@@ -186,10 +184,10 @@ class IRLapSRN(PyramidMethod):
     def __init__(
         self,
         variant: str = "irlapsrn_x4",
-        eps: float = 1e-3,
+        eps: PositiveFloat = 1e-3,
         reduction: Reduction = "mean",
         rank_window: int = 3,
-        rank_tau: float = 0.02,
+        rank_tau: PositiveFloat = 0.02,
         stage1_mode: Literal["greedy", "joint"] = "greedy",
         **kwargs: Any,
     ) -> None:
@@ -202,15 +200,13 @@ class IRLapSRN(PyramidMethod):
             rank_tau: temperature of the soft rank (0.02 for intensities in [0, 1]).
             stage1_mode: ``greedy`` (one stage per level, as written) or ``joint`` (see the class docstring).
             kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
+
+        The typed arguments are checked by jsonargparse (a config) or ``SRMethod`` (a Python call).
         """
-        if stage1_mode not in STAGE1_MODES:
-            raise ValueError(f"model.init_args.stage1_mode must be one of {STAGE1_MODES}, got {stage1_mode!r}")
-        if not isinstance(rank_window, int) or rank_window < 3 or rank_window % 2 == 0:
+        if not isinstance(rank_window, int) or rank_window < 3 or rank_window % 2 == 0:  # no type hint says odd
             raise ValueError(
                 f"model.init_args.rank_window must be an odd integer >= 3 (3 or 5), got {rank_window!r}"
             )
-        if not rank_tau > 0:
-            raise ValueError(f"model.init_args.rank_tau must be > 0 (0.02 in the spec), got {rank_tau!r}")
         super().__init__(variant=variant, eps=eps, reduction=reduction, **kwargs)
         self.rank_window, self.rank_tau, self.stage1_mode = rank_window, float(rank_tau), stage1_mode
         self._check_stage_levels()

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
@@ -410,7 +411,7 @@ class PyramidMethod(SRMethod):
     def __init__(
         self,
         variant: str,
-        eps: float = 1e-3,
+        eps: PositiveFloat = 1e-3,
         reduction: Reduction = "paper",
         supported_scales: Sequence[int] | None = None,
         **kwargs: Any,
@@ -422,14 +423,14 @@ class PyramidMethod(SRMethod):
             reduction: ``paper`` (per-sample pixel sum, batch mean) or ``mean`` (per pixel).
             supported_scales: fixed by the network; must stay unset.
             kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
+
+        The typed arguments are checked by jsonargparse (a config) or ``SRMethod`` (a Python call).
         """
         if supported_scales is not None:
             raise ValueError(
                 f"model.init_args.supported_scales={list(supported_scales)} cannot be set for "
                 f"{type(self).__name__}: the network variant fixes its scales; remove the key"
             )
-        if not eps > 0:
-            raise ValueError(f"model.init_args.eps must be > 0 (the papers use 1e-3), got {eps!r}")
         super().__init__(variant=variant, supported_scales=(), **kwargs)
         if not isinstance(self.net, self.network_type):
             other = [f"{c.__module__}.{c.__qualname__}" for c in registered_methods().values()
@@ -488,18 +489,13 @@ class PyramidSRMethod(PyramidMethod):
     run that learns gets its finest-level part below it.
     """
 
-    def __init__(self, variant: str, coarse_level_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, variant: str, coarse_level_weight: NonNegativeFloat = 1.0, **kwargs: Any) -> None:
         """
         Args:
             variant: registered network name; ``net`` (in kwargs) overrides its arguments.
             coarse_level_weight: loss weight of every level but the finest (1 in the papers; sweep knob).
             kwargs: ``PyramidMethod`` arguments (``eps``, ``reduction``) and ``SRMethod`` ones.
         """
-        if not coarse_level_weight >= 0:
-            raise ValueError(
-                "model.init_args.coarse_level_weight must be >= 0 (1 in the papers), "
-                f"got {coarse_level_weight!r}"
-            )
         super().__init__(variant=variant, **kwargs)
         self.coarse_level_weight = float(coarse_level_weight)
 

@@ -17,6 +17,7 @@ import sys
 
 from lit_sr.errors import DEBUG_VAR, run_reporting_errors
 from lit_sr.sweep.config import load_sweep
+from lit_sr.typed import positive_int
 
 
 def _parser(report: bool) -> argparse.ArgumentParser:
@@ -32,7 +33,7 @@ def _parser(report: bool) -> argparse.ArgumentParser:
         p.add_argument("--top-k", type=int, default=None)
         p.add_argument("--no-test", action="store_true", help="skip the best trial's test table")
     else:
-        p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+        p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine")
         p.add_argument("--no-report", action="store_true", help="skip the report at the end")
         p.add_argument("--worker-index", type=int, default=0,
                        help="this machine's index, for the sampler's seed (e.g. a SLURM array index)")

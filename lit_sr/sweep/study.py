@@ -194,8 +194,6 @@ def run_worker(sweep: Sweep, index: int = 0) -> int:
 def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
     """Create the study and be its worker, or start this command ``workers`` times with ``--workers 1``;
     0 when all ended well."""
-    if workers < 1:
-        raise SweepError(f"--workers must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
