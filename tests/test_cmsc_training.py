@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import wandb
 import yaml
-from wandb_offline import read_finished
+from memory_logger import logger
 
 import lit_sr
 from lit_sr.checkpoint import load_method
@@ -140,8 +139,8 @@ def fitted(tmp_path_factory, data_root):
         "model": {"init_args": {"net": {**TINY_NET, "channels": 8}, "stages": [
             {"name": "train", "epochs": 1, "optimizer": {"name": "adam", "lr": 1.0e-3}}]}},
         "data": {"batches_per_epoch": STEPS, "batch_size": 4, "num_workers": 0, "val_max_images": 1},
-        "trainer": {"log_every_n_steps": 5, "precision": "32-true", "enable_progress_bar": False,
-                    "check_val_every_n_epoch": 1},
+        "trainer": {"logger": logger(tmp / "run"), "log_every_n_steps": 5, "precision": "32-true",
+                    "enable_progress_bar": False, "check_val_every_n_epoch": 1},
     }
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(override))
@@ -152,14 +151,13 @@ def fitted(tmp_path_factory, data_root):
                           "--model.init_args.alpha", "0.4", "--run_dir", str(tmp / "run")])
     finally:
         torch.set_num_threads(before)
-        wandb.finish()
     return tmp / "run", cli
 
 
 def test_fit_logs_loss_parts_and_assembly_weights(fitted):
     run_dir, cli = fitted
     assert cli.trainer.global_step == STEPS
-    run = read_finished(run_dir)
+    run = cli.trainer.logger
     n_rows = STEPS // 5
     for part in ("", "_intermediate", "_final", "_sub1", "_sub2", "_bicubic"):
         assert len(run.series(f"train/loss{part}")) == n_rows, part
@@ -177,7 +175,7 @@ def test_fit_logs_loss_parts_and_assembly_weights(fitted):
 
 def test_fit_logs_the_config_it_used(fitted):
     run_dir, cli = fitted
-    run = read_finished(run_dir)
+    run = cli.trainer.logger
     assert run.config["alpha"] == pytest.approx(0.4)  # the CLI override reached the loss
     assert set(run.config["net"]) == SPEC_OPTIONS
     assert run.config["net"]["channels"] == 8 and run.config["net"]["zero_init_reconstruction"] is True

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import wandb
 import yaml
 from lightning.pytorch.callbacks import Callback
-from wandb_offline import read_finished
+from memory_logger import logger
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
@@ -116,15 +115,12 @@ def test_bad_options_name_the_key():
 
 
 def fit(tmp_path, name: str, model: dict, data: dict, trainer: dict) -> SRCLI:
-    override = {"model": {"init_args": model}, "data": data, "trainer": trainer}
+    override = {"model": {"init_args": model}, "data": data, "trainer": {**trainer, "logger": logger(tmp_path / name)}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(override))
     args = ["fit", "--config", str(REPO / "experiments/drn/quick.yaml"), "--config", str(path)]
     args += ["--run_dir", str(tmp_path / name), "--trainer.enable_progress_bar", "false"]
-    try:
-        return SRCLI(args=args)
-    finally:
-        wandb.finish()
+    return SRCLI(args=args)
 
 
 TINY_DATA = {
@@ -168,12 +164,12 @@ def test_exploding_batches_are_skipped_counted_and_do_not_change_the_weights(tmp
     model = {"variant": "drn_small_x4", "net": TINY_NET, "max_consecutive_skips": 100}
     model["stages"] = [{"name": "train", "epochs": 3, "optimizer": {"name": "adam", "lr": 1e-3}}]
     with pytest.warns(UserWarning, match="DRN: skipped the batch"):
-        fit(tmp_path, "skip", model, TINY_DATA, TINY_TRAINER)
+        cli = fit(tmp_path, "skip", model, TINY_DATA, TINY_TRAINER)
     changed = lambda a, b: any(not torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
     assert changed(snap.start[0], snap.end[0]) and changed(snap.start[2], snap.end[2])  # normal epochs train
     assert not changed(snap.start[1], snap.end[1])  # every batch of epoch 1 was skipped: no update
     assert snap.real_mean is not None and snap.real_mean > 0  # epoch 0's mean loss set the threshold
-    run = read_finished(tmp_path / "skip")
+    run = cli.trainer.logger
     assert run.series("train/skipped_batches")[-1] == 4.0  # the 4 batches of epoch 1
 
 
@@ -193,7 +189,7 @@ def test_rgb_method_evaluates_through_the_one_path(tmp_path, data_root):
     model["stages"] = [{"name": "train", "epochs": 2, "optimizer": {"name": "adam", "lr": 1e-3}}]
     data = {**TINY_DATA, "val_max_images": 5}
     cli = fit(tmp_path, "eval", model, data, {**TINY_TRAINER, "check_val_every_n_epoch": 2})
-    run = read_finished(tmp_path / "eval")
+    run = cli.trainer.logger
     logged = run.series("val/Set14/x4/psnr_y")[-1]
     assert run.series("train/loss_gsl_high") and run.series("train/loss_dual") and run.series("train/loss_bicubic")
     ckpt = tmp_path / "eval" / "checkpoints" / "last.ckpt"
