@@ -148,10 +148,10 @@ class SnapshotEachEpoch(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.start[trainer.current_epoch] = [p.detach().clone() for p in pl_module.net.parameters()]
         if trainer.current_epoch == 1:
-            self.real_mean = pl_module._previous_epoch_loss
-            pl_module._previous_epoch_loss = 1e-30  # any real loss now exceeds skip_factor x this
+            self.real_mean = pl_module.previous_epoch_loss
+            pl_module.previous_epoch_loss = 1e-30  # any real loss now exceeds skip_factor x this
         if trainer.current_epoch == 2:  # an all-skipped epoch keeps the threshold: restore the real one
-            pl_module._previous_epoch_loss = self.real_mean
+            pl_module.previous_epoch_loss = self.real_mean
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.end[trainer.current_epoch] = [p.detach().clone() for p in pl_module.net.parameters()]

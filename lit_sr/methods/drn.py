@@ -373,7 +373,8 @@ class DRN(SRMethod):
             "grad_form": grad_form,
         }
         self.skip_factor, self.max_consecutive_skips = float(skip_factor), int(max_consecutive_skips)
-        self._previous_epoch_loss: float | None = None
+        #: mean loss of the last epoch (saved in checkpoints): a batch over skip_factor x this is skipped
+        self.previous_epoch_loss: float | None = None
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
         self._skipped_total, self._skipped_in_a_row = 0, 0
 
@@ -419,7 +420,7 @@ class DRN(SRMethod):
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor | None:
         total, parts = self.compute_loss(batch)
         value = float(total.detach())
-        limit = math.inf if self._previous_epoch_loss is None else self.skip_factor * self._previous_epoch_loss
+        limit = math.inf if self.previous_epoch_loss is None else self.skip_factor * self.previous_epoch_loss
         skip = self.trainer.strategy.reduce_boolean_decision(not (value <= limit), all=False)
         if skip:
             self._skipped_total += 1
@@ -427,7 +428,7 @@ class DRN(SRMethod):
             self.log("train/skipped_batches", float(self._skipped_total), on_step=True, on_epoch=False)
             rank_zero_warn(
                 f"DRN: skipped the batch at step {self.global_step}: loss {value:.4g} exceeds "
-                f"{self.skip_factor:g} x the previous epoch's mean {self._previous_epoch_loss} or is not finite "
+                f"{self.skip_factor:g} x the previous epoch's mean {self.previous_epoch_loss} or is not finite "
                 f"({self._skipped_total} skipped so far)"
             )
             if self._skipped_in_a_row > self.max_consecutive_skips:
@@ -444,15 +445,15 @@ class DRN(SRMethod):
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_batches:
-            self._previous_epoch_loss = self._epoch_loss_sum / self._epoch_batches
+            self.previous_epoch_loss = self._epoch_loss_sum / self._epoch_batches
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["drn_previous_epoch_loss"] = self._previous_epoch_loss
+        checkpoint["drn_previous_epoch_loss"] = self.previous_epoch_loss
         checkpoint["drn_skipped_batches"] = self._skipped_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._previous_epoch_loss = checkpoint.get("drn_previous_epoch_loss")
+        self.previous_epoch_loss = checkpoint.get("drn_previous_epoch_loss")
         self._skipped_total = int(checkpoint.get("drn_skipped_batches", 0))
