@@ -88,10 +88,8 @@ def test_two_torchrun_nodes_train_as_one_job_and_validate_like_one_process(tmp_p
     single = method.last_results["holdout"]
     for scale in ("x2", "x3"):
         assert single[scale]["n_images"] == 3
-        # Unpadded shards (2 + 1 images): each image scored once. SRMethod's n_images counts the rank's own
-        # shard today; a count synced over the ranks (3 on both) is accepted as well.
-        counts = [ddp[r][scale]["n_images"] for r in (0, 1)]
-        assert sorted(counts) == [1, 2] or counts == [3, 3], counts
+        # Unpadded shards (2 + 1 images): each image scored once, and both ranks count all 3 (synced, not a shard).
+        assert [ddp[r][scale]["n_images"] for r in (0, 1)] == [3, 3]
         for metric in ("psnr_y", "ssim_y"):
             for r in (0, 1):
                 assert ddp[r][scale][metric] == pytest.approx(single[scale][metric], abs=1e-9), (r, scale, metric)
