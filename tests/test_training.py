@@ -13,6 +13,7 @@ from wandb_offline import read_finished
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI
 from lit_sr.evaluate import run_benchmark
+from lit_sr.methods.base import STAGE_KEY
 from lit_sr.methods.bicubic import Bicubic
 from lit_sr.paths import REPO
 
@@ -104,7 +105,7 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
     tmp, first = staged_run
     ckpt = tmp / "staged" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=False)
-    assert saved["lit_sr_stage_index"] == 1 and saved["global_step"] == 2 * STEPS
+    assert saved[STAGE_KEY] == 1 and saved["global_step"] == 2 * STEPS
     cli = fit(
         tmp_path,
         "resumed",
