@@ -34,14 +34,30 @@ def data_root() -> Path:
     return root
 
 
+def _wandb_offline_in(d: Path, mp: pytest.MonkeyPatch) -> None:
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        mp.setenv(var, str(d))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_wandb_session(tmp_path_factory):
+    """The same for module-scoped fixtures (training runs, a sweep), which pytest sets up before ``_isolated_wandb``.
+
+    Without it they ran W&B with the developer's settings and folders (online, given credentials), and could make
+    the first W&B run of the process: after test_sweep.py's fixture (its report's run), a Lightning
+    ``WandbLogger(offline=True)`` run in the same process asked for an API key (test_wandb_offline.py).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        _wandb_offline_in(tmp_path_factory.mktemp("wandb-session"), mp)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_wandb(tmp_path_factory, monkeypatch):
     """Every test runs W&B offline in a private temp dir: nothing reaches the network or the repo."""
-    d = tmp_path_factory.mktemp("wandb")
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(d))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    _wandb_offline_in(tmp_path_factory.mktemp("wandb"), monkeypatch)
 
 
 # Stage "warm" (Adam, 1 epoch) then "main" (SGD + momentum, halving lr, adjustable clipping, 2 epochs).

@@ -19,13 +19,6 @@ pytestmark = pytest.mark.slow  # trains and runs lit-sr processes: `make test-fa
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
 
 
-def lit_sr(*args, cwd):
-    cmd = [sys.executable, "-m", "lit_sr.cli", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
 def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
     override = tmp_path / "small.yaml"
     override.write_text(
@@ -56,13 +49,24 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
         wandb.finish()
     ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
     validate = [*base, "--ckpt_path", str(ckpt)]
-    try:  # one process: in this one
-        SRCLI(args=["validate", *validate, "--run_dir", str(tmp_path / "single")])
-    finally:
-        wandb.finish()
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-    proc = lit_sr("validate", *validate, "--run_dir", str(tmp_path / "ddp"), *ddp, cwd=tmp_path)
-    assert "MEMBER: 2/2" in proc.stderr  # really two ranks
+    stdout, stderr = tmp_path / "ddp.out", tmp_path / "ddp.err"
+    with stdout.open("w") as out, stderr.open("w") as err:  # two ranks: rank 0 in a subprocess starts rank 1
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lit_sr.cli", "validate", *validate, "--run_dir", str(tmp_path / "ddp"), *ddp],
+            cwd=tmp_path, env=dict(os.environ), stdout=out, stderr=err,
+        )  # fmt: skip
+    try:
+        try:  # one process: this one, while the two ranks start
+            SRCLI(args=["validate", *validate, "--run_dir", str(tmp_path / "single")])
+        finally:
+            wandb.finish()
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr.read_text()[-4000:]
+    assert "MEMBER: 2/2" in stderr.read_text()  # really two ranks
     results = {}
     for name in ("single", "ddp"):
         run = read_finished(tmp_path / name)

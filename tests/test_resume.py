@@ -3,6 +3,7 @@ uninterrupted run; SIGTERM saves a checkpoint and stops cleanly; the patch strea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import torch
 import yaml
 from conftest import TWO_STAGES
 
+from lit_sr.cli import main
 from lit_sr.data.datasets import TrainPatches
 from lit_sr.data.images import ImageCache
 from lit_sr.data.resume import ResumableLoader
@@ -66,11 +68,12 @@ def env() -> dict[str, str]:
     }
 
 
+def fit_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(run_dir), *extra]
+
+
 def fit_cmd(config: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "lit_sr.cli", "fit", "--config", str(QUICK), "--config", str(config),
-        "--run_dir", str(run_dir), *extra,
-    ]  # fmt: skip
+    return [sys.executable, "-m", "lit_sr.cli", *fit_args(config, run_dir, *extra)]
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -81,6 +84,31 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@contextlib.contextmanager
+def like_a_fit_process(cwd: Path):
+    """Run ``lit-sr fit`` in this process as ``fit_cmd`` runs it in a subprocess, then undo what the run set.
+
+    One torch thread, as ``env()``'s OMP_NUM_THREADS=1 gives the subprocesses (two threads change the weights'
+    last bits), and the subprocesses' working directory. Afterwards: the thread count, the deterministic
+    algorithms switch (``trainer.deterministic``), cudnn.benchmark and the environment variables the run set.
+    """
+    threads, environ, here = torch.get_num_threads(), dict(os.environ), os.getcwd()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only, benchmark = torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
+    torch.set_num_threads(1)
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+        for key in os.environ.keys() - environ.keys():  # PL_GLOBAL_SEED, CUBLAS_WORKSPACE_CONFIG, WANDB_SERVICE, ...
+            del os.environ[key]
+        os.environ.update(environ)
+
+
 def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_path, data_root):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(RESUME_CONFIG))
@@ -89,15 +117,23 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
     kill_at = random.Random().choice(candidates)
     note = f"(killed at global_step {kill_at})"
 
-    full = run(fit_cmd(config, tmp_path / "full"), tmp_path)
-    assert full.returncode == 0, full.stderr[-3000:]
-
-    killed = run(
-        fit_cmd(config, tmp_path / "resumed", "--trainer.callbacks+=cluster_helpers.KillAtStep",
-                f"--trainer.callbacks.step={kill_at}"),
-        tmp_path,
-    )  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # The run that is killed, in a subprocess; meanwhile the uninterrupted reference run in this process (the same
+    # `lit-sr fit` command line, the same single torch thread: it gives the subprocess's weights bit for bit).
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        killed = subprocess.Popen(
+            fit_cmd(config, tmp_path / "resumed", "--trainer.callbacks+=cluster_helpers.KillAtStep",
+                    f"--trainer.callbacks.step={kill_at}"),
+            cwd=tmp_path, env=env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        with like_a_fit_process(tmp_path):
+            assert main(fit_args(config, tmp_path / "full")) == 0
+        killed.wait(timeout=600)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert killed.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == kill_at // EVERY * EVERY, note  # the newest step checkpoint survived
