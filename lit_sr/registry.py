@@ -34,19 +34,26 @@ def registered_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def network_of(fn: Callable[..., nn.Module]) -> type | None:
+    """The network class a variant function returns, by its return annotation (nothing is built); None when the
+    annotation is missing, not a class or cannot be resolved."""
+    try:
+        network = type_hints(fn).get("return")
+    except (NameError, TypeError):
+        return None
+    return network if isinstance(network, type) else None
+
+
 def variants_of(network: type[nn.Module]) -> list[str]:
-    """The registered variants that build a ``network``, found by their return annotation (none is built)."""
-    return sorted(n for n, fn in _REGISTRY.items() if fn.__annotations__.get("return") in (network, network.__name__))
+    """The registered variants that build a ``network``."""
+    return sorted(n for n, fn in _REGISTRY.items() if network_of(fn) is network)
 
 
 def network_hints(fn: Callable[..., nn.Module]) -> dict[str, Any]:
-    """The constructor type hints of the network class ``fn`` returns (by its return annotation); none when the
-    annotation is missing, not a class or cannot be resolved (the constructor then checks its own arguments)."""
-    try:
-        network = type_hints(fn).get("return")
-        hints = dict(type_hints(network.__init__)) if isinstance(network, type) else {}
-    except (NameError, TypeError):
-        return {}
+    """The constructor type hints of the network class ``fn`` returns; none when that class is unknown (its
+    constructor then checks its own arguments)."""
+    network = network_of(fn)
+    hints = dict(type_hints(network.__init__)) if network is not None else {}
     hints.pop("return", None)
     return hints
 
