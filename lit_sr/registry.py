@@ -1,7 +1,14 @@
 """Named network variants, timm style: one registered function per variant.
 
-Method files decorate one function per named variant with ``@register_model``; ``lit_sr.methods``
-imports every method file, so ``lit_sr.create_model(name, **overrides)`` sees them all.
+Method files decorate one function per named variant with ``@register_model``, one line each::
+
+    @register_model  # Released MS-LapSRN D5R8, the paper's best model (222,801 parameters; 84 layers at x4)
+    def ms_lapsrn_d5r8(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 5, "recursions": 8, **kw})
+
+Keyword arguments replace the variant's defaults; a scale in the variant's name is passed outside the merge
+(``LapSRNNet(scale=8, **{"depth_per_level": 5, **kw})``), so overriding it is an error rather than ignored. The
+return annotation names the network class (``network_of``). ``lit_sr.methods`` imports every method file, so
+``lit_sr.create_model(name, **overrides)`` sees them all.
 
 The overrides come from ``model.init_args.net``, a plain mapping jsonargparse does not check: ``build_registered``
 checks them against the typed constructor of the network class the variant returns (its return annotation),
@@ -63,8 +70,12 @@ def build_registered(name: str, **overrides) -> nn.Module:
     constructor hint rejects is a ``FieldError`` naming ``model.init_args.net.<key>``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered variants: {', '.join(sorted(_REGISTRY))}")
-    overrides = check_typed(overrides, network_hints(_REGISTRY[name]), NET_PREFIX)
+    fn = _REGISTRY[name]
+    hints = network_hints(fn)
+    overrides = check_typed(overrides, hints, NET_PREFIX)
     try:
-        return _REGISTRY[name](**overrides)
+        return fn(**overrides)
     except TypeError as err:
-        raise ValueError(f"model {name!r} does not accept the arguments {sorted(overrides)}: {err}") from err
+        unknown = bool(hints) and not set(overrides) <= set(hints)  # a key the constructor has no argument for
+        takes = f" ({network_of(fn).__name__} takes {', '.join(hints)})" if unknown else ""
+        raise ValueError(f"model {name!r} does not accept the arguments {sorted(overrides)}: {err}{takes}") from err

@@ -266,24 +266,17 @@ def cascaded_loss(
     return total, parts
 
 
-@register_model
-def cmsc(**overrides) -> CMSCNet:
-    """Paper size: S=4, M=4, 64 channels, shared modules, kernels (3, 5); 1,153,285 parameters, depth 35."""
-    return CMSCNet(**{**dict(num_subnets=4, num_modules=4, channels=64, share_weights=True), **overrides})
+# ---------------------------------------------------------------------------------------------------
+# Registered variants, timm style, one line each: keyword arguments override the variant's defaults;
+# a scale in the variant's name is passed outside them, so overriding it is an error.
+
+CMSC_SMALL = dict(num_subnets=2, num_modules=2, channels=32, zero_init_branch_end=True, zero_init_reconstruction=True)
 
 
-@register_model
-def cmsc_small(**overrides) -> CMSCNet:
-    """CPU preset: S=2, M=2, 32 channels, shared, kernels (3, 5), starts at bicubic; 149,379 parameters."""
-    defaults = dict(
-        num_subnets=2,
-        num_modules=2,
-        channels=32,
-        share_weights=True,
-        zero_init_branch_end=True,
-        zero_init_reconstruction=True,
-    )
-    return CMSCNet(**{**defaults, **overrides})
+@register_model  # Paper size: S=4, M=4, 64 channels, shared modules, kernels (3, 5); 1,153,285 parameters, depth 35
+def cmsc(**kw: Any) -> CMSCNet: return CMSCNet(**{"num_subnets": 4, "num_modules": 4, "channels": 64, **kw})
+@register_model  # CPU preset: S=2, M=2, 32 channels, shared, kernels (3, 5), starts at bicubic; 149,379 parameters
+def cmsc_small(**kw: Any) -> CMSCNet: return CMSCNet(**{**CMSC_SMALL, **kw})
 
 
 class CMSC(SRMethod):

@@ -19,7 +19,7 @@ Registered variants (``lit_sr.create_model(name, **overrides)``):
   the 2020 DRN-S / DRN-L (primal 4,804,065 / 5,403,000 / 9,825,893 / 10,004,018 parameters in the 2020
   count, which includes the two MeanShift convs: here those 24 values are constant buffers; duals 2 x 864 /
   3 x 432 / 2 x 1,080 / 3 x 540).
-- ``drn_small_x4`` (B 4, F 16): the quick CPU preset (primal 933,369 parameters).
+- ``drn_small_x4`` (B 4, F 16): the quick CPU preset (primal 933,369 parameters here, 933,393 in the 2020 count).
 """
 
 from __future__ import annotations
@@ -231,43 +231,21 @@ def edge_psnr_y(sr_y: Tensor, hr_y: Tensor, shave: int, quantile: float = 0.8) -
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registered variants: defaults are the named configuration; any argument can be overridden.
+# Registered variants, timm style, one line each: keyword arguments override the variant's defaults;
+# a scale in the variant's name is passed outside them, so overriding it is an error.
+# Primal counts: ours / the 2020 code's, which also counts the two MeanShift convs (24 constant buffers here).
 
 
-def _drn(scale: int, n_blocks: int, n_feats: int, n_colors: Literal[1, 3] = 3, **kwargs: Any) -> DRNNet:
-    if kwargs:
-        raise TypeError(f"unexpected DRN arguments {sorted(kwargs)}; use n_blocks, n_feats, n_colors")
-    return DRNNet(scale, n_blocks, n_feats, n_colors)
-
-
-@register_model
-def drn_s_x4(n_blocks: int = 30, n_feats: int = 16, **kwargs: Any) -> DRNNet:
-    """DRN-S x4 (primal 4,804,065 parameters, duals 2 x 864)."""
-    return _drn(4, n_blocks, n_feats, **kwargs)
-
-
-@register_model
-def drn_s_x8(n_blocks: int = 30, n_feats: int = 8, **kwargs: Any) -> DRNNet:
-    """DRN-S x8 (primal 5,403,000 parameters, duals 3 x 432)."""
-    return _drn(8, n_blocks, n_feats, **kwargs)
-
-
-@register_model
-def drn_l_x4(n_blocks: int = 40, n_feats: int = 20, **kwargs: Any) -> DRNNet:
-    """DRN-L x4 (primal 9,825,893 parameters, duals 2 x 1,080)."""
-    return _drn(4, n_blocks, n_feats, **kwargs)
-
-
-@register_model
-def drn_l_x8(n_blocks: int = 36, n_feats: int = 10, **kwargs: Any) -> DRNNet:
-    """DRN-L x8 (primal 10,004,018 parameters, duals 3 x 540)."""
-    return _drn(8, n_blocks, n_feats, **kwargs)
-
-
-@register_model
-def drn_small_x4(n_blocks: int = 4, n_feats: int = 16, **kwargs: Any) -> DRNNet:
-    """Small DRN x4 for quick CPU runs: DRN-S x4 with B = 4 (primal 933,369 parameters, duals 2 x 864)."""
-    return _drn(4, n_blocks, n_feats, **kwargs)
+@register_model  # DRN-S x4 (primal 4,804,041 / 4,804,065 parameters, duals 2 x 864)
+def drn_s_x4(**kw: Any) -> DRNNet: return DRNNet(scale=4, **{"n_blocks": 30, "n_feats": 16, **kw})
+@register_model  # DRN-S x8 (primal 5,402,976 / 5,403,000 parameters, duals 3 x 432)
+def drn_s_x8(**kw: Any) -> DRNNet: return DRNNet(scale=8, **{"n_blocks": 30, "n_feats": 8, **kw})
+@register_model  # DRN-L x4 (primal 9,825,869 / 9,825,893 parameters, duals 2 x 1,080)
+def drn_l_x4(**kw: Any) -> DRNNet: return DRNNet(scale=4, **{"n_blocks": 40, "n_feats": 20, **kw})
+@register_model  # DRN-L x8 (primal 10,003,994 / 10,004,018 parameters, duals 3 x 540)
+def drn_l_x8(**kw: Any) -> DRNNet: return DRNNet(scale=8, **{"n_blocks": 36, "n_feats": 10, **kw})
+@register_model  # Small DRN x4 for quick CPU runs: DRN-S x4 with B = 4 (primal 933,369 / 933,393, duals 2 x 864)
+def drn_small_x4(**kw: Any) -> DRNNet: return DRNNet(scale=4, **{"n_blocks": 4, "n_feats": 16, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------

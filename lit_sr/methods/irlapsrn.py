@@ -120,35 +120,20 @@ class IRLapSRNNet(PerLevelPyramid):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registered variants, timm style; keyword arguments override the defaults (not the scale).
+# Registered variants, timm style, one line each: keyword arguments override the variant's defaults;
+# a scale in the variant's name is passed outside them, so overriding it is an error.
+
+IRLAPSRN_SMALL = dict(irb_per_level=2, channels=32, branch_width=16)
 
 
-def _irlapsrn(scale: int, **kwargs: Any) -> IRLapSRNNet:
-    return IRLapSRNNet(scale=scale, **kwargs)
-
-
-@register_model
-def irlapsrn_x2(**kwargs: Any) -> IRLapSRNNet:
-    """IRLapSRN x2: 1 level, B = 8, branch width 32 (396,625 parameters)."""
-    return _irlapsrn(scale=2, **kwargs)
-
-
-@register_model
-def irlapsrn_x4(**kwargs: Any) -> IRLapSRNNet:
-    """IRLapSRN x4: 2 levels, B = 8, branch width 32 (792,610 parameters)."""
-    return _irlapsrn(scale=4, **kwargs)
-
-
-@register_model
-def irlapsrn_x8(**kwargs: Any) -> IRLapSRNNet:
-    """IRLapSRN x8: 3 levels, B = 8, branch width 32 (1,188,595 parameters)."""
-    return _irlapsrn(scale=8, **kwargs)
-
-
-@register_model
-def irlapsrn_small(**kwargs: Any) -> IRLapSRNNet:
-    """Small IRLapSRN x4 for quick CPU runs: B = 2, 32 channels, branch width 16."""
-    return _irlapsrn(scale=4, **{"irb_per_level": 2, "channels": 32, "branch_width": 16, **kwargs})
+@register_model  # IRLapSRN x2: 1 level, B = 8, branch width 32 (396,625 parameters)
+def irlapsrn_x2(**kw: Any) -> IRLapSRNNet: return IRLapSRNNet(scale=2, **{"irb_per_level": 8, "branch_width": 32, **kw})
+@register_model  # IRLapSRN x4: 2 levels, B = 8, branch width 32 (792,610 parameters)
+def irlapsrn_x4(**kw: Any) -> IRLapSRNNet: return IRLapSRNNet(scale=4, **{"irb_per_level": 8, "branch_width": 32, **kw})
+@register_model  # IRLapSRN x8: 3 levels, B = 8, branch width 32 (1,188,595 parameters)
+def irlapsrn_x8(**kw: Any) -> IRLapSRNNet: return IRLapSRNNet(scale=8, **{"irb_per_level": 8, "branch_width": 32, **kw})
+@register_model  # Small IRLapSRN x4 for quick CPU runs: B = 2, 32 channels, branch width 16 (78,370 parameters)
+def irlapsrn_small(**kw: Any) -> IRLapSRNNet: return IRLapSRNNet(scale=4, **{**IRLAPSRN_SMALL, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -316,82 +316,32 @@ class MSLapSRNNet(LaplacianPyramid):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registered variants, timm style: a private builder per network and one function per named variant;
-# keyword arguments override the variant's defaults (the scale is the variant's name and cannot be).
+# Registered variants, timm style, one line each: keyword arguments override the variant's defaults;
+# a scale in the variant's name is passed outside them, so overriding it is an error.
 
 
-def _lapsrn(scale: int, **kwargs: Any) -> LapSRNNet:
-    return LapSRNNet(scale=scale, **kwargs)
-
-
-def _ms_lapsrn(defaults: dict[str, Any], kwargs: dict[str, Any]) -> MSLapSRNNet:
-    return MSLapSRNNet(**{**defaults, **kwargs})
-
-
-@register_model
-def lapsrn_x2(**kwargs: Any) -> LapSRNNet:
-    """Released LapSRN x2: 1 level, d = 10 (407,441 parameters)."""
-    return _lapsrn(scale=2, **kwargs)
-
-
-@register_model
-def lapsrn_x4(**kwargs: Any) -> LapSRNNet:
-    """Released LapSRN x4: 2 levels, d = 10 (814,242 parameters; the paper's 812k counts weights only)."""
-    return _lapsrn(scale=4, **kwargs)
-
-
-@register_model
-def lapsrn_x8(**kwargs: Any) -> LapSRNNet:
-    """Released LapSRN x8: 3 levels, d = 5 (667,123 parameters)."""
-    return _lapsrn(scale=8, **{"depth_per_level": 5, **kwargs})
-
-
-@register_model
-def lapsrn_x4_small(**kwargs: Any) -> LapSRNNet:
-    """Small LapSRN x4 for quick CPU runs: d = 3, 32 channels."""
-    return _lapsrn(scale=4, **{"depth_per_level": 3, "channels": 32, **kwargs})
-
-
-@register_model
-def ms_lapsrn_d5r2(**kwargs: Any) -> MSLapSRNNet:
-    """Released MS-LapSRN D5R2 (222,801 parameters)."""
-    return _ms_lapsrn({"depth": 5, "recursions": 2}, kwargs)
-
-
-@register_model
-def ms_lapsrn_d5r5(**kwargs: Any) -> MSLapSRNNet:
-    """Released MS-LapSRN D5R5 (222,801 parameters)."""
-    return _ms_lapsrn({"depth": 5, "recursions": 5}, kwargs)
-
-
-@register_model
-def ms_lapsrn_d5r8(**kwargs: Any) -> MSLapSRNNet:
-    """Released MS-LapSRN D5R8, the paper's best model (222,801 parameters; 84 layers at x4)."""
-    return _ms_lapsrn({"depth": 5, "recursions": 8}, kwargs)
-
-
-@register_model
-def ms_lapsrn_d2r5(**kwargs: Any) -> MSLapSRNNet:
-    """MS-LapSRN D2R5 (112,017 parameters), the paper's smallest shared block."""
-    return _ms_lapsrn({"depth": 2, "recursions": 5}, kwargs)
-
-
-@register_model
-def ms_lapsrn_d4r4(**kwargs: Any) -> MSLapSRNNet:
-    """MS-LapSRN D4R4 (185,873 parameters)."""
-    return _ms_lapsrn({"depth": 4, "recursions": 4}, kwargs)
-
-
-@register_model
-def lapsrn_ns_d10r1(**kwargs: Any) -> MSLapSRNNet:
-    """MS-LapSRN NS-D10R1: weights shared across levels only, no recursion, no skip (407,441 parameters)."""
-    return _ms_lapsrn({"depth": 10, "recursions": 1, "skip": "NS"}, kwargs)
-
-
-@register_model
-def ms_lapsrn_small(**kwargs: Any) -> MSLapSRNNet:
-    """Small MS-LapSRN for quick CPU runs: D = 2, R = 2, 32 channels."""
-    return _ms_lapsrn({"depth": 2, "recursions": 2, "channels": 32}, kwargs)
+@register_model  # Released LapSRN x2: 1 level, d = 10 (407,441 parameters)
+def lapsrn_x2(**kw: Any) -> LapSRNNet: return LapSRNNet(scale=2, **{"depth_per_level": 10, **kw})
+@register_model  # Released LapSRN x4: 2 levels, d = 10 (814,242 parameters; the paper's 812k counts weights only)
+def lapsrn_x4(**kw: Any) -> LapSRNNet: return LapSRNNet(scale=4, **{"depth_per_level": 10, **kw})
+@register_model  # Released LapSRN x8: 3 levels, d = 5 (667,123 parameters)
+def lapsrn_x8(**kw: Any) -> LapSRNNet: return LapSRNNet(scale=8, **{"depth_per_level": 5, **kw})
+@register_model  # Small LapSRN x4 for quick CPU runs: d = 3, 32 channels (74,914 parameters)
+def lapsrn_x4_small(**kw: Any) -> LapSRNNet: return LapSRNNet(scale=4, **{"depth_per_level": 3, "channels": 32, **kw})
+@register_model  # Released MS-LapSRN D5R2 (222,801 parameters)
+def ms_lapsrn_d5r2(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 5, "recursions": 2, **kw})
+@register_model  # Released MS-LapSRN D5R5 (222,801 parameters)
+def ms_lapsrn_d5r5(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 5, "recursions": 5, **kw})
+@register_model  # Released MS-LapSRN D5R8, the paper's best model (222,801 parameters; 84 layers at x4)
+def ms_lapsrn_d5r8(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 5, "recursions": 8, **kw})
+@register_model  # MS-LapSRN D2R5 (112,017 parameters), the paper's smallest shared block
+def ms_lapsrn_d2r5(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 2, "recursions": 5, **kw})
+@register_model  # MS-LapSRN D4R4 (185,873 parameters)
+def ms_lapsrn_d4r4(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 4, "recursions": 4, **kw})
+@register_model  # MS-LapSRN NS-D10R1: weights shared across levels only, no recursion, no skip (407,441 parameters)
+def lapsrn_ns_d10r1(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 10, "recursions": 1, "skip": "NS", **kw})
+@register_model  # Small MS-LapSRN for quick CPU runs: D = 2, R = 2, 32 channels (28,369 parameters)
+def ms_lapsrn_small(**kw: Any) -> MSLapSRNNet: return MSLapSRNNet(**{"depth": 2, "recursions": 2, "channels": 32, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -51,20 +51,15 @@ class VDSRNet(nn.Module):
         return ilr + self.residual(ilr)
 
 
-def _vdsr(depth: int = 20, width: int = 64, **kwargs: Any) -> VDSRNet:
-    return VDSRNet(depth=depth, width=width, **kwargs)
+# ---------------------------------------------------------------------------------------------------
+# Registered variants, timm style, one line each: keyword arguments override the variant's defaults;
+# a scale in the variant's name is passed outside them, so overriding it is an error.
 
 
-@register_model
-def vdsr(**kwargs: Any) -> VDSRNet:
-    """The paper network: 20 layers, 64 channels (665,921 parameters)."""
-    return _vdsr(**kwargs)
-
-
-@register_model
-def vdsr_small(**kwargs: Any) -> VDSRNet:
-    """CPU quick preset: 10 layers, 32 channels."""
-    return _vdsr(**{"depth": 10, "width": 32, **kwargs})
+@register_model  # The paper network: 20 layers, 64 channels (665,921 parameters)
+def vdsr(**kw: Any) -> VDSRNet: return VDSRNet(**{"depth": 20, "width": 64, **kw})
+@register_model  # CPU quick preset: 10 layers, 32 channels (74,593 parameters)
+def vdsr_small(**kw: Any) -> VDSRNet: return VDSRNet(**{"depth": 10, "width": 32, **kw})
 
 
 class VDSR(SRMethod):
