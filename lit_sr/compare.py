@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_sr.tables import markdown_table, psnr_ssim
+
 
 def find_runs(root: str | Path = "runs") -> list[Path]:
     """Every ``<root>/<method>/<time>`` folder holding ``benchmark/results.json`` with selection metadata."""
@@ -42,6 +44,15 @@ def _row(run: Path) -> dict[str, Any]:
     }
 
 
+def _cells(r: dict[str, Any], cells: list[tuple[str, str]]) -> list[str]:
+    """A run's row: what it is, how it was trained and chosen, then its test PSNR / SSIM per (set, scale)."""
+    val = "-" if r["val"] is None else f"{r['val']:.2f} ({', '.join(r['val_sets'] or [])})"
+    val += " on test!" if r["selection_on_test"] else ""
+    params = f"{r['params']:,}" if r["params"] else "-"
+    tests = [psnr_ssim(r["test"].get(d, {}).get(k)) for d, k in cells]
+    return [r["method"], r["variant"], params, f"{r['train_min']} ({r['train_cpu_min']})", r["train_data"], val, *tests]
+
+
 def compare(runs: Sequence[str | Path] = (), out: str | Path = "runs/compare") -> str:
     """Write the comparison of ``runs`` (default: every run under ``runs/``) and return its markdown."""
     folders = [Path(r) for r in runs] or find_runs()
@@ -52,21 +63,7 @@ def compare(runs: Sequence[str | Path] = (), out: str | Path = "runs/compare") -
         {(d, k) for r in rows for d, by in r["test"].items() for k in by}, key=lambda c: (c[0], int(c[1][1:]))
     )
     head = ["method", "variant", "params", "train min (CPU min)", "training data", "val PSNR (selected on)"]
-    lines = ["| " + " | ".join(head + [f"{d} {k}" for d, k in cells]) + " |", "|" + "---|" * (len(head) + len(cells))]
-    for r in rows:
-        val = "-" if r["val"] is None else f"{r['val']:.2f} ({', '.join(r['val_sets'] or [])})"
-        if r["selection_on_test"]:
-            val += " on test!"
-        tests = []
-        for d, k in cells:
-            c = r["test"].get(d, {}).get(k)
-            tests.append(f"{c['psnr_y']:.2f} / {c['ssim_y']:.4f}" if c else "-")
-        params = f"{r['params']:,}" if r["params"] else "-"
-        lines.append(
-            f"| {r['method']} | {r['variant']} | {params} | {r['train_min']} ({r['train_cpu_min']}) | "
-            f"{r['train_data']} | {val} | " + " | ".join(tests) + " |"
-        )
-    table = "\n".join(lines)
+    table = markdown_table([*head, *(f"{d} {k}" for d, k in cells)], [_cells(r, cells) for r in rows])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(

@@ -28,6 +28,7 @@ from lit_sr.checkpoint import load_method
 from lit_sr.data.datamodule import SRDataModule
 from lit_sr.methods.base import SRMethod
 from lit_sr.methods.bicubic import Bicubic
+from lit_sr.tables import markdown_table, psnr_ssim
 
 PROTOCOL = (
     "Y (MATLAB rgb2ycbcr; grayscale used as Y), HR modcropped to the scale, LR = MATLAB bicubic in float64, "
@@ -112,17 +113,10 @@ def git_commit() -> str | None:
 
 def format_table(rows: dict[str, Results], scales: Sequence[int]) -> str:
     """Markdown table: one row per (dataset, method), one column per scale, cells ``PSNR / SSIM``."""
-    lines = ["| dataset | method | " + " | ".join(f"x{s}" for s in scales) + " |"]
-    lines.append("|---|---|" + "---|" * len(scales))
     datasets = list(dict.fromkeys(d for results in rows.values() for d in results))
-    for dataset in datasets:
-        for name, results in rows.items():
-            cells = []
-            for s in scales:
-                cell = results.get(dataset, {}).get(f"x{s}")
-                cells.append(f"{cell['psnr_y']:.2f} / {cell['ssim_y']:.4f}" if cell else "-")
-            lines.append(f"| {dataset} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [[dataset, name, *(psnr_ssim(results.get(dataset, {}).get(f"x{s}")) for s in scales)]
+             for dataset in datasets for name, results in rows.items()]
+    return markdown_table(["dataset", "method", *(f"x{s}" for s in scales)], cells)
 
 
 def write_results(

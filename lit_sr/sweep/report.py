@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lit_sr.sweep.config import Sweep, SweepError
 from lit_sr.sweep.study import describe, make_storage
+from lit_sr.tables import markdown_table
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
 
@@ -43,8 +44,7 @@ def _fmt(value: Any) -> str:
 
 def markdown(columns: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table of ``trials_table`` rows (the metric to 4 decimals)."""
-    cells = [[f"{v:.4f}" if i == 2 else _fmt(v) for i, v in enumerate(row)] for row in rows]
-    return "\n".join("| " + " | ".join(r) + " |" for r in [columns, ["---"] * len(columns), *cells])
+    return markdown_table(columns, [[f"{v:.4f}" if i == 2 else _fmt(v) for i, v in enumerate(row)] for row in rows])
 
 
 def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
