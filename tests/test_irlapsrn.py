@@ -124,9 +124,9 @@ def test_residual_scale_multiplies_the_branch_output():
 def test_bad_arguments_have_clear_messages():
     with pytest.raises(ValueError, match="IRLapSRN: scale must be a power of two >= 2.*got 3.*x4"):
         IRLapSRNNet(scale=3)
-    with pytest.raises(ValueError, match="irb_per_level must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="IRLapSRNNet.irb_per_level must be a positive integer, got 0"):
         IRLapSRNNet(irb_per_level=0)
-    with pytest.raises(ValueError, match="input_init must be 'lapsrn' or 'he', got 'xavier'"):
+    with pytest.raises(ValueError, match=r"IRLapSRNNet.input_init: 'xavier' is not one of \['he', 'lapsrn'\]"):
         IRLapSRNNet(input_init="xavier")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"IRLapSRN takes the LR Y channel as \(N, 1, h, w\), got shape \(1, 3, 8"):
         build_registered("irlapsrn_small")(torch.rand(1, 3, 8, 8))
@@ -227,7 +227,7 @@ def test_rank_arguments_are_checked():
         ({"eps": -1e-3}, "model.init_args.eps must be a positive number, got -0.001"),
         ({"reduction": "sum"}, "model.init_args.reduction: 'sum' is not one of ['paper', 'mean']"),
         ({"net": {"input_init": "xavier"}}, "model.init_args.net.input_init: 'xavier' is not one of ['he', 'lapsrn']"),
-        ({"net": {"irb_per_level": 1.5}}, "model.init_args.net.irb_per_level must be an integer, got 1.5"),
+        ({"net": {"irb_per_level": 1.5}}, "model.init_args.net.irb_per_level must be a positive integer, got 1.5"),
     ],
 )  # fmt: skip
 def test_a_bad_typed_method_option_names_the_key(options, message):

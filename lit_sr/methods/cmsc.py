@@ -40,7 +40,7 @@ from lit_sr.losses import Reduction, mse, scale_balance_weights
 from lit_sr.methods.base import SRMethod
 from lit_sr.nn import he_init_
 from lit_sr.registry import register_model
-from lit_sr.typed import check_typed, type_hints
+from lit_sr.typed import check_arguments
 
 Assembly = Literal["free", "softmax", "equal"]
 
@@ -150,8 +150,7 @@ class CMSCNet(nn.Module):
         zero_init_reconstruction: bool = False,
     ) -> None:
         super().__init__()
-        hints = type_hints(CMSCNet.__init__)
-        check_typed({k: v for k, v in locals().items() if k in hints}, hints, "CMSCNet.")
+        check_arguments(CMSCNet.__init__, locals(), "CMSCNet.")
         kernels = branch_kernels
         if not isinstance(kernels, (tuple, list)) or len(kernels) != 2 or not all(
             type(k) is int and k > 0 and k % 2 for k in kernels  # odd sizes: what no type hint says

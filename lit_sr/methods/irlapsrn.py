@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from jsonargparse.typing import PositiveFloat
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from lit_sr.losses import Reduction, charbonnier, local_rank_loss, rank_agreement
 from lit_sr.methods.lapsrn import LEAK, PerLevelPyramid, PyramidMethod
 from lit_sr.registry import register_model
 from lit_sr.stages import merge_stages
+from lit_sr.typed import check_arguments
 
 __all__ = ["IRLapSRN", "InceptionResidualBlock", "IRLapSRNNet"]
 
@@ -36,15 +37,14 @@ class InceptionResidualBlock(nn.Module):
 
     def __init__(
         self,
-        channels: int = 64,
-        branch_width: int = 32,
+        channels: PositiveInt = 64,
+        branch_width: PositiveInt = 32,
         slope: float = LEAK,
         bias: bool = True,
         residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if channels < 1 or branch_width < 1:
-            raise ValueError(f"IRB: channels and branch_width must be >= 1, got {channels} and {branch_width}")
+        check_arguments(InceptionResidualBlock.__init__, locals(), "InceptionResidualBlock.")
 
         def conv(cin: int, k: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, branch_width, k, padding=k // 2, bias=bias), nn.LeakyReLU(slope, inplace=True)]
@@ -68,14 +68,12 @@ class IRLapSRNNet(PerLevelPyramid):
     greedy pretraining stages name in ``trainable``.
     """
 
-    model_name = "IRLapSRN"
-
     def __init__(
         self,
         scale: int = 4,
-        irb_per_level: int = 8,
-        branch_width: int = 32,
-        channels: int = 64,
+        irb_per_level: PositiveInt = 8,
+        branch_width: PositiveInt = 32,
+        channels: PositiveInt = 64,
         upconv_kernel: Literal[3, 4] = 3,
         act_slope: float = LEAK,
         bias: bool = True,
@@ -96,10 +94,7 @@ class IRLapSRNNet(PerLevelPyramid):
                 spec; Inception-ResNet scales by 0.1-0.3 for stability: with He init and scale 1 the
                 activations grow about 2x in variance per IRB, so an untrained x4 outputs std ~500).
         """
-        if irb_per_level < 1:
-            raise ValueError(f"IRLapSRN: irb_per_level must be >= 1, got {irb_per_level}")
-        if channels < 1 or branch_width < 1:
-            raise ValueError(f"IRLapSRN: channels and branch_width must be >= 1, got {channels} and {branch_width}")
+        check_arguments(IRLapSRNNet.__init__, locals(), "IRLapSRNNet.")
 
         def irb_branch() -> nn.Sequential:
             blocks: list[nn.Module] = [

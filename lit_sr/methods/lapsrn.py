@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
@@ -46,6 +46,7 @@ from lit_sr.losses import Reduction, charbonnier
 from lit_sr.methods.base import SRMethod, registered_methods
 from lit_sr.nn import BilinearUpsample2x, he_init_
 from lit_sr.registry import register_model, variants_of
+from lit_sr.typed import check_arguments
 
 __all__ = [
     "LaplacianPyramid",
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 LEAK = 0.2
 X3_METHOD = "the x4 pyramid's output, MATLAB-bicubic-resized to the x3 size"
 INPUT_CONV_STD = 1e-3
-SKIPS = ("NS", "DS", "SS")
 
 
 def _num_levels(scale: int, what: str) -> int:
@@ -129,7 +129,10 @@ class LaplacianPyramid(nn.Module):
     ``supported_scales``; ``model_name`` and ``scale_error`` word the errors.
     """
 
-    model_name = "LaplacianPyramid"
+    @property
+    def model_name(self) -> str:
+        """How errors name the network: its class name without ``Net`` (``LapSRN``, ``MSLapSRN``)."""
+        return type(self).__name__.removesuffix("Net")
 
     @property
     def supported_scales(self) -> tuple[int, ...]:
@@ -175,9 +178,7 @@ class PerLevelPyramid(LaplacianPyramid):
         slope: float = LEAK,
         input_init: Literal["lapsrn", "he"] = "lapsrn",
     ) -> None:
-        super().__init__()
-        if input_init not in ("lapsrn", "he"):
-            raise ValueError(f"{self.model_name}: input_init must be 'lapsrn' or 'he', got {input_init!r}")
+        super().__init__()  # the subclasses' typed constructors have checked the arguments
         self.num_levels = _num_levels(scale, self.model_name)
         self.scale = scale
         self.input_conv = nn.Conv2d(1, channels, 3, padding=1, bias=bias)
@@ -212,20 +213,15 @@ class PerLevelPyramid(LaplacianPyramid):
 class LapSRNNet(PerLevelPyramid):
     """LapSRN: log2(scale) levels, each with its own d x (3x3 conv, LReLU) stack; outputs coarse to fine."""
 
-    model_name = "LapSRN"
-
     def __init__(
         self,
         scale: int = 4,
-        depth_per_level: int = 10,
-        channels: int = 64,
+        depth_per_level: PositiveInt = 10,
+        channels: PositiveInt = 64,
         upconv_kernel: Literal[3, 4] = 3,
         bias: bool = True,
     ) -> None:
-        if depth_per_level < 1 or channels < 1:
-            raise ValueError(
-                f"LapSRN: depth_per_level and channels must be >= 1, got {depth_per_level} and {channels}"
-            )
+        check_arguments(LapSRNNet.__init__, locals(), "LapSRNNet.")
 
         def conv_stack() -> nn.Sequential:
             layers: list[nn.Module] = []
@@ -240,25 +236,17 @@ class MSLapSRNNet(LaplacianPyramid):
     """MS-LapSRN: one recursive block, feature upsampler, residual head and image upsampler shared
     across all levels and scales; ``forward(lr, scale)`` returns log2(scale) level outputs."""
 
-    model_name = "MSLapSRN"
-
     def __init__(
         self,
-        depth: int = 5,
-        recursions: int = 8,
-        channels: int = 64,
+        depth: PositiveInt = 5,
+        recursions: PositiveInt = 8,
+        channels: PositiveInt = 64,
         skip: Literal["NS", "DS", "SS"] = "SS",
         scales: tuple[int, ...] = (2, 4, 8),
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if depth < 1 or recursions < 1 or channels < 1:
-            raise ValueError(
-                f"MSLapSRN: depth (D), recursions (R) and channels must be >= 1, "
-                f"got {depth}, {recursions}, {channels}"
-            )
-        if skip not in SKIPS:
-            raise ValueError(f"MSLapSRN: skip must be one of {SKIPS}, got {skip!r}")
+        check_arguments(MSLapSRNNet.__init__, locals(), "MSLapSRNNet.")
         scales = tuple(scales)
         if not scales:
             raise ValueError("MSLapSRN: scales is empty; give e.g. (2, 4, 8)")
