@@ -40,10 +40,11 @@ class TrialFailed(RuntimeError):
 
 def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = False) -> RDBStorage:
     """An RDBStorage for ``url``; with ``sweep``, heartbeats on and dead workers' trials retried."""
-    kwargs: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
+    sqlite = url.startswith("sqlite")
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # parallel writers wait instead of failing
+    # SQLite: parallel writers wait instead of failing; a server: connections it dropped are replaced
+    kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}}
     if sweep is not None:  # experimental since Optuna 2.8, stable in use: no warning per worker
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
         study = sweep.study
@@ -53,7 +54,7 @@ def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = Fal
         storage = RDBStorage(url, skip_table_creation=not create_tables, **kwargs)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message must name the URL
         raise SweepError(f"cannot open the Optuna storage {url.split('@')[-1]}: {type(err).__name__}: {err}") from err
-    if url.startswith("sqlite"):
+    if sqlite:
         _serialize_sqlite(storage)
     return storage
 
