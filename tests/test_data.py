@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,6 +266,28 @@ def test_datamodule_end_to_end(workers, tmp_path, monkeypatch):
     assert item["name"] == ["chelsea"] and item["lr_y"].shape[-1] == math.ceil(451 // 4 * 4 / 4)
     with pytest.raises(ValueError, match=r"no test sets: set data.test_sets"):
         dm.test_dataloader()
+
+
+def test_a_datamodule_built_in_a_function_is_freed_when_it_returns(tmp_path, monkeypatch):
+    """No reference cycle keeps a DataModule, its loaders and their workers: Lightning's save_hyperparameters keeps
+    its own frame in a local when it looks the caller up, and a persistent-worker loader collected by the cyclic GC
+    together with its queues cannot stop its workers (each join then waits 5 s)."""
+    monkeypatch.setenv("LIT_SR_DATA", str(tmp_path))
+
+    def build() -> tuple[weakref.ref, weakref.ref]:
+        dm = SRDataModule(train_sources=["auto"], batch_size=8, batches_per_epoch=2, num_workers=2,
+                          val_max_images=1, cache_dir=str(tmp_path), memmap_threshold_mb=0)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert len(list(loader)) == 2
+        return weakref.ref(dm), weakref.ref(loader)
+
+    gc.disable()
+    try:
+        dm, loader = build()
+        assert dm() is None and loader() is None  # freed by reference counting, workers stopped on return
+    finally:
+        gc.enable()
 
 
 def test_datamodule_ddp_shards(data_root):

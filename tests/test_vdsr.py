@@ -1,5 +1,8 @@
 """VDSR network: parameter counts and the global residual."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -140,3 +143,13 @@ def test_network_hints_follow_the_return_annotation_and_skip_what_they_cannot_re
 
     assert set(network_hints(vdsr)) == {"depth", "width", "bias", "init_fan_mode"}  # VDSRNet.__init__
     assert network_hints(unresolvable) == {} and network_hints(unannotated) == {}
+
+
+def test_a_method_built_in_a_function_is_freed_when_it_returns():
+    """No reference cycle through save_hyperparameters' frame lookup keeps a method (or its caller's locals)."""
+    gc.disable()
+    try:
+        method = weakref.ref(VDSR(variant="vdsr_small"))
+        assert method() is None
+    finally:
+        gc.enable()

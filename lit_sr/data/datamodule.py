@@ -27,6 +27,7 @@ shard, so every image is scored exactly once.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -125,7 +126,9 @@ class SRDataModule(pl.LightningDataModule):
         val_max_images: PositiveInt | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Our frame, passed: Lightning's own lookup keeps inspect.currentframe() in a local, a reference cycle that
+        # holds the caller's frame (and whatever its locals hold, e.g. DataLoader workers) until the cyclic GC runs.
+        self.save_hyperparameters(frame=inspect.currentframe())
         # jsonargparse checks the typed arguments of a config; check_typed also those of a call from Python, and
         # hands back plain ints and floats for the attributes below (see lit_sr.typed).
         hints = type_hints(SRDataModule.__init__)

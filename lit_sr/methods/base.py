@@ -22,6 +22,7 @@ the mean over the monitored pairs, which checkpoints and Optuna watch), and the 
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -116,7 +117,9 @@ class SRMethod(L.LightningModule):
                 CPU with oneDNN; ``make bench`` measures it). The same arithmetic: outputs match to float rounding.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # Our frame, passed: Lightning's own lookup keeps inspect.currentframe() in a local, a reference cycle that
+        # holds the caller's frame (and whatever its locals hold, e.g. DataLoader workers) until the cyclic GC runs.
+        self.save_hyperparameters(frame=inspect.currentframe())
         # The typed arguments of every __init__ from here to the method (``Literal``, ``PositiveFloat``, ...),
         # checked as jsonargparse checks a config, also when the method is built from Python or a checkpoint.
         inits = [c.__init__ for c in reversed(type(self).__mro__) if issubclass(c, SRMethod) and "__init__" in vars(c)]

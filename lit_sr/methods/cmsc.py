@@ -27,6 +27,7 @@ The plain network (``CMSCNet``, no Lightning code, exportable) and the pure loss
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -317,8 +318,10 @@ class CMSC(SRMethod):
         self.alpha = float(alpha)
         self.reduction, self.scale_balance = reduction, scale_balance
         # Log and checkpoint what was used, not only what was overridden: alpha and every network option (the
-        # spec's [proposal]s). A dict argument updates the hparams and the initial copy the loggers receive.
-        self.save_hyperparameters({"alpha": self.alpha, "net": dict(self.net.config)})
+        # spec's [proposal]s). A dict argument updates the hparams and the initial copy the loggers receive. Our
+        # frame, passed: no reference cycle (see SRMethod.__init__).
+        hparams = {"alpha": self.alpha, "net": dict(self.net.config)}
+        self.save_hyperparameters(hparams, frame=inspect.currentframe())
 
     def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return mse(pred, target, self.reduction)
