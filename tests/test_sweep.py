@@ -156,14 +156,17 @@ def parallel_study(tmp_path_factory, data_root):
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_study_with_distinct_trials_and_exactly_n_trials(parallel_study):
+def test_two_workers_share_the_study_with_distinct_trials_and_n_trials_or_one_more(parallel_study):
     code, root, study, _ = parallel_study
     assert code == 0
     trials = study.get_trials()
-    assert [t.number for t in trials] == [0, 1, 2]
+    # n_trials = 3, or one more (workers - 1, README "Sweeps") when both workers end a trial at the same moment:
+    # each counts the study before the other's next trial exists (seen once, a fresh-clone CI run of e96c0fc).
+    numbers = [t.number for t in trials]
+    assert numbers in ([0, 1, 2], [0, 1, 2, 3])
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers ran trials
-    assert {Path(t.user_attrs["run_dir"]).name for t in trials} == {"trial-0", "trial-1", "trial-2"}
+    assert {Path(t.user_attrs["run_dir"]).name for t in trials} == {f"trial-{n}" for n in numbers}
     spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials overlapped in time"
 
