@@ -8,6 +8,7 @@ import torch
 import wandb
 import yaml
 from conftest import TWO_STAGES
+from memory_logger import logger
 from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
@@ -99,6 +100,18 @@ def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
     assert "warm" in run.config["config"] and run.tags == ["vdsr", "vdsr_small"]
     assert (tmp / "staged" / "config.yaml").is_file()
     assert any(k.startswith("images/Sun80/x2") for h in run.history for k in h)  # image panel (the callback)
+
+
+@pytest.mark.parametrize("every", [0, 5])
+def test_step_values_are_logged_on_lightnings_logging_steps_and_never_with_log_every_n_steps_0(tmp_path, every):
+    """The losses, lr and stage go to the logger on the steps Lightning writes (``trainer.log_every_n_steps``);
+    0 turns step logging off (it must not divide by it)."""
+    one_stage = {**TINY, "stages": TWO_STAGES[:1]}
+    cli = fit(tmp_path, "every", one_stage, TINY_DATA,
+              {"max_epochs": 1, "log_every_n_steps": every, "logger": logger(tmp_path / "every")})
+    assert cli.trainer.global_step == STEPS
+    steps = [row["step"] for row in cli.trainer.logger.rows if "train/loss" in row]
+    assert steps == ([] if every == 0 else [4, 9])  # Lightning's own steps: batches 5 and 10 of 12
 
 
 def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_path):

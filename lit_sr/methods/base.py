@@ -349,10 +349,12 @@ class SRMethod(L.LightningModule):
 
         Step-only values (losses, lr, stage, clip bound) are logged on these steps alone: each ``self.log`` costs
         about 0.5 ms on CPU (its result entry walks its own attributes to move them to the value's device), a tenth
-        of a quick VDSR step when five were logged every step (``make bench``, section 2).
+        of a quick VDSR step when five were logged every step (``make bench``, section 2). Lightning's own test,
+        from public attributes: ``global_step`` counts its batches that stepped, one optimizer step per batch (the
+        stage engine's automatic optimization). ``log_every_n_steps: 0`` logs no step.
         """
-        trainer = self.trainer  # Lightning's own test (its logger connector's), from public attributes
-        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
+        trainer, every = self.trainer, self.trainer.log_every_n_steps
+        return every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
 
     # ---- the stage engine ---------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
