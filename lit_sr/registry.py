@@ -77,5 +77,5 @@ def build_registered(name: str, **overrides) -> nn.Module:
         return fn(**overrides)
     except TypeError as err:
         unknown = bool(hints) and not set(overrides) <= set(hints)  # a key the constructor has no argument for
-        takes = f" ({network_of(fn).__name__} takes {', '.join(hints)})" if unknown else ""
+        takes = f" ({network_of(fn).__name__}'s arguments: {', '.join(hints)})" if unknown else ""
         raise ValueError(f"model {name!r} does not accept the arguments {sorted(overrides)}: {err}{takes}") from err

@@ -7,9 +7,9 @@ from typing import Any
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A Markdown table of ``rows`` under ``columns``; a cell is ``str(value)``, empty for ``None``."""
+    """A Markdown table of ``rows`` under ``columns``; a cell is ``str(value)`` (the callers format their values)."""
     lines = [columns, ["---"] * len(columns), *rows]
-    return "\n".join("| " + " | ".join("" if v is None else str(v) for v in line) + " |" for line in lines)
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
 
 
 def psnr_ssim(result: dict[str, float] | None) -> str:

@@ -78,7 +78,7 @@ def check_arguments(fn: Any, arguments: Mapping[str, Any], prefix: str) -> None:
     """Check a constructor's ``arguments`` (its ``locals()``) against ``fn``'s hints, as a config would be:
     ``check_arguments(CMSCNet.__init__, locals(), "CMSCNet.")`` raises ``FieldError`` ``CMSCNet.channels ...``."""
     hints = type_hints(fn)
-    check_typed({k: v for k, v in arguments.items() if k in hints and k != "return"}, hints, prefix)
+    check_typed({k: v for k, v in arguments.items() if k in hints}, hints, prefix)
 
 
 def _accepts(hint: type, value: Any) -> bool:

@@ -141,7 +141,7 @@ def test_sqlite_hands_each_waiting_trial_to_one_worker_which_plain_optuna_does_n
 # ---- real studies --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def parallel_study(tmp_path_factory, data_root):
-    """Two workers, n_trials 3: trial 0 lr 1e-4 (fine), trial 1 lr 10 (100,000x too high), then one sampled."""
+    """Two workers, n_trials 3: trial 0 lr 1e-4 (fine), trial 1 lr 10 (100,000x too high), then sampled ones."""
     tmp = tmp_path_factory.mktemp("parallel")
     path = write_sweep(tmp, "par", study={"n_trials": 3})
     root = tmp / "runs"

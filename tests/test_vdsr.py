@@ -145,7 +145,7 @@ def test_network_hints_follow_the_return_annotation_and_skip_what_they_cannot_re
     assert network_hints(unresolvable) == {} and network_hints(unannotated) == {}
 
 
-def test_a_method_built_in_a_function_is_freed_when_it_returns():
+def test_a_method_is_freed_when_its_last_reference_goes():
     """No reference cycle through save_hyperparameters' frame lookup keeps a method (or its caller's locals)."""
     gc.disable()
     try:

@@ -5,8 +5,8 @@ Spec: shared/docs/methods/lapsrn.md. Both networks (``LapSRNNet``, ``MSLapSRNNet
 ...): each level adds a predicted residual to a learned x2 upsampling (``BilinearUpsample2x``, trained) of
 the previous level. The LightningModules ``LapSRN`` and ``MSLapSRN`` train them (see ``PyramidSRMethod``).
 
-Registered variants (``lit_sr.registry.build_registered(name, **overrides)``; every constructor argument
-can be overridden by keyword):
+Registered variants (``lit_sr.registry.build_registered(name, **overrides)``; keyword arguments override
+the variant's defaults, all but the scale a LapSRN variant is named by):
 
 - ``lapsrn_x2``, ``lapsrn_x4``: d = 10 per level, as released (407,441 / 814,242 parameters).
 - ``lapsrn_x8``: d = 5 per level on 3 levels, as released (667,123 parameters).
@@ -178,7 +178,8 @@ class PerLevelPyramid(LaplacianPyramid):
         slope: float = LEAK,
         input_init: Literal["lapsrn", "he"] = "lapsrn",
     ) -> None:
-        super().__init__()  # the subclasses' typed constructors have checked the arguments
+        super().__init__()
+        check_arguments(PerLevelPyramid.__init__, locals(), f"{self.model_name}.")
         self.num_levels = _num_levels(scale, self.model_name)
         self.scale = scale
         self.input_conv = nn.Conv2d(1, channels, 3, padding=1, bias=bias)
