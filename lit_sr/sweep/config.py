@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from lit_sr.errors import ConfigError
 from lit_sr.presets import preset_path as find_preset
 from lit_sr.presets import sweep_path
+from lit_sr.typed import check_typed, type_hints
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
 STORAGE_ENV = "LIT_SR_SWEEP_STORAGE"  # the storage URL when --storage is not given (it may hold a password)
@@ -86,10 +87,8 @@ class Study:
     max_retry: NonNegativeInt = 2
     top_k: PositiveInt = 5
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # jsonargparse's PositiveInt values are an int subclass that YAML cannot write
-            if isinstance(value := getattr(self, f.name), int) and not isinstance(value, bool):
-                setattr(self, f.name, int(value))
+    def __post_init__(self) -> None:  # plain ints: jsonargparse's PositiveInt is an int subclass YAML cannot write
+        vars(self).update(check_typed(vars(self), type_hints(Study), "study."))
 
 
 @dataclass

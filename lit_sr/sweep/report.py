@@ -42,11 +42,6 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def markdown(columns: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table of ``trials_table`` rows (the metric to 4 decimals)."""
-    return markdown_table(columns, [[f"{v:.4f}" if i == 2 else _fmt(v) for i, v in enumerate(row)] for row in rows])
-
-
 def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
     """PNG and HTML of each plot; returns the plots skipped, with the reason."""
     import matplotlib
@@ -131,7 +126,7 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     out.mkdir(parents=True, exist_ok=True)
     trials, best, k = study.get_trials(deepcopy=False), ranked(study), top_k or sweep.study.top_k
     columns, rows = trials_table(best, metric)
-    table = markdown(columns, rows[:k])
+    table = markdown_table(columns, [[f"{v:.4f}" if i == 2 else _fmt(v) for i, v in enumerate(r)] for r in rows[:k]])
     (out / "top_k.md").write_text(f"# {study.study_name}: top {k} by {metric}\n\n{table}\n")
     (out / "trials.json").write_text(json.dumps(
         [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params, "user_attrs": t.user_attrs,
