@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from lit_sr.cli import SRCLI
@@ -17,6 +20,18 @@ def test_every_trainable_method_has_quick_and_paper_presets_and_a_sweep():
     for method in trainable:
         assert {"quick", "paper"} <= set(preset_names(method)), method
         assert (REPO / "sweeps" / f"{method}.yaml").is_file(), method
+
+
+@pytest.mark.parametrize("method", sorted(registered_methods()))
+def test_every_method_is_freed_when_its_last_reference_goes(method):
+    """No reference cycle keeps a method, or the locals of the code that built it: Lightning's save_hyperparameters
+    keeps its own frame in a local when it looks up the caller (SRMethod passes its frame instead)."""
+    gc.disable()
+    try:
+        built = weakref.ref(registered_methods()[method]())
+        assert built() is None
+    finally:
+        gc.enable()
 
 
 def test_the_wheel_carries_every_lit_sr_package_and_every_preset_sweep_and_trainer_yaml():

@@ -1,8 +1,5 @@
 """VDSR network: parameter counts and the global residual."""
 
-import gc
-import weakref
-
 import pytest
 import torch
 
@@ -143,13 +140,3 @@ def test_network_hints_follow_the_return_annotation_and_skip_what_they_cannot_re
 
     assert set(network_hints(vdsr)) == {"depth", "width", "bias", "init_fan_mode"}  # VDSRNet.__init__
     assert network_hints(unresolvable) == {} and network_hints(unannotated) == {}
-
-
-def test_a_method_is_freed_when_its_last_reference_goes():
-    """No reference cycle through save_hyperparameters' frame lookup keeps a method (or its caller's locals)."""
-    gc.disable()
-    try:
-        method = weakref.ref(VDSR(variant="vdsr_small"))
-        assert method() is None
-    finally:
-        gc.enable()
