@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lit_sr.data.resize import imresize
 from lit_sr.inference import y_to_rgb_sr
-from lit_sr.typed import check_typed, type_hints
+from lit_sr.typed import check_arguments
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -90,7 +90,7 @@ class ImagePanels(Callback):
     scale). The typed argument is checked by jsonargparse (``trainer.callbacks``) and here (a Python call)."""
 
     def __init__(self, every_n_epochs: NonNegativeInt = 5) -> None:
-        args = check_typed({"every_n_epochs": every_n_epochs}, type_hints(ImagePanels.__init__), "ImagePanels.")
+        args = check_arguments(ImagePanels.__init__, locals(), "ImagePanels.")
         self.every_n_epochs: int = args["every_n_epochs"]
         self._panels: dict[str, np.ndarray] = {}
 

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lit_sr.errors import ConfigError, RunInterrupted, UserError
 from lit_sr.presets import config_roots
-from lit_sr.typed import check_typed, positive_int, type_hints
+from lit_sr.typed import check_arguments, positive_int
 
 TRAINER_PRESETS = "trainers"
 IGNORE_SLURM_VAR = "LIT_SR_IGNORE_SLURM"
@@ -138,7 +138,7 @@ class StepCheckpoint(Callback):
     """
 
     def __init__(self, every_n_steps: NonNegativeInt = DEFAULT_EVERY_N_STEPS, filename: str = "last.ckpt") -> None:
-        args = check_typed({"every_n_steps": every_n_steps}, type_hints(StepCheckpoint.__init__), "StepCheckpoint.")
+        args = check_arguments(StepCheckpoint.__init__, locals(), "StepCheckpoint.")
         self.every_n_steps: int = args["every_n_steps"]
         self.filename = filename
 

@@ -74,11 +74,12 @@ def check_typed(values: Mapping[str, Any], hints: Mapping[str, Any], prefix: str
     return out
 
 
-def check_arguments(fn: Any, arguments: Mapping[str, Any], prefix: str) -> None:
-    """Check a constructor's ``arguments`` (its ``locals()``) against ``fn``'s hints, as a config would be:
-    ``check_arguments(CMSCNet.__init__, locals(), "CMSCNet.")`` raises ``FieldError`` ``CMSCNet.channels ...``."""
+def check_arguments(fn: Any, arguments: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """:func:`check_typed` of a constructor's ``arguments`` (its ``locals()``, the ones ``fn`` hints) against its
+    hints, as a config would be: ``check_arguments(CMSCNet.__init__, locals(), "CMSCNet.")`` raises ``FieldError``
+    ``CMSCNet.channels ...``; returns the checked arguments (plain ints and floats)."""
     hints = type_hints(fn)
-    check_typed({k: v for k, v in arguments.items() if k in hints}, hints, prefix)
+    return check_typed({k: v for k, v in arguments.items() if k in hints}, hints, prefix)
 
 
 def _accepts(hint: type, value: Any) -> bool:

@@ -45,7 +45,7 @@ from lit_sr.data.images import ImageCache, ImageError
 from lit_sr.data.overlap import near_duplicates, pixel_hash
 from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
-from lit_sr.typed import check_typed, type_hints
+from lit_sr.typed import check_arguments
 
 HOLDOUT = "holdout"
 
@@ -129,10 +129,9 @@ class SRDataModule(pl.LightningDataModule):
         # Our frame, passed: Lightning's own lookup keeps inspect.currentframe() in a local, a reference cycle that
         # holds the caller's frame (and whatever its locals hold, e.g. DataLoader workers) until the cyclic GC runs.
         self.save_hyperparameters(frame=inspect.currentframe())
-        # jsonargparse checks the typed arguments of a config; check_typed also those of a call from Python, and
+        # jsonargparse checks the typed arguments of a config; check_arguments also those of a call from Python, and
         # hands back plain ints and floats for the attributes below (see lit_sr.typed).
-        hints = type_hints(SRDataModule.__init__)
-        args = check_typed({k: v for k, v in locals().items() if k in hints}, hints, "data.")
+        args = check_arguments(SRDataModule.__init__, locals(), "data.")
         if not isinstance(train_sources, (list, tuple)) or not train_sources:
             raise ValueError(f"data.train_sources must be a non-empty list like ['291'], got {train_sources!r}")
         self.scales = _check_scales("scales", scales)
