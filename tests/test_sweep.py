@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from sweep_helpers import LR, TEST_SETS, TINY_FIXED, load, sqlite_url, sweep_env, write_sweep
@@ -61,7 +62,7 @@ def test_optuna_and_jsonargparse_name_bad_distributions_and_classes(tmp_path):
     assert isinstance(sweep.pruner(), optuna.pruners.PercentilePruner)
 
 
-def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_and_callback(tmp_path):
+def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpoint_and_callback(tmp_path):
     lrs = ["model.init_args.stages.0.optimizer.lr", "model.init_args.stages.0.lr_schedule.min_lr"]
     early = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/psnr_y"}}
     fixed = {**TINY_FIXED, "model.init_args.stages.0.lr_schedule": {"name": "cosine", "min_lr": 1e-5},
@@ -77,9 +78,23 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_and_cal
     assert cfg["model"]["init_args"]["net"] == {"depth": 5, "width": 8} and cfg["run_dir"] == str(tmp_path / "t")
     assert cfg["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "t"), "group": "cfg",
                                                      "name": "trial-7", "tags": ["vdsr"]}
-    assert cfg["trainer"]["callbacks"] == [early, callback]  # the file's callbacks as written, then the sweep's
+    # the file's callbacks as written, then the sweep's: a checkpoint chosen on study.metric, the Optuna callback
+    checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint",
+                  "init_args": {"dirpath": str(tmp_path / "t" / "checkpoints"), "monitor": "val/psnr_y", "mode": "max"}}
+    assert cfg["trainer"]["callbacks"] == [early, checkpoint, callback]
     yaml.safe_dump(cfg)  # what the worker writes as trial.yaml
     assert sweep.base["model"]["init_args"]["net"] == {"depth": 3, "width": 8}  # the base is untouched
+    ssim = {"metric": "val/holdout/x2/ssim_y", "direction": "minimize"}
+    other = load_sweep(write_sweep(tmp_path, "ssim", study=ssim))
+    init = other.trial_config({"lr": 1e-4}, tmp_path / "s", 0, callback)["trainer"]["callbacks"][-2]["init_args"]
+    assert (init["monitor"], init["mode"]) == ("val/holdout/x2/ssim_y", "min")
+
+
+def test_a_sweep_file_may_not_bring_its_own_model_checkpoint(tmp_path):
+    own = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val/ssim_y"}}
+    path = write_sweep(tmp_path, "own", fixed={**TINY_FIXED, "trainer.callbacks": [own]})
+    with pytest.raises(SweepError, match=r"trainer.callbacks may not hold a ModelCheckpoint: the sweep chooses"):
+        load_sweep(path)
 
 
 def test_every_method_with_experiments_has_a_sweep_file_that_loads_for_each_preset():
@@ -189,6 +204,9 @@ def test_the_objective_and_the_pruner_read_val_and_no_test_set_is_evaluated_in_a
         run = read_finished(t.user_attrs["wandb_run"])
         logged = run.series("val/psnr_y")
         assert len(logged) == 2 and t.value == pytest.approx(max(logged), abs=1e-9)  # the best validation
+        saved = torch.load(t.user_attrs["checkpoint"], map_location="cpu", weights_only=False)["callbacks"]
+        (score,) = [s["best_model_score"] for k, s in saved.items() if k.startswith("RunCheckpoint")]
+        assert float(score) == t.value  # the value is the score of the checkpoint the report tests
         assert t.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})  # what the pruner saw
         keys = {k for row in run.history for k in row}
         assert not [k for k in keys if k.startswith("test/")]

@@ -198,7 +198,8 @@ class Sweep:
                 for c, product in products if product > c.max]
 
     def trial_config(self, values: dict[str, Any], run_dir: Path, number: int, callback: dict[str, Any]) -> dict:
-        """The preset with ``fixed`` and the trial's knob values, its run dir, W&B logger and Optuna callback."""
+        """The preset with ``fixed`` and the trial's knob values, its run dir, W&B logger, a checkpoint chosen on
+        ``study.metric`` (the trial's value is that checkpoint's score) and the Optuna callback."""
         cfg = copy.deepcopy(self.base)
         for name, value in values.items():
             for path in self.spec.params[name].paths:
@@ -211,7 +212,10 @@ class Sweep:
             "init_args": {"save_dir": str(run_dir), "group": self.study_name, "name": f"trial-{number}",
                           "tags": [self.spec.method]},
         }
-        trainer["callbacks"] = [*(trainer.get("callbacks") or []), callback]
+        checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {
+            "dirpath": str(run_dir / "checkpoints"), "monitor": self.study.metric,
+            "mode": "max" if self.study.direction == "maximize" else "min"}}
+        trainer["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint, callback]
         return cfg
 
     def settings(self) -> dict[str, Any]:
@@ -268,6 +272,11 @@ def load_sweep(
             set_path(base, key, copy.deepcopy(value))
         except KeyError as err:
             raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
+    held = (base.get("trainer") or {}).get("callbacks") or []
+    if any(str(c.get("class_path") if isinstance(c, dict) else c).endswith(("ModelCheckpoint", "RunCheckpoint"))
+           for c in held):
+        raise SweepError(f"{path}: trainer.callbacks may not hold a ModelCheckpoint: the sweep chooses each trial's "
+                         "checkpoint on study.metric (the trial's value is that checkpoint's score)")
     for name, param in spec.params.items():
         for p in param.paths:
             try:

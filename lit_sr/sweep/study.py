@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from lit_sr.sweep.config import STORAGE_ENV, Sweep, SweepError
 
 WORKER_ENV = "LIT_SR_SWEEP_WORKER_PID"
-RESULT_ATTRS = ("checkpoint", "wandb_run", "best_epoch", "n_params", "reason")  # result.json -> user attributes
+RESULT_ATTRS = ("checkpoint", "wandb_run", "n_params", "reason")  # result.json -> user attributes
 
 
 class TrialFailed(RuntimeError):

@@ -3,8 +3,9 @@
 In the child it: dies with its worker (PR_SET_PDEATHSIG), rebuilds the Optuna trial from the storage (URL
 in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's ``PyTorchLightningPruningCallback`` on the
 metric (``check_pruned()`` after fit, as its DDP mode needs); logs the knob values to the run's logger;
-prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the best value of the
-metric, ``pruned`` (pruner, size, or a diverging run: ``FloatingPointError``) or ``fail``, with the reason.
+prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the score of the checkpoint
+the sweep chose on the metric (its best value), ``pruned`` (pruner, size, or a diverging run:
+``FloatingPointError``) or ``fail``, with the reason.
 Outside a worker's trial process (``LIT_SR_SWEEP_WORKER_PID`` unset: a trial's config re-run by hand) it
 does nothing.
 """
@@ -36,7 +37,6 @@ class OptunaTrialCallback(pl.Callback):
                  max_params: int | None = None) -> None:
         super().__init__()
         self.metric, self.result, self.max_params = metric, Path(result), max_params
-        self.values: list[tuple[int, float]] = []
         self.info: dict[str, Any] = {"study": study, "trial": trial}
         self.pruning: PyTorchLightningPruningCallback | None = None
         url = os.environ.get(STORAGE_ENV)
@@ -67,24 +67,20 @@ class OptunaTrialCallback(pl.Callback):
         self.pruning.on_fit_start(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.pruning is None:
-            return
-        if (value := trainer.callback_metrics.get(self.metric)) is not None:
-            self.values.append((trainer.current_epoch, float(value)))
-        self.pruning.on_validation_end(trainer, pl_module)
+        if self.pruning is not None:
+            self.pruning.on_validation_end(trainer, pl_module)  # it skips the sanity check itself
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.pruning is None:
             return
         self.pruning.check_pruned()
-        finite = [(e, v) for e, v in self.values if math.isfinite(v)]
-        if not finite:
-            self._write(trainer, "fail", reason=f"{self.metric} was never logged with a finite value ({self.values}): "
+        score = trainer.checkpoint_callback.best_model_score  # the sweep's checkpoint monitors the metric
+        score = None if score is None else float(score)
+        if score is None or not math.isfinite(score):
+            self._write(trainer, "fail", reason=f"{self.metric} was never logged with a finite value ({score}): "
                         "does the budget reach a validation (trainer.check_val_every_n_epoch)?")
             return
-        maximize = self.trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
-        epoch, best = (max if maximize else min)(finite, key=lambda ev: ev[1])
-        self._write(trainer, "complete", value=best, best_epoch=epoch)
+        self._write(trainer, "complete", value=score)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.pruning is None:
@@ -101,7 +97,7 @@ class OptunaTrialCallback(pl.Callback):
         if not trainer.is_global_zero or self.result.exists():
             return
         ckpt = trainer.checkpoint_callback
-        result = {"state": state, "value": None, "reason": None, "values": self.values, **self.info, **fields,
+        result = {"state": state, "value": None, "reason": None, **self.info, **fields,
                   "checkpoint": (ckpt.best_model_path or ckpt.last_model_path or None) if ckpt else None}
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.summary.update({f"optuna/{k}": result[k] for k in ("state", "value", "reason")})
