@@ -1,7 +1,9 @@
 """An in-memory Lightning logger for the tests: what a run hands its logger, read back without a logging backend.
 
 ``lit-sr fit`` logs to W&B unless ``trainer.logger`` says otherwise; the training tests set ``logger(run_dir)``
-there and read ``cli.trainer.logger``. ``tests/test_wandb_offline.py`` and the sweep tests read real offline W&B runs.
+there and read ``cli.trainer.logger``. Real offline W&B runs are read by ``staged_run`` in ``tests/test_training.py``
+(the training side's one W&B smoke test), ``tests/test_wandb_offline.py``, ``tests/test_ddp.py`` (its ranks run in
+a subprocess) and the sweep tests.
 """
 
 from __future__ import annotations

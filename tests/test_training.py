@@ -1,4 +1,8 @@
-"""The training core end to end, on real images: stages, resume, W&B offline records, learning, benchmark."""
+"""The training core end to end, on real images: stages, resume, logged values, learning, benchmark.
+
+The tests read what a run logged from ``MemoryLogger`` (``tests/memory_logger.py``); ``staged_run`` alone logs to
+real W&B, read back offline: the training side's one W&B smoke test.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +75,8 @@ PANELS = ["--trainer.callbacks+=lit_sr.callbacks.ImagePanels", "--trainer.callba
 
 @pytest.fixture(scope="module")
 def staged_run(tmp_path_factory, data_root):
-    """Two stages (Adam, then SGD with adjustable clipping), stopped after epoch 2 (inside stage 2)."""
+    """Two stages (Adam, then SGD with adjustable clipping), stopped after epoch 2 (inside stage 2), logged to real
+    W&B (offline; the default logger) for the W&B smoke test below."""
     tmp = tmp_path_factory.mktemp("staged")
     cli = fit(
         tmp, "staged", TINY, TINY_DATA, {"max_epochs": 2, "log_every_n_steps": 1, "precision": "32-true"}, PANELS
@@ -80,6 +85,7 @@ def staged_run(tmp_path_factory, data_root):
 
 
 def test_stages_switch_at_their_boundary_and_log_stage_lr_clip(staged_run):
+    """Training's one W&B smoke test: the real offline run read back (tags, resolved config, image panels)."""
     tmp, cli = staged_run
     assert cli.model.stage_index == 1 and isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
     run = read_finished(tmp / "staged")
@@ -124,7 +130,7 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
         "resumed",
         TINY,
         TINY_DATA,
-        {"log_every_n_steps": 1, "precision": "32-true"},
+        {"log_every_n_steps": 1, "precision": "32-true", "logger": logger(tmp_path / "resumed")},
         ["--ckpt_path", str(ckpt), "--trainer.callbacks+=cluster_helpers.OptimizerStateAtStart"],
     )
     assert cli.trainer.global_step == 3 * STEPS  # resumed at step 24, ran the third and last epoch only
@@ -137,8 +143,7 @@ def test_resume_from_a_stage_two_checkpoint_continues_stage_two(staged_run, tmp_
     assert restored["state"].keys() == expected["state"].keys() and len(expected["state"]) > 0
     for index, state in expected["state"].items():
         assert torch.equal(restored["state"][index]["momentum_buffer"], state["momentum_buffer"]), index
-    run = read_finished(tmp_path / "resumed")
-    rows = {int(h["trainer/global_step"]): h for h in run.history if "lr" in h}
+    rows = {row["step"]: row for row in cli.trainer.logger.rows if "lr" in row}
     assert min(rows) == 2 * STEPS and rows[2 * STEPS]["stage"] == 1
     assert rows[2 * STEPS]["lr"] == pytest.approx(0.05 * 0.5)  # second epoch of stage 2: one halving
 
@@ -169,14 +174,15 @@ def learned_run(tmp_path_factory, data_root):
         "test_sets": ["Set5"],
         "val_scales": [2],
     }
-    cli = fit(tmp, "learn", model, data, {"log_every_n_steps": 5, "check_val_every_n_epoch": 2})
+    trainer = {"log_every_n_steps": 5, "check_val_every_n_epoch": 2, "logger": logger(tmp / "learn")}
+    cli = fit(tmp, "learn", model, data, trainer)
     return tmp, cli
 
 
 def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_test(learned_run, data_root):
     tmp, cli = learned_run
-    run = read_finished(tmp / "learn")
-    assert not any(k.startswith("test/") or "/Set5/" in k for h in run.history for k in h)  # fit never tests
+    run = cli.trainer.logger
+    assert not any(k.startswith("test/") or "/Set5/" in k for row in run.rows for k in row)  # fit never tests
     bicubic = run_benchmark(Bicubic(), ["Set5"], [2])["Set5"]["x2"]["psnr_y"]
     assert bicubic == pytest.approx(33.66, abs=0.01)
     best = load_method(cli.trainer.checkpoint_callback.best_model_path)  # chosen on val/psnr_y (Sun80)
@@ -189,7 +195,7 @@ def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_te
 
 def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):
     tmp, cli = learned_run
-    run = read_finished(tmp / "learn")
+    run = cli.trainer.logger
     logged_psnr = run.series("val/Sun80/x2/psnr_y")[-1]
     logged_ssim = run.series("val/Sun80/x2/ssim_y")[-1]
     assert run.series("val/psnr_y")[-1] == pytest.approx(logged_psnr, abs=1e-9)
