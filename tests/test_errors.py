@@ -288,13 +288,23 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_optuna_storage(tmp_path, capsys):
+@pytest.mark.parametrize("report", [False, True])
+def test_an_unreachable_optuna_storage(tmp_path, capsys, report):
     url = f"postgresql+psycopg2://optuna@127.0.0.1:{_closed_port()}/optuna"
-    argv = ["sweep", str(REPO / "sweeps" / "vdsr.yaml"), "--storage", url, "--root", str(tmp_path), "--no-report"]
+    argv = ["sweep", *(["report"] if report else []), str(REPO / "sweeps" / "vdsr.yaml"), "--storage", url,
+            "--root", str(tmp_path), *([] if report else ["--no-report"])]
     assert main(argv) == 2
     line = error_line(capsys)
-    # The URL is named without its user part (it may carry a password).
+    # The URL is named without its user part (it may carry a password); the report opens the storage without
+    # creating tables, where Optuna wraps the refused connection in a StorageInternalError.
     assert f"cannot open the Optuna storage {url.split('@')[-1]}" in line and "Connection refused" in line
+
+
+def test_an_sqlite_storage_in_a_folder_that_cannot_be_made(tmp_path, capsys):
+    url = "sqlite:////proc/no-such-folder/optuna.db"
+    argv = ["sweep", str(REPO / "sweeps" / "vdsr.yaml"), "--storage", url, "--root", str(tmp_path), "--no-report"]
+    assert main(argv) == 2
+    assert error_line(capsys).startswith(f"lit-sr: error: cannot open the Optuna storage {url}: FileNotFoundError")
 
 
 def test_a_sweep_file_naming_a_config_path_that_does_not_exist(tmp_path, capsys):

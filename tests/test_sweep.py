@@ -62,6 +62,53 @@ def test_optuna_and_jsonargparse_name_bad_distributions_and_classes(tmp_path):
     assert isinstance(sweep.pruner(), optuna.pruners.PercentilePruner)
 
 
+KNOB = f"params: {{lr: {{type: float, low: 1.0e-4, high: 1.0e-3, paths: [{LR}]}}}}\n"
+BAD_FILES = [  # (what the file holds, the message; every one a user mistake seen in review)
+    ("study: {n_trials: 2\nmethod: vdsr\n", r": not valid YAML: .*line 2"),
+    ("method: vdsr\nparams: [lr]\n", r": params must be a mapping, got \['lr'\]"),
+    ("method: vdsr\nstudy: 3\n", r": study must be a mapping, got 3"),
+    ("method: vdsr\npresets: {quick: [x]}\n", r": presets.quick must be a mapping, got \['x'\]"),
+    ("method: vdsr\npresets: {quick: {study: 3}}\n", r": presets.quick.study must be a mapping, got 3"),
+    ("method: vdsr\npresets: {quick: {fixd: {}}}\n", r"\(with presets.quick\): unknown key\(s\) \['fixd'\]"),
+    (f"method: vdsr\n{KNOB}presets: {{quik: {{}}}}\n",
+     r": presets.quik overlays no preset of vdsr \(presets: \['paper', 'quick'\]\)"),
+    (f"method: vdsr\nparams: {{d: {{type: int, low: 1.5, high: 3, paths: [{LR}]}}}}\n",
+     r"params.d: .*type int needs whole numbers for low, high and step, got 1.5, 3"),
+    (f"method: vdsr\nstudy: {{metric: train/loss}}\n{KNOB}",
+     r"study.metric 'train/loss' is not a validation metric a run logs: use val/psnr_y or val/<set>/x<scale>/psnr_y"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES)
+def test_a_malformed_sweep_file_is_one_message_naming_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SweepError, match=message) as err:
+        load_sweep(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_categorical_choices_are_kept_as_written(tmp_path):
+    knobs = {"w": {"type": "categorical", "choices": ["16", "off", 8, None], "paths": ["model.init_args.net.width"]}}
+    sweep = load_sweep(write_sweep(tmp_path, "c", params=knobs))
+    assert sweep.distributions()["w"].choices == ("16", "off", 8, None)  # jsonargparse alone made 16, False
+
+
+def test_a_study_run_again_must_search_the_same_metric_and_knob_kinds(tmp_path):
+    root = tmp_path / "runs"
+    study = create_study(load_sweep(write_sweep(tmp_path, "same"), root=root))
+    searched = {"lr": optuna.distributions.FloatDistribution(1e-5, 3e-4, log=True)}
+    study.add_trial(optuna.create_trial(params={"lr": 1e-4}, distributions=searched, value=30.0))
+    narrower = {"lr": {"type": "float", "low": 1e-5, "high": 1e-4, "log": True, "paths": [LR]}}
+    create_study(load_sweep(write_sweep(tmp_path, "same", params=narrower), root=root))  # a new range is fine
+    other_metric = write_sweep(tmp_path, "same", study={"metric": "val/holdout/x2/ssim_y"})
+    with pytest.raises(SweepError, match=r"exists with metric val/psnr_y; .* asks val/holdout/x2/ssim_y: use another"):
+        create_study(load_sweep(other_metric, root=root))
+    as_choice = {"lr": {"type": "categorical", "choices": [1e-4, 1e-3], "paths": [LR]}}
+    with pytest.raises(SweepError, match=r"searched lr as FloatDistribution.*Cannot set different distribution kind"):
+        create_study(load_sweep(write_sweep(tmp_path, "same", params=as_choice), root=root))
+
+
 def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpoint_and_callback(tmp_path):
     lrs = ["model.init_args.stages.0.optimizer.lr", "model.init_args.stages.0.lr_schedule.min_lr"]
     early = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/psnr_y"}}
@@ -240,6 +287,8 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
     sets = ["Set5"]  # data.test_sets of the trials
     results = yaml.safe_load((out / "test" / "results.json").read_text())
     assert results["meta"]["checkpoint"] == best.user_attrs["checkpoint"] and list(results["results"]) == sets
+    ckpt = Path(best.user_attrs["checkpoint"])
+    assert results["meta"]["checkpoint_written"] == [str(ckpt), ckpt.stat().st_mtime_ns]  # the cache's key
     psnr = results["results"][sets[0]]["x2"]["psnr_y"]
     assert f"| {sets[0]} | trial-{best.number} | {psnr:.2f} / " in stdout
     assert "The test numbers were not used to choose this trial" in stdout
@@ -253,7 +302,21 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
 
 
 @pytest.mark.slow
-def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_preset(tmp_path, data_root):
+def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data_root, capsys):
+    fixed = {**TINY_FIXED, "data.batches_per_epoc": 5}  # a new leaf under an existing mapping: only fit can tell
+    path = write_sweep(tmp_path, "typo", study={"n_trials": 3}, fixed=fixed)
+    root = tmp_path / "runs"
+    with sweep_env(data_root):
+        assert main([str(path), "--root", str(root), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
+    assert "data.batches_per_epoc" in err[-1] and err[-1].endswith(f"fix {path} and run it again")
+    (trial,) = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
+    assert trial.state == TrialState.FAIL and "data.batches_per_epoc" in trial.user_attrs["reason"]
+
+
+@pytest.mark.slow
+def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_preset(tmp_path, data_root, capsys):
     knobs = {"depth": {"type": "int", "low": 2, "high": 6, "paths": ["model.init_args.net.depth"]},
              "width": {"type": "int", "low": 4, "high": 16, "paths": ["model.init_args.net.width"]}}
     limits = {"n_trials": 2, "enqueue_preset": True, "max_params": 500,
@@ -265,6 +328,9 @@ def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_p
         assert sweep.preset_values() == {"depth": 3, "width": 8}  # the network TINY_FIXED sets
         create_study(sweep).enqueue_trial({"depth": 5, "width": 8})  # trial 1: outside the constraint
         assert main([str(path), "--root", str(root), "--no-report"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert lines == ["trial 0 PRUNED: pruned: network has 737 parameters > study.max_params 500",
+                     "trial 1 PRUNED: constraint depth(5) * width(8) = 40 > 24"]  # one line per trial
     preset, deep = load(sqlite_url(root), "limits").trials
     assert preset.params == {"depth": 3, "width": 8} and preset.state == TrialState.PRUNED
     assert preset.user_attrs["reason"] == "pruned: network has 737 parameters > study.max_params 500"

@@ -115,6 +115,29 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.mark.slow
+def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_root):
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 100, "model.init_args.stages.0.epochs": 3}
+    path = write_sweep(tmp_path, "stop", study={"n_trials": 1}, fixed=fixed)
+    root = tmp_path / "runs"
+    url = sqlite_url(root)
+    with sweep_env(data_root):
+        worker = subprocess.Popen([sys.executable, "-m", "lit_sr.sweep.cli", str(path), "--root", str(root),
+                                   "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: (t := load(url, "stop").trials) and "trial_pid" in t[0].user_attrs, 120, "trial 0")
+            os.kill(worker.pid, signal.SIGINT)
+            out = worker.communicate(timeout=60)[0]
+        finally:
+            worker.kill()
+    assert worker.returncode == 130 and "interrupted: run the same command again to resume" in out, out[-3000:]
+    stopped, queued = load(url, "stop").get_trials()
+    wait_for(lambda: not alive(stopped.user_attrs["trial_pid"]), 15, "the trial's process to end with its worker")
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"].startswith("interrupted (Ctrl-C)")
+    assert queued.state == TrialState.WAITING and queued.params == stopped.params  # the next run takes it first,
+    assert RetryHeartbeatStaleTrialCallback.retry_history(queued) == [0]  # from trial 0's last.ckpt if it has one
+
+
+@pytest.mark.slow
 def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
     pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
     path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})

@@ -30,7 +30,7 @@ def _parser(report: bool) -> argparse.ArgumentParser:
     p.add_argument("--n-trials", type=int, default=None, help="the study's total number of trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)")
     if report:
-        p.add_argument("--top-k", type=int, default=None)
+        p.add_argument("--top-k", type=positive_int, default=None)
         p.add_argument("--no-test", action="store_true", help="skip the best trial's test table")
     else:
         p.add_argument("--workers", type=positive_int, default=1, help="worker processes on this machine")

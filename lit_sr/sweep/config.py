@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +24,8 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lit_sr.errors import ConfigError
+from lit_sr.presets import preset_names, sweep_path
 from lit_sr.presets import preset_path as find_preset
-from lit_sr.presets import sweep_path
 from lit_sr.typed import check_typed, type_hints
 
 DEFAULT_ROOT = Path("runs") / "sweeps"
@@ -55,6 +56,9 @@ class Param:
             return CategoricalDistribution(self.choices or [])
         if self.low is None or self.high is None:
             raise ValueError(f"type {self.type} needs low and high")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError(f"type int needs whole numbers for low, high and step, got {self.low}, {self.high}, "
+                             f"{self.step}")
         if self.type == "int":
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
@@ -225,6 +229,13 @@ class Sweep:
                 "params": {n: p.paths for n, p in self.spec.params.items()}}
 
 
+def _mappings(doc: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Each of ``keys`` that ``doc`` has holds a mapping (``where`` prefixes the key in the message)."""
+    for key in keys:
+        if not isinstance(doc.get(key) or {}, dict):
+            raise SweepError(f"{where}{key} must be a mapping, got {doc[key]!r}")
+
+
 def _merge(raw: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """``presets.<name>`` over the file: each section merged key by key, each key's value replaced whole."""
     out = dict(raw)
@@ -246,20 +257,38 @@ def load_sweep(
     if not path.is_file() and path.suffix in (".yaml", ".yml"):
         raise SweepError(f"sweep file not found: {path}")
     path = path if path.is_file() else sweep_path(str(path))  # a method name: sweeps/<method>.yaml
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method, study, fixed, params")
+    _mappings(raw, ("study", "fixed", "params", "presets"), f"{path}: ")
+    _mappings(raw.get("presets") or {}, tuple(raw.get("presets") or {}), f"{path}: presets.")
     preset = preset or raw.get("preset") or "quick"
-    raw = _merge({**raw, "preset": preset}, (raw.get("presets") or {}).get(preset) or {})
+    overlay = (raw.get("presets") or {}).get(preset) or {}
+    _mappings(overlay, ("study", "fixed", "params"), f"{path}: presets.{preset}.")
+    where = f"{path} (with presets.{preset})" if overlay else str(path)
+    raw = _merge({**raw, "preset": preset}, overlay)
     if n_trials is not None:
         raw["study"] = {**(raw.get("study") or {}), "n_trials": n_trials}
     if unknown := sorted(set(raw) - set(SweepFile.__dataclass_fields__)):
-        raise SweepError(f"{path}: unknown key(s) {unknown}; a sweep file has {list(SweepFile.__dataclass_fields__)}")
-    spec = parse(SweepFile, copy.deepcopy({**raw, "params": {}}), str(path))  # jsonargparse edits what it parses
+        raise SweepError(f"{where}: unknown key(s) {unknown}; a sweep file has {list(SweepFile.__dataclass_fields__)}")
+    spec = parse(SweepFile, copy.deepcopy({**raw, "params": {}}), where)  # jsonargparse edits what it parses
     spec.fixed = raw.get("fixed") or {}  # as written: jsonargparse instantiates class_path values
-    spec.params = {n: parse(Param, knob, f"{path}: params.{n}") for n, knob in (raw.get("params") or {}).items()}
+    knobs = raw.get("params") or {}
+    spec.params = {n: parse(Param, copy.deepcopy(knob), f"{where}: params.{n}") for n, knob in knobs.items()}
+    for name, param in spec.params.items():
+        if param.choices is not None:  # as written: jsonargparse reads the string "16" in a list[Any] as 16
+            param.choices = list(knobs[name]["choices"])
     if not spec.params:
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
+    if unknown := sorted(set(raw.get("presets") or {}) - set(preset_names(spec.method))):
+        raise SweepError(f"{path}: presets.{unknown[0]} overlays no preset of {spec.method} (presets: "
+                         f"{preset_names(spec.method)}); name it after experiments/{spec.method}/<preset>.yaml")
+    if not re.fullmatch(r"val/(psnr_y|[^/]+/x\d+/(psnr_y|ssim_y))", spec.study.metric):
+        raise SweepError(f"{where}: study.metric {spec.study.metric!r} is not a validation metric a run logs: use "
+                         "val/psnr_y or val/<set>/x<scale>/psnr_y (or ssim_y) of a set in data.val_sets")
     try:
         preset_path = find_preset(spec.method, preset)
     except ConfigError as err:

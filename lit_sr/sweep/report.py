@@ -78,8 +78,8 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     config = Path(best.user_attrs["run_dir"]) / "trial.yaml"
     if not ckpt or not Path(ckpt).is_file():
         return f"no test table: trial {best.number} left no checkpoint ({ckpt})"
-    cached = out / "results.json"
-    if cached.is_file() and json.loads(cached.read_text())["meta"]["checkpoint"] == ckpt:
+    cached, written = out / "results.json", Path(ckpt).stat().st_mtime_ns  # a restarted study reuses the path
+    if cached.is_file() and json.loads(cached.read_text())["meta"].get("checkpoint_written") == [ckpt, written]:
         return (out / "results.md").read_text().rsplit("\n\n", 1)[-1].strip()
     data = yaml.safe_load(config.read_text()).get("data") or {}  # the DataModule's defaults where it is silent
     sets = data["test_sets"] if data.get("test_sets") is not None else default_test_sets()
@@ -90,7 +90,8 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
               if s in method.supported_scales]
     rows, table = versus_bicubic(method, name, sets, scales)
     write_results(out, rows[name], name, ckpt, method.hparams.ssim_variant, str(config), table,
-                  meta={"selection": {"metric": metric, "value": best.value, "trial": best.number}})
+                  meta={"selection": {"metric": metric, "value": best.value, "trial": best.number},
+                        "checkpoint_written": [ckpt, written]})
     return table
 
 

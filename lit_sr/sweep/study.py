@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.distributions import check_distribution_compatibility
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
@@ -41,8 +42,6 @@ class TrialFailed(RuntimeError):
 def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = False) -> RDBStorage:
     """An RDBStorage for ``url``; with ``sweep``, heartbeats on and dead workers' trials retried."""
     sqlite = url.startswith("sqlite")
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     # SQLite: parallel writers wait instead of failing; a server: connections it dropped are replaced
     kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}}
     if sweep is not None:  # experimental since Optuna 2.8, stable in use: no warning per worker
@@ -51,9 +50,13 @@ def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = Fal
         kwargs.update(heartbeat_interval=study.heartbeat_interval, grace_period=study.grace_period,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=study.max_retry))
     try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         storage = RDBStorage(url, skip_table_creation=not create_tables, **kwargs)
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message must name the URL
-        raise SweepError(f"cannot open the Optuna storage {url.split('@')[-1]}: {type(err).__name__}: {err}") from err
+        cause = err.__cause__ or err  # Optuna wraps a refused connection in StorageInternalError
+        raise SweepError(f"cannot open the Optuna storage {url.split('@')[-1]}: {type(cause).__name__}: "
+                         f"{str(cause).strip().splitlines()[0]}") from err
     if sqlite:
         _serialize_sqlite(storage)
     return storage
@@ -86,9 +89,21 @@ def create_study(sweep: Sweep) -> optuna.Study:
     storage = make_storage(sweep.storage_url, sweep, create_tables=True)
     study = optuna.create_study(study_name=sweep.study_name, storage=storage, direction=sweep.study.direction,
                                 load_if_exists=True)
-    if study.direction.name.lower() != sweep.study.direction:
-        raise SweepError(f"study {sweep.study_name!r} exists with direction {study.direction.name.lower()}; "
-                         f"{sweep.path} asks {sweep.study.direction}: use another --study-name")
+    old = study.user_attrs.get("sweep") or {}
+    was = {"direction": study.direction.name.lower(), "metric": old.get("study", {}).get("metric"),
+           "method": old.get("method")}
+    for key, value in {"direction": sweep.study.direction, "metric": sweep.study.metric,
+                       "method": sweep.spec.method}.items():
+        if was[key] not in (None, value):
+            raise SweepError(f"study {sweep.study_name!r} exists with {key} {was[key]}; {sweep.path} asks {value}: "
+                             "use another --study-name")
+    searched = {name: dist for t in study.get_trials(deepcopy=False) for name, dist in t.distributions.items()}
+    for name, dist in sweep.distributions().items():
+        try:
+            check_distribution_compatibility(searched.get(name, dist), dist)  # kind, log, categorical choices
+        except ValueError as err:
+            raise SweepError(f"study {sweep.study_name!r} searched {name} as {searched[name]}; {sweep.path} asks "
+                             f"{dist} ({err}): use another --study-name") from err
     study.set_user_attr("sweep", sweep.settings())
     if sweep.study.enqueue_preset and not study.get_trials(deepcopy=False):
         study.enqueue_trial(sweep.preset_values())
@@ -103,10 +118,13 @@ def _suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDist
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _resume_checkpoint(sweep: Sweep, study: optuna.Study, number: int) -> Path | None:
     """A retry of a dead worker's trial resumes from the newest ``last.ckpt`` of the trials it retries."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    for dead in reversed(RetryHeartbeatStaleTrialCallback.retry_history(frozen)):
+    for dead in reversed(RetryHeartbeatStaleTrialCallback.retry_history(_frozen(study, number))):
         if (ckpt := sweep.study_dir / f"trial-{dead}" / "checkpoints" / "last.ckpt").is_file():
             return ckpt
     return None
@@ -145,8 +163,11 @@ def objective(sweep: Sweep):
         try:
             trial.set_user_attr("trial_pid", child.pid)
             code = child.wait()
-        except BaseException:  # e.g. Ctrl-C: never leave a trial training behind
+        except BaseException as stop:  # e.g. Ctrl-C: never leave a trial training behind
             child.kill()
+            if isinstance(stop, KeyboardInterrupt):  # queued again: the next run resumes it from its last.ckpt
+                trial.set_user_attr("reason", "interrupted (Ctrl-C); retried as a new trial by the next run")
+                RetryHeartbeatStaleTrialCallback()(trial.study, _frozen(trial.study, trial.number))
             raise
         out = json.loads(result.read_text()) if result.is_file() else {"state": "fail", "reason": None}
         for key in RESULT_ATTRS:
@@ -159,6 +180,9 @@ def objective(sweep: Sweep):
         lines = (run_dir / "trial.log").read_text(errors="replace").strip().splitlines()[-5:]
         reason = out["reason"] or f"trial process exited with code {code}: " + " | ".join(lines)
         trial.set_user_attr("reason", reason)
+        if code == 2 and not result.is_file():  # `lit-sr: error: ...` before training: the next trials would too
+            raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: "
+                             f"{lines[-1] if lines else reason}; fix {sweep.path} and run it again")
         raise TrialFailed(reason)
 
     return run
@@ -187,15 +211,21 @@ def run_worker(sweep: Sweep, index: int = 0) -> int:
         print(f"study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: nothing to run",
               flush=True)
         return 0
-    study.optimize(objective(sweep), catch=(TrialFailed,),
-                   callbacks=[lambda study, _: full(study, sweep.study.n_trials) and study.stop()])
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = trial.user_attrs.get("reason") if trial.value is None else f"{sweep.study.metric} {trial.value:.4f}"
+        print(f"trial {trial.number} {trial.state.name}: {value}", flush=True)
+        if full(study, sweep.study.n_trials):
+            study.stop()
+
+    study.optimize(objective(sweep), catch=(TrialFailed,), callbacks=[after])
     return 0
 
 
 def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
     """Create the study and be its worker, or start this command ``workers`` times with ``--workers 1``;
     0 when all ended well."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a worker prints one line per trial (a failure's reason)
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
           f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
@@ -213,7 +243,7 @@ def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
         print(f"interrupted: run the same command again to resume the study {sweep.study_name}", flush=True)
         return 130
     for i, code in enumerate(codes):
-        if code:
+        if code not in (0, 2):  # 2: the worker printed the user error that stopped it
             print(f"worker {i} ended with code {code}: its running trial is failed and retried "
                   f"{sweep.study.grace_period} s after its last heartbeat by the next worker (run the command again)")
     return int(any(codes))
