@@ -308,7 +308,9 @@ def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data
     root = tmp_path / "runs"
     with sweep_env(data_root):
         assert main([str(path), "--root", str(root), "--no-report"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    assert captured.out.startswith("study typo: no trials of n_trials=3; trial files under ")
+    err = captured.err.strip().splitlines()
     assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
     assert "data.batches_per_epoc" in err[-1] and err[-1].endswith(f"fix {path} and run it again")
     (trial,) = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started

@@ -79,9 +79,9 @@ def _serialize_sqlite(storage: RDBStorage) -> None:
 
 
 def describe(trials: list[optuna.trial.FrozenTrial]) -> str:
-    """``3 trials (2 COMPLETE, 1 PRUNED)``."""
-    counts = sorted(Counter(t.state.name for t in trials).items())
-    return f"{len(trials)} trials (" + ", ".join(f"{n} {state}" for state, n in counts) + ")"
+    """``3 trials (2 COMPLETE, 1 PRUNED)``, or ``no trials``."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(Counter(t.state.name for t in trials).items()))
+    return f"{len(trials)} trials ({counts})" if trials else "no trials"
 
 
 def create_study(sweep: Sweep) -> optuna.Study:
