@@ -105,7 +105,7 @@ def test_bad_options_name_the_key():
         tiny(mask_quantile=1.0)
     with pytest.raises(ValueError, match="supported_scales"):
         tiny(supported_scales=[2])
-    with pytest.raises(ValueError, match="not a DRN network"):
+    with pytest.raises(ValueError, match="'vdsr_small' builds a VDSRNet, but DRN trains DRNNet variants"):
         DRN(variant="vdsr_small")
     with pytest.raises(ValueError, match="contradicts channels"):
         DRN(variant="drn_small_x4", net={"n_colors": 3}, channels="y")

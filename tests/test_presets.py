@@ -6,11 +6,13 @@ import gc
 import weakref
 
 import pytest
+import torch
 
 from lit_sr.cli import SRCLI
 from lit_sr.methods import registered_methods
 from lit_sr.paths import REPO
 from lit_sr.presets import CONFIG_FOLDERS, PACKAGED, preset_names, preset_path
+from lit_sr.registry import variants_of
 
 PRESETS = [(m, p) for m in registered_methods() for p in preset_names(m)]
 
@@ -32,6 +34,19 @@ def test_every_method_is_freed_when_its_last_reference_goes(method):
         assert built() is None
     finally:
         gc.enable()
+
+
+TRAINING = sorted(n for n, c in registered_methods().items() if c.network_type is not torch.nn.Module)
+
+
+@pytest.mark.parametrize("method", TRAINING)
+def test_every_method_refuses_a_variant_of_another_network_family(method):
+    cls = registered_methods()[method]
+    other = next(c for c in registered_methods().values() if c.network_type not in (torch.nn.Module, cls.network_type))
+    foreign = variants_of(other.network_type)[0]
+    with pytest.raises(ValueError, match=rf"variant='{foreign}' builds a {other.network_type.__name__}, but "
+                       rf"{cls.__name__} trains {cls.network_type.__name__} variants \(.*\); pick one of those"):
+        cls(variant=foreign)
 
 
 def test_the_wheel_carries_every_lit_sr_package_and_every_preset_sweep_and_trainer_yaml():

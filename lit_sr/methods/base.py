@@ -38,7 +38,7 @@ from lit_sr.data.resize import imresize
 from lit_sr.errors import DivergedError
 from lit_sr.inference import tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY, quantize
-from lit_sr.registry import build_registered
+from lit_sr.registry import build_registered, variants_of
 from lit_sr.stages import (
     Stage,
     StageConfigError,
@@ -84,6 +84,8 @@ class SRMethod(L.LightningModule):
     batch_needs: ClassVar[tuple[str, ...]] = ()
     loss_terms: ClassVar[tuple[str, ...]] = ()
     stage_targets: ClassVar[tuple[str, ...]] = ()
+    #: the network class this method trains: ``variant`` must name one of its registered variants
+    network_type: ClassVar[type[nn.Module]] = nn.Module
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,6 +127,15 @@ class SRMethod(L.LightningModule):
         inits = [c.__init__ for c in reversed(type(self).__mro__) if issubclass(c, SRMethod) and "__init__" in vars(c)]
         check_typed(dict(self.hparams), {k: v for f in inits for k, v in type_hints(f).items()}, "model.init_args.")
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
+        if self.net is not None and not isinstance(self.net, self.network_type):
+            other = [f"{c.__module__}.{c.__qualname__}" for c in registered_methods().values()
+                     if c.network_type is type(self.net)]
+            raise ValueError(
+                f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
+                f"{type(self).__name__} trains {self.network_type.__name__} variants "
+                f"({', '.join(variants_of(self.network_type))}); pick one of those"
+                + (f", or set model.class_path to {other[0]}" if other else "")
+            )
         if channels_last and self.net is not None:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.stages: list[Stage] = parse_stages(stages, "model.init_args.stages") if stages is not None else []

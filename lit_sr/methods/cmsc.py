@@ -286,6 +286,7 @@ class CMSC(SRMethod):
     """
 
     name = "cmsc"
+    network_type = CMSCNet
     batch_needs = ("ilr",)
 
     def __init__(

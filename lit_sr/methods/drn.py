@@ -282,6 +282,7 @@ class DRN(SRMethod):
     """
 
     name = "drn"
+    network_type = DRNNet
     channels = "rgb"
     batch_needs = ("lr", "pyramid")
 
@@ -335,11 +336,6 @@ class DRN(SRMethod):
         if not skip_factor > 1:  # SRMethod checked that it is a number; no type hint says > 1
             raise ValueError(
                 f"model.init_args.skip_factor must be a number > 1 (1e6 in the 2020 code), got {skip_factor}"
-            )
-        if not isinstance(self.net, DRNNet):
-            raise ValueError(
-                f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, not a DRN network; "
-                "use drn_s_x4, drn_s_x8, drn_l_x4, drn_l_x8 or drn_small_x4"
             )
         self.channels = channels  # per instance: every base path (degrade, evaluation, upscale) reads self.channels
         self.loss, self.dual_weight = loss, float(dual_weight)

@@ -43,9 +43,9 @@ from torch import Tensor, nn
 
 from lit_sr.data.resize import imresize
 from lit_sr.losses import Reduction, charbonnier
-from lit_sr.methods.base import SRMethod, registered_methods
+from lit_sr.methods.base import SRMethod
 from lit_sr.nn import BilinearUpsample2x, he_init_
-from lit_sr.registry import register_model, variants_of
+from lit_sr.registry import register_model
 from lit_sr.typed import check_arguments
 
 __all__ = [
@@ -344,8 +344,6 @@ class PyramidMethod(SRMethod):
     ``reduction``. Subclasses add the loss (``PyramidSRMethod`` for LapSRN / MS-LapSRN, ``IRLapSRN``)."""
 
     batch_needs = ("lr", "pyramid")
-    #: the network class this method trains (its registered variants are the ones a config may name)
-    network_type: type[nn.Module] = nn.Module
 
     def __init__(
         self,
@@ -371,15 +369,6 @@ class PyramidMethod(SRMethod):
                 f"{type(self).__name__}: the network variant fixes its scales; remove the key"
             )
         super().__init__(variant=variant, supported_scales=(), **kwargs)
-        if not isinstance(self.net, self.network_type):
-            other = [f"{c.__module__}.{c.__qualname__}" for c in registered_methods().values()
-                     if getattr(c, "network_type", None) is type(self.net)]
-            raise ValueError(
-                f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
-                f"{type(self).__name__} trains {self.network_type.__name__} variants "
-                f"({', '.join(variants_of(self.network_type))}); pick one of those"
-                + (f", or set model.class_path to {other[0]}" if other else "")
-            )
         self.eps = float(eps)
         self.reduction: Reduction = reduction
         self._x3_logged = False

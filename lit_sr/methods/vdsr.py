@@ -72,6 +72,7 @@ class VDSR(SRMethod):
     """
 
     name = "vdsr"
+    network_type = VDSRNet
     batch_needs = ("ilr",)
     loss_terms = ("mse",)
 
