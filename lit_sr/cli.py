@@ -133,6 +133,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _leave_process_group() -> None:
+    """End this rank's part of the DDP process group, if there is one (after the last collective of the run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Fit a preset (choosing the checkpoint on val), test that checkpoint, print and write the test table."""
     import wandb
@@ -148,7 +156,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     ckpt = callback.best_model_path or callback.last_model_path
     val_score = None if callback.best_model_score is None else float(callback.best_model_score)
     if dm.test_sets:
-        trainer.test(method, datamodule=dm, ckpt_path=ckpt, verbose=False)
+        trainer.test(method, datamodule=dm, ckpt_path=ckpt, verbose=False)  # every rank: results gathered over all
+    # The rest is rank 0's work in one process (bicubic rows in a fresh single-device Trainer). With the process
+    # group still up its metrics would sync with ranks that have returned, and fail when they exit.
+    _leave_process_group()
     if not trainer.is_global_zero:
         return 0
     scales = sorted({s for s in dm.val_scales})
