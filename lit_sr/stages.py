@@ -124,7 +124,9 @@ def _build(cls, raw, path: str):
         raise StageConfigError(f"{path} must be a mapping of {[f.name for f in fields(cls)]}, got {raw!r}")
     known = {f.name for f in fields(cls)}
     if unknown := sorted(set(raw) - known):
-        raise StageConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        hint = ("; one list item cannot be set from the command line (--model.init_args.stages.0.epochs): give "
+                "the whole list in a second --config file") if any(str(k).isdigit() for k in unknown) else ""
+        raise StageConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(known)}{hint}")
     try:
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
     except FieldError as err:
@@ -140,6 +142,12 @@ def parse_stage(raw: Mapping, path: str = "stages.0") -> Stage:
     if not isinstance(raw, Mapping):
         raise StageConfigError(f"{path} must be a mapping with at least 'name' and 'epochs' or 'steps'")
     raw = {key: value for key, value in raw.items() if value is not None}  # null: the default
+    optimizer = raw.get("optimizer")
+    if isinstance(optimizer, Mapping):
+        name = optimizer.get("name", OptimizerSpec.name)
+        if ignored := sorted(set(optimizer) & ({"betas", "eps"} if name == "sgd" else {"momentum", "nesterov"})):
+            raise StageConfigError(f"{path}.optimizer: {name} does not read {ignored}; remove them (sgd reads "
+                                   "momentum and nesterov, adam and adamw read betas and eps)")
     for key, cls in {"optimizer": OptimizerSpec, "lr_schedule": ScheduleSpec, "clip": ClipSpec}.items():
         if key in raw:
             raw[key] = _build(cls, raw[key], f"{path}.{key}")
@@ -317,9 +325,11 @@ def clip_gradients(optimizer: torch.optim.Optimizer, clip: ClipSpec) -> float | 
         return clip.value
     bounds = []
     for group in optimizer.param_groups:
+        if group["lr"] == 0:  # lr_mult 0: the step does not move these weights, whatever their gradient
+            continue
         bound = clip.theta / group["lr"]
         bounds.append(bound)
         for p in group["params"]:
             if p.grad is not None:
                 p.grad.clamp_(-bound, bound)
-    return min(bounds)
+    return min(bounds, default=None)

@@ -1,5 +1,7 @@
 """The stage engine's pure parts: parsing errors, lr schedules, param groups, clipping."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -45,6 +47,20 @@ def test_parse_errors_name_the_key():
         parse_stages([_stage(), _stage()])
     with pytest.raises(StageConfigError, match="stages is empty"):
         parse_stages([])
+    # what jsonargparse makes of --model.init_args.stages.0.epochs 2: a key '0' inside stage 0
+    with pytest.raises(StageConfigError, match=r"stages\.0: unknown key\(s\) \['0'\].*give the whole list in a "
+                       r"second --config file"):
+        parse_stages([_stage(**{"0": {"epochs": 2}})])
+
+
+@pytest.mark.parametrize(("optimizer", "ignored"), [({"name": "adam", "momentum": 0.9}, "['momentum']"),
+                                                    ({"name": "adamw", "nesterov": True}, "['nesterov']"),
+                                                    ({"name": "sgd", "betas": [0.9, 0.99], "eps": 1e-6},
+                                                     "['betas', 'eps']")])
+def test_an_optimizer_key_the_optimizer_does_not_read_is_an_error(optimizer, ignored):
+    with pytest.raises(StageConfigError, match=rf"stages\.0\.optimizer: {optimizer['name']} does not read "
+                       rf"{re.escape(ignored)}; remove them"):
+        parse_stages([_stage(optimizer={**optimizer, "lr": 1e-3})])
 
 
 def test_the_stage_specs_check_their_typed_fields_when_built_directly():
@@ -150,6 +166,17 @@ def test_adjustable_clipping_bounds_each_element_by_theta_over_group_lr():
     set_lr(opt, 0.001)  # lr drops x100 -> gradient bound rises x100
     net.first.weight.grad = torch.full_like(grad, 1e6)
     assert clip_gradients(opt, stage.clip) == pytest.approx(10.0)
+
+
+def test_adjustable_clipping_leaves_a_group_with_lr_0_alone():
+    (stage,) = parse_stages([_stage(param_groups=[{"match": r"\.bias$", "lr_mult": 0.0}],
+                                    clip={"mode": "adjustable", "theta": 0.01})])
+    net = TwoLayer()
+    opt = build_optimizer(net, stage)
+    net.first.weight.grad = torch.full_like(net.first.weight, 5.0)
+    net.first.bias.grad = torch.full_like(net.first.bias, 5.0)
+    assert clip_gradients(opt, stage.clip) == pytest.approx(0.1)  # theta / lr of the weights; the biases: no bound
+    assert net.first.weight.grad.max() == pytest.approx(0.1) and net.first.bias.grad.max() == 5.0
 
 
 def test_norm_and_value_clipping():
