@@ -39,7 +39,7 @@ from lit_sr.cluster import (
     with_cluster_environment,
 )
 from lit_sr.data.datamodule import SRDataModule
-from lit_sr.errors import DEBUG_VAR, run_reporting_errors
+from lit_sr.errors import DEBUG_VAR, ConfigError, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
 from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
@@ -81,6 +81,8 @@ class SRCLI(LightningCLI):
         method = _method_name(cfg.model.class_path)
         if cfg.get("ckpt_path") == "last" and not cfg.run_dir:
             cfg.run_dir = str(latest_run(method))  # resume the newest run of this method in its own folder
+        elif cfg.get("ckpt_path") == "last":
+            check_resumable(Path(cfg.run_dir), method)  # before the folder is made: a typo must not train anew
         cfg.run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         self.run_dir = Path(cfg.run_dir)
         prepare_run_dir(self.run_dir)  # an unwritable run_dir is one clear error, not a logger's traceback
@@ -126,6 +128,17 @@ def latest_run(method: str, root: str | Path = "runs") -> Path:
             "or --ckpt_path with a checkpoint file"
         )
     return candidates[-1].parent.parent
+
+
+def check_resumable(run_dir: Path, method: str) -> None:
+    """``--ckpt_path last --run_dir RUN``: RUN must hold ``checkpoints/last.ckpt`` (Lightning would only warn, then
+    train from scratch)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(
+            f"--ckpt_path last: no {last} to resume; pass --run_dir of a run that has it (runs/{method}/<time>), "
+            f"omit --run_dir to resume the newest run of {method}, or pass --ckpt_path with a checkpoint file"
+        )
 
 
 def _cpu_seconds() -> float:

@@ -72,3 +72,20 @@ def test_train_on_two_ddp_processes_writes_the_test_table(tmp_path, data_root):
     table = (run / "benchmark" / "results.md").read_text()
     bicubic = next(line for line in table.splitlines() if "| bicubic |" in line)
     assert float(bicubic.split("|")[3].split("/")[0]) == pytest.approx(33.66, abs=0.01), bicubic  # Set5 x2
+
+
+# ---- item: --ckpt_path last with a run folder that has no checkpoint -----------------------------------------
+def test_resuming_a_run_folder_without_a_checkpoint_is_an_error(tmp_path, capsys):
+    from lit_sr.cli import main
+
+    typo, tiny = tmp_path / "runs" / "vdsr" / "typo", write_yaml(tmp_path / "tiny.yaml", TINY)
+    argv = ["fit", "--config", str(QUICK), "--config", str(tiny), "--ckpt_path", "last", "--run_dir", str(typo)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"lit-sr: error: --ckpt_path last: no {typo}/checkpoints/last.ckpt to resume; pass --run_dir of a run "
+        "that has it (runs/vdsr/<time>), omit --run_dir to resume the newest run of vdsr, or pass --ckpt_path "
+        "with a checkpoint file"
+    )
+    assert not typo.exists()  # nothing trained, no folder made
