@@ -83,6 +83,8 @@ def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:
             "(--run_dir, --out)"
         )
     module = type(err).__module__ or ""
+    if type(err).__name__ == "MisconfigurationException" and module.startswith("lightning"):
+        return _one_line(f"{err} (Lightning refuses this setting: check the trainer keys and flags you gave)")
     if module.startswith("sqlalchemy") and type(err).__name__ in ("OperationalError", "ArgumentError"):
         url = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--storage"), "the storage URL")
         first = str(getattr(err, "orig", None) or err).strip().splitlines()[0]

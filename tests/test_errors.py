@@ -270,6 +270,15 @@ def test_a_bad_node_count_is_named_by_argparse(capsys):
     assert "argument --nodes: must be a positive integer, got '0'" in capsys.readouterr().err
 
 
+def test_a_trainer_argument_lightning_refuses(tmp_path, capsys):
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    argv = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(tmp_path / "run"),
+            "--trainer.devices", "0"]
+    assert main(argv) == 2
+    line = error_line(capsys)  # Lightning's MisconfigurationException, one line
+    assert "`Trainer(devices='0')` value is not a valid input" in line and "check the trainer keys" in line
+
+
 # ---- data, storage, sweeps, output ------------------------------------------------------------------------
 def test_a_missing_or_empty_data_folder(tmp_path, capsys):
     assert main(["benchmark", "bicubic", "--data", str(tmp_path / "nowhere")]) == 2
