@@ -11,6 +11,7 @@ depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/ro
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
 from lit_sr.data.resize import imresize
-from lit_sr.errors import UserError
+from lit_sr.errors import ConfigError, UserError
 from lit_sr.inference import self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
 
@@ -120,6 +121,85 @@ def write_picture(path: str | Path, picture: Picture) -> None:
 
 
 # ---- the network pass --------------------------------------------------------------------------------------
+class TilingWarning(UserWarning):
+    """Tiling cannot reproduce the untiled output (or needs larger tiles than asked); the message says what runs."""
+
+
+#: modules whose output depends on the whole input (channel attention's global pooling, DRN's RCAB)
+_GLOBAL_POOLS = (
+    torch.nn.AdaptiveAvgPool1d,
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveAvgPool3d,
+    torch.nn.AdaptiveMaxPool1d,
+    torch.nn.AdaptiveMaxPool2d,
+    torch.nn.AdaptiveMaxPool3d,
+)
+#: ``SRMethod.receptive_radius`` doubles its probe (48, 96, ... 768 px) until the dependence ends inside it; at
+#: the last probe it stops anyway and returns what it saw, at least ``768 // 2 - 2``: the dependence did not end.
+RADIUS_PROBE_LIMIT = 768 // 2 - 2
+
+
+def check_tiling(tile: int, overlap: int | None) -> None:
+    """``--tile`` / ``--tile-overlap`` as given: a :class:`ConfigError` naming the flags when they cannot work."""
+    if tile < 0:
+        raise ConfigError(f"--tile {tile}: the tile size must be >= 0 LR pixels (0 = the whole image at once)")
+    if overlap is not None and overlap < 0:
+        raise ConfigError(f"--tile-overlap {overlap}: the overlap must be >= 0 LR pixels (or left out: measured)")
+    if tile and overlap is not None and 2 * overlap >= tile:
+        raise ConfigError(
+            f"--tile-overlap {overlap} leaves no core in --tile {tile} tiles (needs --tile > 2 x --tile-overlap); "
+            f"pass --tile {2 * overlap + 32} or more, a smaller --tile-overlap, or --tile 0 (whole image at once)"
+        )
+
+
+def depends_on_whole_image(method: SRMethod) -> bool:
+    """The network pools globally (channel attention): every output pixel depends on every input pixel."""
+    return any(isinstance(m, _GLOBAL_POOLS) for m in method.modules())
+
+
+def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> tuple[int, int] | None:
+    """(tile, overlap) for an image larger than ``tile``, or None: run it whole (tiling would change it).
+
+    An explicit ``overlap`` is used as given. Otherwise the overlap is the network's receptive-field radius, which
+    makes tiles exact; a tile too small for it grows to ``2 * radius + 32`` (as the methods' own tiling does). A
+    network whose output depends on the whole image (global pooling, or a radius the probe could not bound) has
+    no exact overlap, so its images run whole. Both cases warn (once per message).
+    """
+    name = type(method).__name__
+    whole = depends_on_whole_image(method)
+    if overlap is not None:
+        if whole:
+            warnings.warn(
+                f"{name}'s output depends on the whole image (global pooling): with --tile {tile} "
+                f"--tile-overlap {overlap} the result is approximate at the tile seams; --tile 0 is exact",
+                TilingWarning,
+                stacklevel=2,
+            )
+        return tile, overlap
+    radius = None if whole else method.receptive_radius(scale)
+    if radius is None or radius >= RADIUS_PROBE_LIMIT:
+        why = "global pooling" if whole else f"its measured reach exceeds {RADIUS_PROBE_LIMIT} px"
+        warnings.warn(
+            f"{name}'s output depends on the whole image ({why}), so tiles cannot reproduce it: images larger "
+            f"than --tile {tile} run whole, as with --tile 0 (memory grows with the image); pass --tile-overlap N "
+            "to tile them anyway (approximate at the seams)",
+            TilingWarning,
+            stacklevel=2,
+        )
+        return None
+    if 2 * radius >= tile:
+        grown = 2 * radius + 32
+        warnings.warn(
+            f"--tile {tile} is too small for {name}'s receptive radius at x{scale} ({radius} LR px of overlap per "
+            f"side): using --tile {grown}; pass --tile-overlap N < {(tile + 1) // 2} to keep --tile {tile} "
+            "(approximate at the seams) or --tile 0 (whole image)",
+            TilingWarning,
+            stacklevel=2,
+        )
+        return grown, radius
+    return tile, radius
+
+
 def super_resolve_tiled(
     method: SRMethod,
     x: Tensor,
@@ -131,16 +211,20 @@ def super_resolve_tiled(
     """What the network sees (N, C, h, w) -> (N, C, h*s, w*s) fp32, unclipped, tiled and/or self-ensembled.
 
     Every tile goes through the method's own ``super_resolve`` (the single inference entry point) with its
-    built-in tiling off; ``tile`` = 0 runs the whole image in one pass; ``overlap`` None = the network's
-    measured receptive-field radius (``receptive_radius``), the context that makes tiling exact.
+    built-in tiling off; ``tile`` = 0 runs the whole image in one pass, as does an image no larger than ``tile``
+    (nothing is measured then); ``overlap`` None = the network's measured receptive-field radius
+    (``receptive_radius``), the context that makes tiling exact (:func:`tiling_for`: a network whose output
+    depends on the whole image runs untiled unless ``overlap`` is given).
     """
     scale = method.check_scale(scale)
+    check_tiling(tile, overlap)
     base = type(method).super_resolve.__get__(method)  # the class's entry point, not a patched instance one
-    margin = method.receptive_radius(scale) if overlap is None and tile else (overlap or 0)
 
     def one_pass(t: Tensor) -> Tensor:
         if tile and max(t.shape[-2:]) > tile:
-            return tiled_forward(lambda part: base(part, scale), t, tile, margin, scale)
+            plan = tiling_for(method, scale, tile, overlap)
+            if plan is not None and max(t.shape[-2:]) > plan[0]:
+                return tiled_forward(lambda part: base(part, scale), t, plan[0], plan[1], scale)
         return base(t, scale)
 
     with torch.no_grad(), mock.patch.dict(method.hparams, tile_size=0):  # the caller's tiling, not the method's
@@ -215,6 +299,7 @@ def upscale_files(
     from rich.progress import track
 
     method.check_scale(scale)
+    check_tiling(tile, overlap)
     pairs = collect_inputs(inputs, out, scale)
     existing = [target for _, target in pairs if target.exists()]
     if existing and not force:

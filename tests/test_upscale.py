@@ -20,7 +20,7 @@ from lit_sr.data.resize import imresize
 from lit_sr.methods.bicubic import Bicubic
 from lit_sr.metrics import psnr_y
 from lit_sr.paths import REPO
-from lit_sr.upscale import read_picture, super_resolve_tiled, upscale_files
+from lit_sr.upscale import TilingWarning, read_picture, super_resolve_tiled, upscale_files
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +175,73 @@ def test_export_of_a_trained_model_matches_within_1e_4(trained, tmp_path):
         (sr,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"lr": lr.numpy()})
         with torch.no_grad():
             assert np.abs(sr - method.sr_forward(lr, 2).numpy()).max() < 1e-4
+
+
+# ---- tiling decisions: what is measured, what runs whole, what the flags say ---------------------------------
+def _tiny_drn():
+    """DRN-S x4's graph (RCABs with channel attention) at one block of 4 features, random weights."""
+    from lit_sr.methods.drn import DRN
+
+    torch.manual_seed(0)
+    return DRN(variant="drn_small_x4", net={"n_blocks": 1, "n_feats": 4}).eval()
+
+
+def _not_measured(scale):
+    raise AssertionError("receptive_radius was measured")
+
+
+def test_whole_image_network_runs_untiled_by_default_and_tiles_only_when_asked(monkeypatch):
+    method = _tiny_drn()
+    monkeypatch.setattr(method, "receptive_radius", _not_measured)  # global pooling needs no (2-minute) probe
+    x = torch.rand(1, 3, 40, 30)
+    whole = super_resolve_tiled(method, x, 4, tile=0)
+    with pytest.warns(TilingWarning, match=r"DRN's output depends on the whole image.*--tile 0.*--tile-overlap"):
+        default = super_resolve_tiled(method, x, 4, tile=16)
+    assert torch.equal(default, whole)
+    # an explicit overlap is honoured, and the result then really differs: the default's choice matters
+    with pytest.warns(TilingWarning, match=r"approximate at the tile seams"):
+        tiled = super_resolve_tiled(method, x, 4, tile=16, overlap=4)
+    assert tiled.shape == whole.shape and (tiled - whole).abs().max() > 1e-4
+
+
+def test_radius_at_the_probe_limit_runs_untiled(monkeypatch):
+    method = Bicubic()
+    monkeypatch.setattr(method, "receptive_radius", lambda scale: 385)  # what the probe returns at its cap
+    calls = []
+    monkeypatch.setattr("lit_sr.upscale.tiled_forward", lambda *a, **k: calls.append(a))
+    x = torch.rand(1, 1, 40, 30, dtype=torch.float64)
+    with pytest.warns(TilingWarning, match=r"depends on the whole image \(its measured reach exceeds"):
+        out = super_resolve_tiled(method, x, 2, tile=16)
+    assert calls == [] and torch.equal(out, super_resolve_tiled(method, x, 2, tile=0))
+
+
+def test_an_image_within_one_tile_is_not_measured(monkeypatch, tmp_path):
+    method = Bicubic()
+    monkeypatch.setattr(method, "receptive_radius", _not_measured)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "small.png")
+    (out,) = upscale_files(method, [tmp_path / "small.png"], tmp_path / "out", 2, tile=30, progress=False)
+    assert Image.open(out).size == (60, 40)
+
+
+def test_a_tile_smaller_than_the_receptive_field_grows_and_stays_exact(monkeypatch):
+    method = Bicubic()
+    monkeypatch.setattr(method, "receptive_radius", lambda scale: 10)
+    x = torch.rand(1, 1, 70, 60, dtype=torch.float64)
+    with pytest.warns(TilingWarning, match=r"--tile 16 is too small .* using --tile 52"):
+        out = super_resolve_tiled(method, x, 2, tile=16)
+    assert (out - super_resolve_tiled(method, x, 2, tile=0)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("flags", "pattern"),
+    [
+        (["--tile", "16", "--tile-overlap", "8"], r"--tile-overlap 8 leaves no core in --tile 16 tiles.*--tile 48"),
+        (["--tile", "-1"], r"--tile -1: the tile size must be >= 0"),
+        (["--tile-overlap", "-2"], r"--tile-overlap -2: the overlap must be >= 0"),
+    ],
+)
+def test_bad_tile_flags_are_one_line_naming_the_flags(flags, pattern, tmp_path, capsys):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.png")
+    args = ["upscale", "bicubic", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--scale", "2", *flags]
+    _fails(capsys, args, rf"^lit-sr: error: {pattern}")
+    assert not (tmp_path / "o").exists()  # refused before any work
