@@ -247,6 +247,38 @@ def upscale_picture(method: SRMethod, picture: Picture, scale: int, *, tile: int
     return Picture(sr[0].permute(1, 2, 0).numpy(), alpha, picture.bits)
 
 
+# ---- the device ---------------------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    """The devices this machine can run on: cpu, then cuda (cuda:0, cuda:1, ... when there are several), mps."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        found += ["cuda"] if count == 1 else [f"cuda:{i}" for i in range(count)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``--device`` as a torch device this machine has; otherwise a :class:`ConfigError` listing what it has."""
+    have = ", ".join(available_devices())
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device} is not a device name; this machine has: {have}") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    usable = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if usable and dev.index is not None and hasattr(backend, "device_count"):
+        usable = dev.index < backend.device_count()
+    if not usable:
+        why = " (torch.cuda.is_available() is False)" if dev.type == "cuda" and not torch.cuda.is_available() else ""
+        raise ConfigError(f"--device {device} is not available on this machine{why}; it has: {have}")
+    return dev
+
+
 # ---- files and folders -------------------------------------------------------------------------------------
 def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
     """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
@@ -291,15 +323,20 @@ def upscale_files(
     ensemble: bool = False,
     force: bool = False,
     progress: bool = True,
+    *,
+    device: str | torch.device | None = None,
 ) -> list[Path]:
     """Upscale every input image into ``out``; returns the written paths.
 
-    Existing outputs are refused before any work starts (``force`` overwrites them).
+    ``device`` (None: where ``method`` is) is checked (:func:`check_device`) and the method moved there. Existing
+    outputs are refused before any work starts (``force`` overwrites them).
     """
     from rich.progress import track
 
     method.check_scale(scale)
     check_tiling(tile, overlap)
+    if device is not None:
+        method.to(check_device(device))
     pairs = collect_inputs(inputs, out, scale)
     existing = [target for _, target in pairs if target.exists()]
     if existing and not force:
