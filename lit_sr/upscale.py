@@ -20,7 +20,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
@@ -61,8 +61,38 @@ def _read_16bit(path: Path) -> Picture | None:
     return None
 
 
+#: EXIF orientation -> the transform of an (H, W, ...) array that shows it upright (as ``ImageOps.exif_transpose``)
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, also when there is no EXIF)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except (TypeError, ValueError, SyntaxError, OSError):  # a broken EXIF block: show the pixels as stored
+        return 1
+
+
+def _orient(picture: Picture, orientation: int) -> Picture:
+    """``picture`` turned upright for an EXIF ``orientation`` (the 16-bit path, which OpenCV reads as stored)."""
+    turn = _UPRIGHT.get(orientation)
+    if turn is None:
+        return picture
+    alpha = None if picture.alpha is None else np.ascontiguousarray(turn(picture.alpha))
+    return Picture(np.ascontiguousarray(turn(picture.pixels)), alpha, picture.bits)
+
+
 def read_picture(path: str | Path) -> Picture:
-    """Read an image file for upscaling: colour, alpha and bit depth kept. Bad files raise :class:`ImageError`."""
+    """Read an image file for upscaling: colour, alpha and bit depth kept, turned upright by its EXIF orientation
+    (a phone's JPEG). Bad files raise :class:`ImageError`."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
@@ -75,7 +105,8 @@ def read_picture(path: str | Path) -> Picture:
             if deep or path.suffix.lower() in (".png", ".tif", ".tiff"):
                 picture = _read_16bit(path)
                 if picture is not None:
-                    return picture
+                    return _orient(picture, _exif_orientation(im))
+            im = ImageOps.exif_transpose(im)  # a camera's EXIF rotation, as viewers show the photo
             if mode == "F":
                 raise ImageError(f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG")
             if mode == "P":

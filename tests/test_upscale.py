@@ -271,3 +271,32 @@ def test_upscale_command_reports_a_missing_device_in_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     args = ["upscale", "bicubic", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--scale", "2"]
     _fails(capsys, [*args, "--device", _missing_device()], r"^lit-sr: error: --device .* has: cpu")
+
+
+def _with_orientation(image: Image.Image, path, orientation: int = 6) -> None:
+    exif = image.getexif()
+    exif[0x0112] = orientation  # 6: the camera was turned 90 degrees clockwise; viewers rotate it upright
+    image.save(path, exif=exif, **({"quality": 95} if path.suffix == ".jpg" else {}))
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    from PIL import ImageOps
+
+    rgb = np.zeros((12, 20, 3), np.uint8)
+    rgb[:4, :6] = (255, 0, 0)  # a red block top-left: where it lands shows the rotation
+    _with_orientation(Image.fromarray(rgb), tmp_path / "phone.jpg")
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg")), dtype=np.float64) / 255
+    assert upright.shape == (20, 12, 3)
+    assert np.array_equal(read_picture(tmp_path / "phone.jpg").pixels, upright)
+    (out,) = upscale_files(Bicubic(), [tmp_path / "phone.jpg"], tmp_path / "out", 2, progress=False)
+    got = np.asarray(Image.open(out))
+    assert got.shape == (40, 24, 3)
+    assert got[:10, -6:, 0].mean() > 200 and got[:10, :6, 0].mean() < 50  # red block now top-right
+
+
+def test_16_bit_exif_orientation_is_applied(tmp_path):
+    deep = np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) * 250
+    _with_orientation(Image.fromarray(deep), tmp_path / "deep.png")
+    picture = read_picture(tmp_path / "deep.png")
+    assert picture.bits == 16
+    assert np.array_equal(picture.pixels[..., 0], np.rot90(deep, -1) / 65535)
