@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_sr.data import resize
+from lit_sr.errors import ConfigError
 from lit_sr.methods.base import SRMethod
 
 #: taps of the MATLAB bicubic upsampler around an input pixel: offsets -2..2 cover every phase
@@ -84,6 +85,10 @@ class BicubicUpsample(nn.Module):
         return y
 
 
+class NoOnnxForm(NotImplementedError):
+    """``imresize`` to a size (not an integer upscale) was reached while tracing: it has no dynamic-shape form."""
+
+
 class _ExportableImresize:
     """Stands in for ``imresize`` while tracing: integer upscales go through :class:`BicubicUpsample`."""
 
@@ -96,7 +101,7 @@ class _ExportableImresize:
             if s not in self._modules:
                 self._modules[s] = BicubicUpsample(s).to(x.device)
             return self._modules[s](x)
-        raise NotImplementedError(
+        raise NoOnnxForm(
             f"imresize(scale={scale}, size={size}) has no shape-agnostic form for ONNX export; only integer "
             f"upscales do. Export a scale the network produces directly (e.g. x4 of a pyramid model, not x3)"
         )
@@ -123,6 +128,36 @@ def exportable_imresize(method: SRMethod) -> Iterator[None]:
 def method_channels(method: SRMethod) -> int:
     """1 for Y-only methods, 3 for RGB ones (``channels`` class attribute; Y when absent)."""
     return 3 if getattr(method, "channels", "y") == "rgb" else 1
+
+
+def _exportable(method: SRMethod, scale: int, example: Tensor) -> bool:
+    """``method.sr_forward`` at ``scale`` runs with the export's ``imresize`` (no resize to a size on the way)."""
+    with torch.no_grad(), exportable_imresize(method):
+        try:
+            method.sr_forward(example, scale)
+        except NoOnnxForm:
+            return False
+    return True
+
+
+def exportable_scales(method: SRMethod, example_size: tuple[int, int] = (24, 32)) -> list[int]:
+    """The supported scales ``method`` can be exported at (a pyramid's x3, an x4 output resized down, cannot)."""
+    example = torch.rand(1, method_channels(method), *example_size)
+    return [s for s in method.supported_scales if _exportable(method, s, example)]
+
+
+def check_exportable(method: SRMethod, scale: int, example_size: tuple[int, int] = (24, 32)) -> int:
+    """``scale`` if ``method`` supports and can export it; otherwise a one-line error naming the scales it can."""
+    scale = method.check_scale(scale)
+    if _exportable(method, scale, torch.rand(1, method_channels(method), *example_size)):
+        return scale
+    name = type(method).__name__
+    can = [f"--scale {s}" for s in exportable_scales(method, example_size)]
+    options = f"this checkpoint exports {' or '.join(can)}" if can else "this checkpoint exports no scale"
+    raise ConfigError(
+        f"--scale {scale}: {name} makes x{scale} by resizing another scale's output to the image size, which ONNX "
+        f"export with dynamic height and width cannot express; {options}"
+    )
 
 
 class SRGraph(nn.Module):
@@ -152,9 +187,10 @@ def export_onnx(
             f"ONNX export needs the export extra ({err.name} is missing): pip install 'lit_sr[export]'"
         ) from err
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # channels_last weights (a training-speed option) make torch.export guard on the batch size: export plain NCHW
     method = method.to("cpu").float().to(memory_format=torch.contiguous_format).eval()
+    scale = check_exportable(method, scale, example_size)  # before the exporter's long trace and its error dump
+    path.parent.mkdir(parents=True, exist_ok=True)
     graph = SRGraph(method, scale).eval()
     example = torch.rand(1, method_channels(method), *example_size)
     dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim("h", min=2), 3: torch.export.Dim("w", min=2)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from lit_sr.data.resize import imresize
-from lit_sr.export import BicubicUpsample, export_onnx, method_channels
+from lit_sr.errors import ConfigError, user_error_message
+from lit_sr.export import BicubicUpsample, export_onnx, exportable_scales, method_channels
 from lit_sr.methods import SRMethod, registered_methods
 
 SIZES = [(17, 23), (40, 29)]
@@ -59,8 +62,18 @@ def test_exported_model_matches_pytorch_at_two_sizes(name, tmp_path):
         assert np.abs(got - expected).max() < tolerance, f"{name} x{scale} at {h}x{w}"
 
 
-def test_pyramid_x3_is_refused_with_the_reason(tmp_path):
+def test_pyramid_x3_is_refused_in_one_line_naming_the_exportable_scales(tmp_path, monkeypatch):
     from lit_sr.methods.lapsrn import LapSRN
 
-    with pytest.raises(Exception, match="not x3|integer upscales"):
-        export_onnx(LapSRN(variant="lapsrn_x4_small"), 3, tmp_path / "x3.onnx")
+    def no_trace(*args, **kwargs):
+        raise AssertionError("torch.onnx.export was called")
+
+    monkeypatch.setattr(torch.onnx, "export", no_trace)  # refused before the exporter's trace (and its error dump)
+    method = LapSRN(variant="lapsrn_x4_small")
+    assert exportable_scales(method) == [2, 4]
+    with pytest.raises(ConfigError) as refused:
+        export_onnx(method, 3, tmp_path / "sub" / "x3.onnx")
+    message = user_error_message(refused.value)
+    assert re.fullmatch(r"--scale 3: LapSRN makes x3 by resizing .*; this checkpoint exports --scale 2 or --scale 4",
+                        message), message
+    assert not (tmp_path / "sub").exists()
