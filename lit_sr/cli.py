@@ -27,6 +27,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_sr.callbacks import AtomicCheckpointIO, ImagePanels, RunCheckpoint, StageProgressBar
 from lit_sr.checkpoint import check_ckpt_path
@@ -34,6 +35,7 @@ from lit_sr.cluster import (
     SignalCheckpoint,
     StepCheckpoint,
     add_trainer_arguments,
+    plugin_class,
     prepare_run_dir,
     train_overrides,
     with_cluster_environment,
@@ -56,6 +58,15 @@ def _callback(cls: type, **init_args) -> Namespace:
     return Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace(**init_args))
 
 
+def _set_init_args(entry: object, cls: type, **init_args) -> None:
+    """Set ``init_args`` of a config ``class_path`` entry naming ``cls`` itself (other classes are left alone)."""
+    if isinstance(entry, Namespace) and entry.get("class_path") == f"{cls.__module__}.{cls.__qualname__}":
+        if entry.get("init_args") is None:
+            entry.init_args = Namespace()
+        for key, value in init_args.items():
+            entry.init_args[key] = value
+
+
 class SRCLI(LightningCLI):
     """LightningCLI with lit_sr's defaults: a run directory, W&B logging, best/last checkpoints, stage bar."""
 
@@ -67,7 +78,6 @@ class SRCLI(LightningCLI):
             subclass_mode_model=True,
             auto_configure_optimizers=False,  # the stage engine owns optimizers
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"plugins": [AtomicCheckpointIO()]},
             args=args,
             run=run,
         )
@@ -91,7 +101,14 @@ class SRCLI(LightningCLI):
         tags = [method, str(cfg.model.init_args.get("variant") or method)]
         if trainer.logger in (None, True):
             trainer.logger = _callback(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
+        # lit_sr's own logger and checkpoints write in run_dir even when the config names them with other folders
+        # (a run's saved config.yaml reused with another --run_dir must not write into that run).
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for entry in loggers:
+            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name)
         callbacks = list(trainer.callbacks or [])
+        for entry in callbacks:
+            _set_init_args(entry, RunCheckpoint, dirpath=str(self.run_dir / "checkpoints"))
         names = {c.class_path.rsplit(".", 1)[-1] for c in callbacks if isinstance(c, Namespace)}
         if trainer.enable_checkpointing is not False and not names & {"ModelCheckpoint", "RunCheckpoint"}:
             # The folder is set now: Lightning resolves --ckpt_path last before any callback's setup.
@@ -103,7 +120,10 @@ class SRCLI(LightningCLI):
         if trainer.enable_checkpointing is not False:  # exact resume: step checkpoints, a checkpoint on SIGTERM
             callbacks += [_callback(c) for c in (StepCheckpoint, SignalCheckpoint) if c.__name__ not in names]
         trainer.callbacks = callbacks
-        trainer.plugins = with_cluster_environment(trainer.plugins)  # LIT_SR_IGNORE_SLURM: own DDP ranks
+        plugins = with_cluster_environment(trainer.plugins)  # LIT_SR_IGNORE_SLURM: own DDP ranks
+        if not any(issubclass(c, CheckpointIO) for c in map(plugin_class, plugins) if c is not None):
+            plugins.append(_callback(AtomicCheckpointIO))  # a class_path, not an instance: config.yaml loads again
+        trainer.plugins = plugins
 
     def parse_arguments(self, parser, args) -> None:
         """Parse, then read ``--ckpt_path`` safely: LightningCLI next unpickles its hyperparameters."""

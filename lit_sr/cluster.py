@@ -236,13 +236,33 @@ def prepare_run_dir(run_dir: Path | None) -> None:
         ) from err
 
 
+def plugin_class(plugin: Any) -> type | None:
+    """The class of a Trainer plugin given as an instance or as a config ``class_path`` (None for a string)."""
+    class_path = getattr(plugin, "class_path", None) if not isinstance(plugin, (str, type)) else None
+    if isinstance(class_path, str):
+        import importlib
+
+        module, _, name = class_path.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return None
+    return None if isinstance(plugin, str) else type(plugin)
+
+
 def with_cluster_environment(plugins: Any) -> list:
-    """Trainer plugins plus, when ``LIT_SR_IGNORE_SLURM=1``, Lightning's local cluster environment (own DDP ranks)."""
+    """Trainer plugins plus, when ``LIT_SR_IGNORE_SLURM=1``, Lightning's local cluster environment (own DDP ranks).
+
+    Added as a ``class_path`` config entry (like lit_sr's callbacks), so the run's saved config.yaml loads again.
+    """
+    from jsonargparse import Namespace
+
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
     if os.environ.get(IGNORE_SLURM_VAR) != "1":
         return plugins
     from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
 
-    if any(isinstance(p, ClusterEnvironment) for p in plugins):
+    if any(issubclass(c, ClusterEnvironment) for c in map(plugin_class, plugins) if c is not None):
         return plugins
-    return [*plugins, LightningEnvironment()]
+    cls = LightningEnvironment
+    return [*plugins, Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace())]

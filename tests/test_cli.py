@@ -89,3 +89,61 @@ def test_resuming_a_run_folder_without_a_checkpoint_is_an_error(tmp_path, capsys
         "with a checkpoint file"
     )
     assert not typo.exists()  # nothing trained, no folder made
+
+
+# ---- item: a run's own config.yaml reused ---------------------------------------------------------------------
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Each file's mtime and bytes; not symlinks (W&B links its process-wide service log into every run)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+@pytest.mark.slow
+def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir(tmp_path, data_root, monkeypatch):
+    import wandb
+
+    from lit_sr.callbacks import AtomicCheckpointIO
+    from lit_sr.cli import SRCLI, main
+
+    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
+    run1, run2 = tmp_path / "runs" / "vdsr" / "r1", tmp_path / "runs" / "vdsr" / "r2"
+    tiny = write_yaml(tmp_path / "tiny.yaml", TINY)
+    assert main(["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(run1)]) == 0
+    config1 = run1 / "config.yaml"
+    assert "Unable to serialize" not in config1.read_text()
+    before = _files(run1)
+    assert "checkpoints/last.ckpt" in before and any(k.startswith("wandb/offline-run-") for k in before)
+
+    assert main(["fit", "--config", str(config1), "--run_dir", str(run2)]) == 0
+    assert _files(run1) == before  # run 1 untouched: checkpoints, W&B run, config.yaml
+    assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml"} <= set(_files(run2))
+    assert list((run2 / "wandb").glob("offline-run-*/run-*.wandb"))
+    saved = yaml.safe_load((run2 / "config.yaml").read_text())
+    assert saved["run_dir"] == str(run2)
+    assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(run2)
+    assert saved["trainer"]["logger"]["init_args"]["name"] == "r2"
+    assert [c["init_args"]["dirpath"] for c in saved["trainer"]["callbacks"] if "RunCheckpoint" in c["class_path"]] == [
+        str(run2 / "checkpoints")
+    ]
+    assert [p["class_path"] for p in saved["trainer"]["plugins"]] == ["lit_sr.callbacks.AtomicCheckpointIO"]
+
+    # The saved config tests its own checkpoint (once: no duplicated plugin or callbacks).
+    last1 = run1 / "checkpoints" / "last.ckpt"
+    try:
+        cli = SRCLI(args=["test", "--config", str(config1), "--ckpt_path", str(last1), "--data.test_sets", "[Set5]"])
+    finally:
+        wandb.finish()
+    assert cli.model.last_results["Set5"]["x2"]["n_images"] == 5
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_plugins_lit_sr_adds_are_config_entries_the_saved_config_can_hold(monkeypatch):
+    from jsonargparse import Namespace
+
+    from lit_sr.cluster import with_cluster_environment
+
+    monkeypatch.setenv("LIT_SR_IGNORE_SLURM", "1")
+    added = with_cluster_environment(None)
+    assert added == [Namespace(class_path="lightning.fabric.plugins.environments.lightning.LightningEnvironment",
+                               init_args=Namespace())]  # fmt: skip
+    assert with_cluster_environment(added) == added  # a saved config's entry counts: not added twice
