@@ -11,6 +11,7 @@ depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/ro
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -310,6 +311,22 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+# ---- the output folder --------------------------------------------------------------------------------------
+def check_output_folder(out: str | Path, flag: str = "-o") -> Path:
+    """Create ``out`` and write a probe file in it before any work, so that a folder that cannot be written is one
+    :class:`UserError` naming ``flag`` (``-o``, ``--out``) now, not a failure after the work."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".lit_sr_write_check_"):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"{flag} {out}: cannot write there ({err.strerror or err}); choose a folder you can write"
+        ) from None
+    return out
+
+
 # ---- files and folders -------------------------------------------------------------------------------------
 def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
     """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
@@ -375,6 +392,7 @@ def upscale_files(
         raise OutputExistsError(
             f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
         )
+    check_output_folder(out)
     method.eval()
     written = []
     for src, target in track(pairs, description=f"upscaling x{scale}", disable=not progress):

@@ -17,11 +17,18 @@ from lit_sr.cli import SRCLI, main
 from lit_sr.data.color import to_y
 from lit_sr.data.images import modcrop, read_image
 from lit_sr.data.resize import imresize
-from lit_sr.errors import ConfigError
+from lit_sr.errors import ConfigError, UserError
 from lit_sr.methods.bicubic import Bicubic
 from lit_sr.metrics import psnr_y
 from lit_sr.paths import REPO
-from lit_sr.upscale import TilingWarning, check_device, read_picture, super_resolve_tiled, upscale_files
+from lit_sr.upscale import (
+    TilingWarning,
+    check_device,
+    check_output_folder,
+    read_picture,
+    super_resolve_tiled,
+    upscale_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +307,17 @@ def test_16_bit_exif_orientation_is_applied(tmp_path):
     picture = read_picture(tmp_path / "deep.png")
     assert picture.bits == 16
     assert np.array_equal(picture.pixels[..., 0], np.rot90(deep, -1) / 65535)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    (tmp_path / "file").write_text("a file, not a folder")
+    method = Bicubic()
+    def no_work(*args):
+        raise AssertionError("an image was upscaled before the folder was checked")
+
+    monkeypatch.setattr(method, "upscale_rgb", no_work)
+    with pytest.raises(UserError, match=rf"^-o {tmp_path / 'file' / 'out'}: cannot write there .*choose a folder"):
+        upscale_files(method, [tmp_path / "x.png"], tmp_path / "file" / "out", 2, progress=False)
+    assert check_output_folder(tmp_path / "new" / "out", "--out") == tmp_path / "new" / "out"
+    assert list((tmp_path / "new" / "out").iterdir()) == []  # the probe file is gone
