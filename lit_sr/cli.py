@@ -1,6 +1,6 @@
 """The ``lit-sr`` command: one parser listing every subcommand.
 
-    lit-sr fit|validate|test|predict --config experiments/vdsr/paper.yaml [--key value ...]   (LightningCLI)
+    lit-sr fit|validate|test --config experiments/vdsr/paper.yaml [--key value ...]   (LightningCLI)
     lit-sr train vdsr [--preset quick|paper] [LightningCLI overrides]   fit, select on val, then the test table
     lit-sr benchmark bicubic|CKPT --data Set5 Set14 --scales 2 3 4 --out OUT
     lit-sr compare [RUN_DIR ...]                                        one table of trained runs
@@ -41,12 +41,12 @@ from lit_sr.cluster import (
     with_cluster_environment,
 )
 from lit_sr.data.datamodule import SRDataModule
-from lit_sr.errors import DEBUG_VAR, ConfigError, run_reporting_errors
+from lit_sr.errors import DEBUG_VAR, ConfigError, UserError, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
 from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")  # not predict: SRDataModule has no predict set; see upscale
 
 
 def _method_name(class_path: str) -> str:
@@ -337,6 +337,11 @@ def _main(argv: list[str]) -> int:
         finally:
             wandb.finish()  # flush the run file now rather than in an exit hook
         return 0
+    if argv and argv[0] == "predict":
+        raise UserError(
+            "lit-sr predict: not a lit-sr command (the data module has no prediction set); to super-resolve images "
+            "with a checkpoint use `lit-sr upscale CKPT IMAGE_OR_FOLDER ... --scale S -o OUT` (lit-sr upscale --help)"
+        )
     if argv and argv[0] == "sweep":
         from lit_sr.sweep.cli import main as sweep_main
 

@@ -147,3 +147,17 @@ def test_plugins_lit_sr_adds_are_config_entries_the_saved_config_can_hold(monkey
     assert added == [Namespace(class_path="lightning.fabric.plugins.environments.lightning.LightningEnvironment",
                                init_args=Namespace())]  # fmt: skip
     assert with_cluster_environment(added) == added  # a saved config's entry counts: not added twice
+
+
+# ---- item: predict is not advertised; it points to upscale ------------------------------------------------------
+def test_predict_is_not_a_command_and_points_to_upscale(tmp_path, capsys, monkeypatch):
+    from lit_sr.cli import build_parser, main
+
+    assert "predict" not in build_parser().format_help()
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--config", str(QUICK), "--run_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("lit-sr: error:") == 1
+    assert err.strip().splitlines()[-1].startswith("lit-sr: error: lit-sr predict: not a lit-sr command")
+    assert "`lit-sr upscale CKPT" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()  # no run folder, no W&B run
