@@ -157,20 +157,6 @@ class TilingWarning(UserWarning):
     """Tiling cannot reproduce the untiled output (or needs larger tiles than asked); the message says what runs."""
 
 
-#: modules whose output depends on the whole input (channel attention's global pooling, DRN's RCAB)
-_GLOBAL_POOLS = (
-    torch.nn.AdaptiveAvgPool1d,
-    torch.nn.AdaptiveAvgPool2d,
-    torch.nn.AdaptiveAvgPool3d,
-    torch.nn.AdaptiveMaxPool1d,
-    torch.nn.AdaptiveMaxPool2d,
-    torch.nn.AdaptiveMaxPool3d,
-)
-#: ``SRMethod.receptive_radius`` doubles its probe (48, 96, ... 768 px) until the dependence ends inside it; at
-#: the last probe it stops anyway and returns what it saw, at least ``768 // 2 - 2``: the dependence did not end.
-RADIUS_PROBE_LIMIT = 768 // 2 - 2
-
-
 def check_tiling(tile: int, overlap: int | None) -> None:
     """``--tile`` / ``--tile-overlap`` as given: a :class:`ConfigError` naming the flags when they cannot work."""
     if tile < 0:
@@ -184,11 +170,6 @@ def check_tiling(tile: int, overlap: int | None) -> None:
         )
 
 
-def depends_on_whole_image(method: SRMethod) -> bool:
-    """The network pools globally (channel attention): every output pixel depends on every input pixel."""
-    return any(isinstance(m, _GLOBAL_POOLS) for m in method.modules())
-
-
 def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> tuple[int, int] | None:
     """(tile, overlap) for an image larger than ``tile``, or None: run it whole (tiling would change it).
 
@@ -198,9 +179,8 @@ def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> 
     no exact overlap, so its images run whole. Both cases warn (once per message).
     """
     name = type(method).__name__
-    whole = depends_on_whole_image(method)
     if overlap is not None:
-        if whole:
+        if method.pools_globally:
             warnings.warn(
                 f"{name}'s output depends on the whole image (global pooling): with --tile {tile} "
                 f"--tile-overlap {overlap} the result is approximate at the tile seams; --tile 0 is exact",
@@ -208,13 +188,12 @@ def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> 
                 stacklevel=2,
             )
         return tile, overlap
-    radius = None if whole else method.receptive_radius(scale)
-    if radius is None or radius >= RADIUS_PROBE_LIMIT:
-        why = "global pooling" if whole else f"its measured reach exceeds {RADIUS_PROBE_LIMIT} px"
+    radius = method.receptive_radius(scale)
+    if radius is None:
         warnings.warn(
-            f"{name}'s output depends on the whole image ({why}), so tiles cannot reproduce it: images larger "
-            f"than --tile {tile} run whole, as with --tile 0 (memory grows with the image); pass --tile-overlap N "
-            "to tile them anyway (approximate at the seams)",
+            f"{name}'s output depends on the whole image (global pooling, or a reach past 768 px), so tiles cannot "
+            f"reproduce it: images larger than --tile {tile} run whole, as with --tile 0 (memory grows with the "
+            "image); pass --tile-overlap N to tile them anyway (approximate at the seams)",
             TilingWarning,
             stacklevel=2,
         )

@@ -210,6 +210,22 @@ def test_tiled_inference_equals_whole_image_for_every_default_variant(method, va
     assert (too_little - whole).abs().max() > 1e-6  # the check can fail: a smaller overlap shows seams
 
 
+def test_a_network_that_pools_globally_has_no_radius_and_runs_whole(monkeypatch):
+    """DRN's channel attention makes every output pixel depend on the whole image: no overlap makes tiles exact,
+    so its radius is None (no probe runs) and ``super_resolve`` runs images larger than the tile whole."""
+    from lit_sr.methods.drn import DRN
+
+    torch.manual_seed(0)
+    m = DRN(variant="drn_small_x4", net={"n_blocks": 1, "n_feats": 4}, tile_size=16).eval()
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: pytest.fail("the radius was probed"))
+    assert m.pools_globally and m.receptive_radius(4) is None
+    lr = torch.rand(1, 3, 40, 30)
+    with torch.no_grad():
+        assert torch.equal(m.super_resolve(lr, 4), m.sr_forward(lr, 4))
+        tiled = tiled_forward(lambda t: m.sr_forward(t, 4), lr, 16, 4, 4)
+    assert (tiled - m.sr_forward(lr, 4)).abs().max() > 1e-6  # what tiling would have given: seams
+
+
 def test_resize_matrices_cached_under_inference_mode_still_serve_autograd():
     """Validation (inference mode) fills the resize cache; a later graph through imresize must still work.
 

@@ -200,7 +200,8 @@ def _not_measured(scale):
 
 def test_whole_image_network_runs_untiled_by_default_and_tiles_only_when_asked(monkeypatch):
     method = _tiny_drn()
-    monkeypatch.setattr(method, "receptive_radius", _not_measured)  # global pooling needs no (2-minute) probe
+    # global pooling needs no (2-minute) probe
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: pytest.fail("the receptive radius was probed"))
     x = torch.rand(1, 3, 40, 30)
     whole = super_resolve_tiled(method, x, 4, tile=0)
     with pytest.warns(TilingWarning, match=r"DRN's output depends on the whole image.*--tile 0.*--tile-overlap"):
@@ -212,13 +213,13 @@ def test_whole_image_network_runs_untiled_by_default_and_tiles_only_when_asked(m
     assert tiled.shape == whole.shape and (tiled - whole).abs().max() > 1e-4
 
 
-def test_radius_at_the_probe_limit_runs_untiled(monkeypatch):
+def test_an_unbounded_radius_runs_untiled(monkeypatch):
     method = Bicubic()
-    monkeypatch.setattr(method, "receptive_radius", lambda scale: 385)  # what the probe returns at its cap
+    monkeypatch.setattr(method, "receptive_radius", lambda scale: None)  # no end inside the largest probe
     calls = []
     monkeypatch.setattr("lit_sr.upscale.tiled_forward", lambda *a, **k: calls.append(a))
     x = torch.rand(1, 1, 40, 30, dtype=torch.float64)
-    with pytest.warns(TilingWarning, match=r"depends on the whole image \(its measured reach exceeds"):
+    with pytest.warns(TilingWarning, match=r"depends on the whole image \(global pooling, or a reach past 768"):
         out = super_resolve_tiled(method, x, 2, tile=16)
     assert calls == [] and torch.equal(out, super_resolve_tiled(method, x, 2, tile=0))
 

@@ -60,6 +60,11 @@ _METHODS: dict[str, type[SRMethod]] = {}
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
+#: modules whose output depends on the whole input (the global pooling of channel attention)
+GLOBAL_POOLING = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+
 def metric_key(split: str, dataset: str, scale: int, name: str) -> str:
     return f"{split}/{dataset}/x{scale}/{name}"
 
@@ -155,7 +160,7 @@ class SRMethod(L.LightningModule):
         self._stage_index = 0
         self._plan: StagePlan | None = None
         self._metrics = nn.ModuleDict()
-        self._radius: dict[int, int] = {}
+        self._radius: dict[int, int | None] = {}
         self.last_results: dict[str, dict[str, dict[str, float]]] = {}
 
     # ---- what a method provides -------------------------------------------------------------------------
@@ -223,12 +228,21 @@ class SRMethod(L.LightningModule):
     def compute_dtype(self) -> torch.dtype:
         return torch.float32
 
-    def receptive_radius(self, scale: int) -> int:
-        """How many LR pixels away an output pixel still depends on the input, measured by backpropagation.
+    @property
+    def pools_globally(self) -> bool:
+        """The network pools over the whole image (channel attention, e.g. DRN's RCAB): every output pixel
+        depends on every input pixel, so no tiling reproduces the untiled output."""
+        return any(isinstance(m, GLOBAL_POOLING) for m in self.modules())
+
+    def receptive_radius(self, scale: int) -> int | None:
+        """How many LR pixels away an output pixel still depends on the input, measured by backpropagation;
+        None when it depends on the whole image (global pooling, or no end inside the largest probe, 768 px).
 
         Measured on a copy of the network with positive random weights, so that the answer is the architecture's
         (a zero-initialised branch would otherwise hide its reach until it has trained).
         """
+        if scale not in self._radius and self.pools_globally:
+            self._radius[scale] = None
         if scale not in self._radius:
             c = 1 if self.channels == "y" else 3
             dtype = next((p.dtype for p in self.parameters()), self.compute_dtype)
@@ -262,7 +276,7 @@ class SRMethod(L.LightningModule):
             finally:
                 if net is not None:
                     self.net = net
-            self._radius[scale] = radius
+            self._radius[scale] = radius if radius < centre - 2 else None
         return self._radius[scale]
 
     def super_resolve(self, lr: Tensor, scale: int) -> Tensor:
@@ -271,8 +285,8 @@ class SRMethod(L.LightningModule):
         x = lr.to(self.device, self.compute_dtype)
         with torch.autocast(self.device.type, enabled=False):
             tile = self.hparams.tile_size
-            if tile and max(x.shape[-2:]) > tile:
-                overlap = self.receptive_radius(scale)
+            # a network whose output depends on the whole image runs whole: tiles could not reproduce it
+            if tile and max(x.shape[-2:]) > tile and (overlap := self.receptive_radius(scale)) is not None:
                 tile = max(tile, 2 * overlap + 32)
                 return tiled_forward(lambda t: self.sr_forward(t, scale), x, tile, overlap, scale)
             return self.sr_forward(x, scale)
