@@ -186,7 +186,20 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     trainer, dm, method = cli.trainer, cli.datamodule, cli.model
     timing = {"train_wall_s": round(time.monotonic() - wall, 1), "train_cpu_s": round(_cpu_seconds() - cpu, 1)}
     callback = trainer.checkpoint_callback
-    ckpt = callback.best_model_path or callback.last_model_path
+    ckpt = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
+    if not ckpt:  # nothing to test (Lightning: "found no path for the best weights: ''"); every rank stops here
+        why = (
+            f"no training step ran (trainer.max_epochs {trainer.max_epochs}, trainer.max_steps {trainer.max_steps})"
+            if trainer.global_step == 0
+            else "checkpointing is off (trainer.enable_checkpointing: false or no ModelCheckpoint)"
+        )
+        fix = (
+            "give it a budget: trainer.max_epochs / trainer.max_steps above 0, or drop them to train the stages' "
+            "epochs/steps"
+            if trainer.global_step == 0
+            else "leave trainer.enable_checkpointing on (lit-sr train tests the checkpoint chosen on validation)"
+        )
+        raise ConfigError(f"lit-sr train: no checkpoint was written because {why}; {fix}")
     val_score = None if callback.best_model_score is None else float(callback.best_model_score)
     if dm.test_sets:
         trainer.test(method, datamodule=dm, ckpt_path=ckpt, verbose=False)  # every rank: results gathered over all

@@ -37,9 +37,18 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 
 def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "nothing on stderr"
-    return err[-1]
+    """The one ``lit-sr: error:`` line of stderr, which is its last line; no traceback of lit-sr's.
+
+    A ``--- Logging error ---`` block is not lit-sr's: a handler an earlier in-process run attached to pytest's
+    captured stderr of that test, closed since, fails to write (only in a test session).
+    """
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("lit-sr: error: "), err[-3000:]
+    assert sum(line.startswith("lit-sr: error:") for line in lines) == 1, err[-3000:]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    assert all(i > 0 and lines[i - 1] == "--- Logging error ---" for i in tracebacks), err[-3000:]
+    return lines[-1]
 
 
 def lit_sr(args: list[str], cwd: Path, data_root: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -81,9 +90,7 @@ def test_resuming_a_run_folder_without_a_checkpoint_is_an_error(tmp_path, capsys
     typo, tiny = tmp_path / "runs" / "vdsr" / "typo", write_yaml(tmp_path / "tiny.yaml", TINY)
     argv = ["fit", "--config", str(QUICK), "--config", str(tiny), "--ckpt_path", "last", "--run_dir", str(typo)]
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
+    assert error_line(capsys) == (
         f"lit-sr: error: --ckpt_path last: no {typo}/checkpoints/last.ckpt to resume; pass --run_dir of a run "
         "that has it (runs/vdsr/<time>), omit --run_dir to resume the newest run of vdsr, or pass --ckpt_path "
         "with a checkpoint file"
@@ -156,8 +163,32 @@ def test_predict_is_not_a_command_and_points_to_upscale(tmp_path, capsys, monkey
     assert "predict" not in build_parser().format_help()
     monkeypatch.chdir(tmp_path)
     assert main(["predict", "--config", str(QUICK), "--run_dir", str(tmp_path / "r")]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("lit-sr: error:") == 1
-    assert err.strip().splitlines()[-1].startswith("lit-sr: error: lit-sr predict: not a lit-sr command")
-    assert "`lit-sr upscale CKPT" in err
+    line = error_line(capsys)
+    assert line.startswith("lit-sr: error: lit-sr predict: not a lit-sr command") and "`lit-sr upscale CKPT" in line
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()  # no run folder, no W&B run
+
+
+# ---- item: train with no training budget ------------------------------------------------------------------------
+def test_train_without_an_epoch_is_one_line_not_a_lightning_traceback(tmp_path, data_root, capsys, monkeypatch):
+    from lit_sr.cli import main
+
+    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
+    config = write_yaml(tmp_path / "tiny.yaml", {**TINY, "data": {**TINY["data"], "test_sets": ["Set5"]}})
+    argv = ["train", "vdsr", "--config", str(config), "--trainer.max_epochs", "0", "--run_dir", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert error_line(capsys) == (
+        "lit-sr: error: lit-sr train: no checkpoint was written because no training step ran (trainer.max_epochs 0, "
+        "trainer.max_steps -1); give it a budget: trainer.max_epochs / trainer.max_steps above 0, or drop them to "
+        "train the stages' epochs/steps"
+    )
+    assert not (tmp_path / "r" / "benchmark").exists()
+
+
+def test_train_without_checkpointing_is_one_line(tmp_path, capsys):
+    from lit_sr.cli import main
+
+    config = write_yaml(tmp_path / "tiny.yaml", TINY)
+    argv = ["train", "vdsr", "--config", str(config), "--trainer.enable_checkpointing", "false"]
+    assert main([*argv, "--run_dir", str(tmp_path / "r")]) == 2
+    line = error_line(capsys)
+    assert line.startswith("lit-sr: error: lit-sr train: no checkpoint was written because checkpointing is off")
