@@ -45,6 +45,7 @@ class TinySR(SRMethod):
     name = "tiny_test_method"
     batch_needs = ("ilr",)
     loss_terms = ("mse",)
+    network_type = TinyNet
 
     def __init__(self, variant: str = "tiny_test_net", **kwargs: Any) -> None:
         super().__init__(variant=variant, **kwargs)
@@ -123,3 +124,9 @@ def test_stage_keys_a_method_does_not_read_are_rejected_with_their_path():
         TinySR(stages=[{"name": "a", "steps": 1, "loss_weights": {"rank": 0.1}}])
     with pytest.raises(ValueError, match=r"stages.0.targets='downsampled_hr': TinySR takes no targets"):
         TinySR(stages=[{"name": "a", "steps": 1, "targets": "downsampled_hr"}])
+
+
+def test_a_variant_of_another_network_family_is_rejected():
+    with pytest.raises(ValueError, match=r"variant='vdsr_small' builds a VDSRNet, but TinySR trains TinyNet variants "
+                       r"\(tiny_test_net\); pick one of those, or set model.class_path to lit_sr.methods.vdsr.VDSR"):
+        TinySR(variant="vdsr_small")
