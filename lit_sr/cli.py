@@ -250,7 +250,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lit_sr.evaluate import format_table, resolve_method, run_benchmark, write_results
+    from lit_sr.upscale import check_output_folder
 
+    check_output_folder(args.out, "--out")  # before the evaluation, not after it
     method, ckpt = resolve_method(args.method, args.ssim)
     results = run_benchmark(method, args.data, args.scales)
     table = format_table({method.name: results}, args.scales)
@@ -271,10 +273,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from lit_sr.upscale import upscale_files
 
     method, _ = resolve_method(args.checkpoint)
-    method.to(args.device)
-    written = upscale_files(
-        method, args.images, args.out, args.scale, args.tile, args.tile_overlap, args.self_ensemble, args.force
-    )
+    written = upscale_files(method, args.images, args.out, args.scale, args.tile, args.tile_overlap,
+                            args.self_ensemble, args.force, device=args.device)
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0
 

@@ -337,10 +337,11 @@ def unwritable(tmp_path: Path) -> Path:
     return parent / "out"
 
 
-def test_an_output_folder_that_is_not_writable(tmp_path, capsys, data_root):
+def test_an_output_folder_that_is_not_writable(tmp_path, capsys, data_root, monkeypatch):
     out = unwritable(tmp_path)
+    monkeypatch.setattr("lit_sr.evaluate.run_benchmark", lambda *a, **k: pytest.fail("evaluated before the check"))
     assert main(["benchmark", "bicubic", "--data", "Set5", "--scales", "2", "--out", str(out)]) == 2
-    assert f"{out}: " in error_line(capsys)
+    assert f"--out {out}: cannot write there" in error_line(capsys)
     assert main(["fit", "--config", str(QUICK), "--run_dir", str(out)]) == 2
     assert f"run folder {out} is not writable" in error_line(capsys)
 

@@ -274,7 +274,6 @@ def test_a_device_this_machine_lacks_is_one_error_listing_what_it_has(kind, tmp_
     assert check_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.xfail(reason="lit_sr/cli.py cmd_upscale calls method.to(args.device) before upscale_files checks it")
 def test_upscale_command_reports_a_missing_device_in_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     args = ["upscale", "bicubic", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--scale", "2"]
