@@ -300,6 +300,13 @@ def test_datamodule_ddp_shards(data_root):
         assert len(dm.train_dataloader()) == 3  # ceil(5 / 2): equal steps on every rank
     names = [[b["name"][0] for b in loader] for loader in loaders]
     assert names == [["baby", "butterfly", "woman"], ["bird", "head"]]  # every image once, no padding
+    # a set smaller than the world: a process without an image would skip validation and hang the others
+    dm = SRDataModule(train_sources=["builtin"], val_sets=["Set5"], test_sets=[], scales=[2], num_workers=0,
+                      val_max_images=1, allow_selection_on_test=True)
+    dm.trainer = _fake_trainer(world_size=2, rank=1)
+    with pytest.raises(ValueError, match=r"^data: Set5 x2 has 1 image\(s\) for 2 processes: each process scores at "
+                       r"least one; give more images \(data.val_max_images\) or run on fewer devices$"):
+        dm.val_dataloader()
 
 
 def test_datamodule_argument_errors(tmp_path):

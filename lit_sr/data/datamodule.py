@@ -354,6 +354,11 @@ class SRDataModule(pl.LightningDataModule):
             for scale in self.val_scales:
                 dataset = self.benchmark_set(name, scale)
                 sampler = None
+                if 0 < len(dataset) < world_size:  # a process without an image would skip the loop and hang the rest
+                    raise ValueError(
+                        f"data: {name} x{scale} has {len(dataset)} image(s) for {world_size} processes: each process "
+                        "scores at least one; give more images (data.val_max_images) or run on fewer devices"
+                    )
                 if world_size > 1:  # unpadded shards: no image is scored twice
                     sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
                 loaders.append(DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0))
