@@ -11,31 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_config import QUICK, TINY, write_yaml
 
 from lit_sr.paths import REPO
 
 TESTS = Path(__file__).resolve().parent
-QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
-TINY = {
-    "model": {
-        "init_args": {
-            "net": {"depth": 3, "width": 8},
-            "stages": [{"name": "s", "steps": 2, "optimizer": {"name": "adam", "lr": 1.0e-3}}],
-        }
-    },
-    "data": {
-        "train_sources": ["builtin"], "val_holdout": 2, "test_sets": [], "val_scales": [2], "scales": [2],
-        "batches_per_epoch": 2, "batch_size": 2, "num_workers": 0, "val_max_images": 1,
-    },
-    "trainer": {"precision": "32-true", "enable_progress_bar": False, "check_val_every_n_epoch": 1},
-}  # fmt: skip
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def error_line(capsys) -> str:
     """The one ``lit-sr: error:`` line of stderr, which is its last line; no traceback of lit-sr's.
 
