@@ -123,8 +123,11 @@ def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_r
     with sweep_env(data_root):
         worker = subprocess.Popen([sys.executable, "-m", "lit_sr.sweep.cli", str(path), "--root", str(root),
                                    "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            wait_for(lambda: (t := load(url, "stop").trials) and "trial_pid" in t[0].user_attrs, 120, "trial 0")
+        try:  # the trial's log first (no database opened while the worker creates it), then its pid
+            wait_for(lambda: (root / "stop" / "trial-0" / "trial.log").is_file() or worker.poll() is not None, 120,
+                     "trial 0's log")
+            assert worker.poll() is None, worker.communicate()[0][-3000:]
+            wait_for(lambda: "trial_pid" in load(url, "stop").trials[0].user_attrs, 60, "trial 0's process")
             os.kill(worker.pid, signal.SIGINT)
             out = worker.communicate(timeout=60)[0]
         finally:
