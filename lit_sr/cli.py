@@ -212,7 +212,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     rows, table = {args.model: {}}, "(no test sets: data.test_sets is empty)"
     if dm.test_sets:
         rows, table = versus_bicubic(method, args.model, dm.test_sets, scales, method.last_results)
-    selection = {"metric": "val/psnr_y", "value": val_score, "val_sets": dm.val_sets, "checkpoint": ckpt}
+    selection = {"metric": callback.monitor, "value": val_score, "val_sets": dm.val_sets, "checkpoint": ckpt}
     out = cli.run_dir / "benchmark"
     meta = {
         "variant": method.hparams.variant,
@@ -227,7 +227,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     print(
         f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}\n"
         + (
-            f"chosen on validation: val/psnr_y = {val_score:.3f} dB over {', '.join(dm.val_sets)} "
+            f"chosen on validation: {callback.monitor} = {val_score:.3f} over {', '.join(dm.val_sets)} "
             if val_score is not None
             else "no validation ran (the last checkpoint is reported) "
         )
@@ -252,8 +252,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from lit_sr.evaluate import format_table, resolve_method, run_benchmark, write_results
     from lit_sr.upscale import check_output_folder
 
-    check_output_folder(args.out, "--out")  # before the evaluation, not after it
     method, ckpt = resolve_method(args.method, args.ssim)
+    check_output_folder(args.out, "--out")  # before the evaluation, not after it
     results = run_benchmark(method, args.data, args.scales)
     table = format_table({method.name: results}, args.scales)
     write_results(args.out, results, method.name, ckpt, args.ssim, table=table)

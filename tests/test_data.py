@@ -305,7 +305,8 @@ def test_datamodule_ddp_shards(data_root):
                       val_max_images=1, allow_selection_on_test=True)
     dm.trainer = _fake_trainer(world_size=2, rank=1)
     with pytest.raises(ValueError, match=r"^data: Set5 x2 has 1 image\(s\) for 2 processes: each process scores at "
-                       r"least one; give more images \(data.val_max_images\) or run on fewer devices$"):
+                       r"least one; give more images \(data.val_max_images, data.val_holdout\) or run on fewer "
+                       r"devices$"):
         dm.val_dataloader()
 
 

@@ -312,7 +312,9 @@ def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data
     assert captured.out.startswith("study typo: no trials of n_trials=3; trial files under ")
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
-    assert "data.batches_per_epoc" in err[-1] and err[-1].endswith(f"fix {path} and run it again")
+    assert "data.batches_per_epoc" in err[-1]
+    assert err[-1].endswith(f"fix {path} and run it again (with another --study-name if the fix changes a knob's "
+                            "choices)")
     (trial,) = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
     assert trial.state == TrialState.FAIL and "data.batches_per_epoc" in trial.user_attrs["reason"]
 

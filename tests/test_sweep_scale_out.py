@@ -28,7 +28,7 @@ from lit_sr.sweep.study import create_study
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_rerun_resumes_up_to_n_trials(
-    tmp_path, data_root
+    tmp_path, data_root, capsys
 ):
     # 3 epochs of 100 batches, a step checkpoint every 20: the worker is killed while its trial trains, and the
     # retry resumes mid-epoch. Every trial is pruned at its second validation.
@@ -59,7 +59,10 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
         assert load(url, "kill").trials[0].state == TrialState.RUNNING  # nobody told Optuna
         time.sleep(max(0.0, 4 - (time.monotonic() - killed)))  # past the 3 s grace period of its heartbeat
         # The same command again: the stale trial is failed and retried with its params, from its checkpoint.
+        capsys.readouterr()
         assert main(args) == 0
+        # a pruned trial's line gives its reason, not the last value it reported
+        assert "trial 1 PRUNED: pruned: " in capsys.readouterr().out
         dead, retry = load(url, "kill").get_trials()
         # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
         assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0

@@ -357,7 +357,9 @@ class SRDataModule(pl.LightningDataModule):
                 if 0 < len(dataset) < world_size:  # a process without an image would skip the loop and hang the rest
                     raise ValueError(
                         f"data: {name} x{scale} has {len(dataset)} image(s) for {world_size} processes: each process "
-                        "scores at least one; give more images (data.val_max_images) or run on fewer devices"
+                        "scores at least one; give more images ("
+                        + ("data.val_max_images, data.val_holdout" if name in self.val_sets else "a larger test set")
+                        + ") or run on fewer devices"
                     )
                 if world_size > 1:  # unpadded shards: no image is scored twice
                     sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)

@@ -55,7 +55,7 @@ def _dispatch(argv: list[str]) -> int:
         from lit_sr.sweep.study import run_sweep
 
         code = run_sweep(sweep, args.workers, args.worker_index)
-        if code == 130 or args.no_report:
+        if code in (2, 130) or args.no_report:
             return code
     from lit_sr.sweep.report import report as write_report
 

@@ -56,7 +56,7 @@ def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = Fal
     except Exception as err:  # noqa: BLE001 - driver errors vary; the message must name the URL
         cause = err.__cause__ or err  # Optuna wraps a refused connection in StorageInternalError
         raise SweepError(f"cannot open the Optuna storage {url.split('@')[-1]}: {type(cause).__name__}: "
-                         f"{str(cause).strip().splitlines()[0]}") from err
+                         f"{(str(cause).strip().splitlines() or ['(no message)'])[0]}") from err
     if sqlite:
         _serialize_sqlite(storage)
     return storage
@@ -182,7 +182,8 @@ def objective(sweep: Sweep):
         trial.set_user_attr("reason", reason)
         if code == 2 and not result.is_file():  # `lit-sr: error: ...` before training: the next trials would too
             raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: "
-                             f"{lines[-1] if lines else reason}; fix {sweep.path} and run it again")
+                             f"{lines[-1] if lines else reason}; fix {sweep.path} and run it again (with another "
+                             "--study-name if the fix changes a knob's choices)")
         raise TrialFailed(reason)
 
     return run
@@ -213,7 +214,8 @@ def run_worker(sweep: Sweep, index: int = 0) -> int:
         return 0
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = trial.user_attrs.get("reason") if trial.value is None else f"{sweep.study.metric} {trial.value:.4f}"
+        done = trial.state == TrialState.COMPLETE  # a PRUNED trial has a value too: its last report
+        value = f"{sweep.study.metric} {trial.value:.4f}" if done else trial.user_attrs.get("reason")
         print(f"trial {trial.number} {trial.state.name}: {value}", flush=True)
         if full(study, sweep.study.n_trials):
             study.stop()
@@ -246,4 +248,4 @@ def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
         if code not in (0, 2):  # 2: the worker printed the user error that stopped it
             print(f"worker {i} ended with code {code}: its running trial is failed and retried "
                   f"{sweep.study.grace_period} s after its last heartbeat by the next worker (run the command again)")
-    return int(any(codes))
+    return 2 if 2 in codes else int(any(codes))  # 2: a user error stopped a worker
