@@ -15,7 +15,7 @@ from cli_config import QUICK, TINY, write_yaml
 
 from lit_sr.paths import REPO
 
-TESTS = Path(__file__).resolve().parent
+
 def error_line(capsys) -> str:
     """The one ``lit-sr: error:`` line of stderr, which is its last line; no traceback of lit-sr's.
 
