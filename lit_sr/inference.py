@@ -18,6 +18,11 @@ from lit_sr.data.resize import imresize
 Forward = Callable[[Tensor], Tensor]
 
 
+def min_tile(overlap: int) -> int:
+    """The smallest tile that keeps a 32-px core between its two ``overlap`` margins (what exact tiling needs)."""
+    return 2 * overlap + 32
+
+
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Split one axis into tiles: (tile_start, tile_end, core_start, core_end) per tile.
 

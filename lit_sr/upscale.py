@@ -27,7 +27,7 @@ from torch import Tensor
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
 from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
-from lit_sr.inference import self_ensemble, tiled_forward
+from lit_sr.inference import min_tile, self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
 
 
@@ -166,7 +166,7 @@ def check_tiling(tile: int, overlap: int | None) -> None:
     if tile and overlap is not None and 2 * overlap >= tile:
         raise ConfigError(
             f"--tile-overlap {overlap} leaves no core in --tile {tile} tiles (needs --tile > 2 x --tile-overlap); "
-            f"pass --tile {2 * overlap + 32} or more, a smaller --tile-overlap, or --tile 0 (whole image at once)"
+            f"pass --tile {min_tile(overlap)} or more, a smaller --tile-overlap, or --tile 0 (whole image at once)"
         )
 
 
@@ -174,7 +174,7 @@ def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> 
     """(tile, overlap) for an image larger than ``tile``, or None: run it whole (tiling would change it).
 
     An explicit ``overlap`` is used as given. Otherwise the overlap is the network's receptive-field radius, which
-    makes tiles exact; a tile too small for it grows to ``2 * radius + 32`` (as the methods' own tiling does). A
+    makes tiles exact; a tile too small for it grows to ``min_tile(radius)`` (as the methods' own tiling does). A
     network whose output depends on the whole image (global pooling, or a radius the probe could not bound) has
     no exact overlap, so its images run whole. Both cases warn (once per message).
     """
@@ -198,8 +198,7 @@ def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> 
             stacklevel=2,
         )
         return None
-    if 2 * radius >= tile:
-        grown = 2 * radius + 32
+    if tile < (grown := min_tile(radius)):
         warnings.warn(
             f"--tile {tile} is too small for {name}'s receptive radius at x{scale} ({radius} LR px of overlap per "
             f"side): using --tile {grown}; pass --tile-overlap N < {(tile + 1) // 2} to keep --tile {tile} "

@@ -36,7 +36,7 @@ from lit_sr.data.color import to_y
 from lit_sr.data.degrade import check_patch, degrade
 from lit_sr.data.resize import imresize
 from lit_sr.errors import DivergedError
-from lit_sr.inference import tiled_forward, y_to_rgb_sr
+from lit_sr.inference import min_tile, tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY, quantize
 from lit_sr.registry import build_registered, variants_of
 from lit_sr.stages import (
@@ -287,7 +287,7 @@ class SRMethod(L.LightningModule):
             tile = self.hparams.tile_size
             # a network whose output depends on the whole image runs whole: tiles could not reproduce it
             if tile and max(x.shape[-2:]) > tile and (overlap := self.receptive_radius(scale)) is not None:
-                tile = max(tile, 2 * overlap + 32)
+                tile = max(tile, min_tile(overlap))
                 return tiled_forward(lambda t: self.sr_forward(t, scale), x, tile, overlap, scale)
             return self.sr_forward(x, scale)
 
