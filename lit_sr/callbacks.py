@@ -40,7 +40,12 @@ class StageProgressBar(TQDMProgressBar):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``best.ckpt`` (by ``val/psnr_y``) and ``last.ckpt`` in ``<run_dir>/checkpoints`` (the trainer's root)."""
+    """``best.ckpt`` (by ``val/psnr_y``) and ``last.ckpt`` in ``<run_dir>/checkpoints`` (the trainer's root).
+
+    ``carry_best``: a run resumed from another folder's checkpoint keeps that run's best score and checkpoint
+    (Lightning drops them when the folder changes), so that one training split over folders (a sweep's retried
+    trial) has one best. A new best is written here; the old folder's files are never removed.
+    """
 
     def __init__(
         self,
@@ -49,9 +54,15 @@ class RunCheckpoint(ModelCheckpoint):
         monitor: str = "val/psnr_y",
         mode: str = "max",
         save_last: bool = True,
+        carry_best: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, mode=mode, save_last=save_last, **kwargs)
+        self.carry_best = carry_best
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        carried = self.carry_best and state_dict.get("monitor") == self.monitor
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath} if carried else state_dict)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:

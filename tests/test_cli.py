@@ -1,5 +1,6 @@
 """``lit-sr`` commands end to end: a multi-process ``train`` writes its results table, ``--ckpt_path last``
-with an empty run folder, a run's own config.yaml reused, ``predict`` pointing to ``upscale``."""
+with an empty run folder, a run's own config.yaml reused, ``predict`` pointing to ``upscale``, a run resumed in
+another folder keeping its best checkpoint (``RunCheckpoint(carry_best=True)``, a sweep's retried trial)."""
 
 from __future__ import annotations
 
@@ -172,3 +173,56 @@ def test_train_without_checkpointing_is_one_line(tmp_path, capsys):
     assert main([*argv, "--run_dir", str(tmp_path / "r")]) == 2
     line = error_line(capsys)
     assert line.startswith("lit-sr: error: lit-sr train: no checkpoint was written because checkpointing is off")
+
+
+# ---- item: a training continued in another folder keeps its best (a sweep's retried trial) ---------------------
+@pytest.mark.slow
+def test_a_run_resumed_in_another_folder_with_carry_best_keeps_the_first_folders_best(tmp_path, data_root, monkeypatch):
+    import wandb
+
+    from lit_sr.cli import SRCLI
+
+    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
+    carry = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {"carry_best": True}}
+    tiny = write_yaml(tmp_path / "tiny.yaml", {**TINY, "trainer": {**TINY["trainer"], "callbacks": [carry]}})
+    first, second = tmp_path / "a", tmp_path / "b"
+    try:
+        a = SRCLI(args=["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(first)])
+        wandb.finish()
+        last = first / "checkpoints" / "last.ckpt"  # training is over: the resumed run validates no more
+        b = SRCLI(args=["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(second),
+                        "--ckpt_path", str(last)])
+    finally:
+        wandb.finish()
+    best = a.trainer.checkpoint_callback
+    assert best.best_model_score is not None and best.best_model_path == str(first / "checkpoints" / "best.ckpt")
+    kept = b.trainer.checkpoint_callback
+    assert kept.dirpath == str(second / "checkpoints")
+    assert float(kept.best_model_score) == float(best.best_model_score)  # Lightning alone leaves None here
+    assert kept.best_model_path == best.best_model_path and Path(best.best_model_path).is_file()
+
+
+@pytest.mark.slow
+def test_a_carried_best_is_replaced_by_a_new_best_in_the_new_folder_and_the_old_file_stays(tmp_path, data_root,
+                                                                                        monkeypatch):
+    import wandb
+
+    from lit_sr.cli import SRCLI
+
+    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
+    by_step = {"class_path": "lit_sr.callbacks.RunCheckpoint",  # every validation is a new best
+               "init_args": {"carry_best": True, "monitor": "step", "mode": "max"}}
+    stage = {**TINY["model"]["init_args"]["stages"][0], "steps": 4}  # two epochs, the first run stops after one
+    config = write_yaml(tmp_path / "tiny.yaml", {**TINY, "model": {"init_args": {**TINY["model"]["init_args"],
+                        "stages": [stage]}}, "trainer": {**TINY["trainer"], "callbacks": [by_step]}})
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir"]
+    try:
+        SRCLI(args=[*args, str(first), "--trainer.max_steps", "2"])
+        wandb.finish()
+        b = SRCLI(args=[*args, str(second), "--ckpt_path", str(first / "checkpoints" / "last.ckpt")])
+    finally:
+        wandb.finish()
+    kept = b.trainer.checkpoint_callback
+    assert (float(kept.best_model_score), kept.best_model_path) == (4, str(second / "checkpoints" / "best.ckpt"))
+    assert (first / "checkpoints" / "best.ckpt").is_file() and (second / "checkpoints" / "best.ckpt").is_file()

@@ -127,7 +127,8 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpo
                                                      "name": "trial-7", "tags": ["vdsr"]}
     # the file's callbacks as written, then the sweep's: a checkpoint chosen on study.metric, the Optuna callback
     checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint",
-                  "init_args": {"dirpath": str(tmp_path / "t" / "checkpoints"), "monitor": "val/psnr_y", "mode": "max"}}
+                  "init_args": {"dirpath": str(tmp_path / "t" / "checkpoints"), "monitor": "val/psnr_y", "mode": "max",
+                                "carry_best": True}}  # a retried trial keeps its dead original's best
     assert cfg["trainer"]["callbacks"] == [early, checkpoint, callback]
     yaml.safe_dump(cfg)  # what the worker writes as trial.yaml
     assert sweep.base["model"]["init_args"]["net"] == {"depth": 3, "width": 8}  # the base is untouched

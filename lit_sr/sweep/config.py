@@ -218,7 +218,7 @@ class Sweep:
         }
         checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {
             "dirpath": str(run_dir / "checkpoints"), "monitor": self.study.metric,
-            "mode": "max" if self.study.direction == "maximize" else "min"}}
+            "mode": "max" if self.study.direction == "maximize" else "min", "carry_best": True}}  # over retries
         trainer["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint, callback]
         return cfg
 

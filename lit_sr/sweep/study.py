@@ -6,7 +6,8 @@ until the study is ``full``: a study may overshoot ``n_trials`` by ``workers - 1
 child ``lit-sr fit --config trial-<n>/trial.yaml`` (Lightning's DDP launcher needs a process of its own) that
 reports to the trial and prunes it (``lit_sr.sweep.trial``); its ``result.json`` gives the value or the reason.
 A dead worker's trial is failed by ``RDBStorage``'s heartbeat and retried with the same params
-(``RetryHeartbeatStaleTrialCallback``), from the dead trial's ``checkpoints/last.ckpt`` when there is one.
+(``RetryHeartbeatStaleTrialCallback``), from the dead trial's ``checkpoints/last.ckpt`` when there is one, keeping
+its best score and checkpoint.
 """
 
 from __future__ import annotations
