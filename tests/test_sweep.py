@@ -303,9 +303,14 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
 
 
 @pytest.mark.slow
-def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data_root, capsys):
-    fixed = {**TINY_FIXED, "data.batches_per_epoc": 5}  # a new leaf under an existing mapping: only fit can tell
-    path = write_sweep(tmp_path, "typo", study={"n_trials": 3}, fixed=fixed)
+@pytest.mark.parametrize(("fixed", "metric", "named"), [
+    ({"data.batches_per_epoc": 5}, "val/psnr_y", "data.batches_per_epoc"),  # a new leaf: only fit can tell
+    ({}, "val/builtin_val/x4/psnr_y",  # a scale the run does not validate: found at the first validation
+     "study.metric val/builtin_val/x4/psnr_y is not logged by this run (it logs ['val/builtin_val/x2/psnr_y', "),
+])  # fmt: skip
+def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data_root, capsys, fixed, metric, named):
+    study = {"n_trials": 3, "metric": metric}
+    path = write_sweep(tmp_path, "typo", study=study, fixed={**TINY_FIXED, **fixed})
     root = tmp_path / "runs"
     with sweep_env(data_root):
         assert main([str(path), "--root", str(root), "--no-report"]) == 2
@@ -313,11 +318,11 @@ def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data
     assert captured.out.startswith("study typo: no trials of n_trials=3; trial files under ")
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
-    assert "data.batches_per_epoc" in err[-1]
+    assert named in err[-1] and err[-1].count("lit-sr: error:") == 1, err[-1]
     assert err[-1].endswith(f"fix {path} and run it again (with another --study-name if the fix changes a knob's "
                             "choices)")
     (trial,) = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
-    assert trial.state == TrialState.FAIL and "data.batches_per_epoc" in trial.user_attrs["reason"]
+    assert trial.state == TrialState.FAIL and named in trial.user_attrs["reason"]
 
 
 @pytest.mark.slow

@@ -181,10 +181,11 @@ def objective(sweep: Sweep):
         lines = (run_dir / "trial.log").read_text(errors="replace").strip().splitlines()[-5:]
         reason = out["reason"] or f"trial process exited with code {code}: " + " | ".join(lines)
         trial.set_user_attr("reason", reason)
-        if code == 2 and not result.is_file():  # `lit-sr: error: ...` before training: the next trials would too
-            raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: "
-                             f"{lines[-1] if lines else reason}; fix {sweep.path} and run it again (with another "
-                             "--study-name if the fix changes a knob's choices)")
+        if code == 2 and not result.is_file():  # `lit-sr: error: ...`, a config error: the next trials would too
+            error = lines[-1].removeprefix("lit-sr: error: ") if lines else reason
+            raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: {error}; fix "
+                             f"{sweep.path} and run it again (with another --study-name if the fix changes a knob's "
+                             "choices)")
         raise TrialFailed(reason)
 
     return run

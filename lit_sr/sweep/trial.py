@@ -26,6 +26,7 @@ import optuna
 from lightning.pytorch.loggers import WandbLogger
 from optuna_integration import PyTorchLightningPruningCallback
 
+from lit_sr.errors import ConfigError
 from lit_sr.sweep.config import parse
 from lit_sr.sweep.study import STORAGE_ENV, WORKER_ENV, make_storage
 
@@ -67,8 +68,13 @@ class OptunaTrialCallback(pl.Callback):
         self.pruning.on_fit_start(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.pruning is not None:
-            self.pruning.on_validation_end(trainer, pl_module)  # it skips the sanity check itself
+        if self.pruning is None:
+            return
+        if not trainer.sanity_checking and self.metric not in trainer.callback_metrics:  # every trial would fail
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+            raise ConfigError(f"study.metric {self.metric} is not logged by this run (it logs {logged}): name a set "
+                              "of data.val_sets and a scale of data.val_scales")
+        self.pruning.on_validation_end(trainer, pl_module)  # it skips the sanity check itself
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.pruning is None:
@@ -83,7 +89,7 @@ class OptunaTrialCallback(pl.Callback):
         self._write(trainer, "complete", value=score)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self.pruning is None:
+        if self.pruning is None or isinstance(exception, ConfigError):  # no result: the worker stops the sweep
             return
         if isinstance(exception, optuna.TrialPruned):
             self._write(trainer, "pruned", reason=f"pruned: {exception}")
