@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from lit_sr.callbacks import AtomicCheckpointIO, ImagePanels, RunCheckpoint, StageProgressBar
@@ -38,6 +38,7 @@ from lit_sr.cluster import (
     plugin_class,
     prepare_run_dir,
     train_overrides,
+    under_slurm,
     with_cluster_environment,
 )
 from lit_sr.data.datamodule import SRDataModule
@@ -47,6 +48,7 @@ from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # not predict: SRDataModule has no predict set; see upscale
+RUN_DIR_VAR = "LIT_SR_RUN_DIR"  # the default run folder rank 0 chose, for the ranks Lightning starts
 
 
 def _method_name(class_path: str) -> str:
@@ -67,20 +69,33 @@ def _set_init_args(entry: object, cls: type, **init_args) -> None:
             entry.init_args[key] = value
 
 
+class RunConfig(SaveConfigCallback):
+    """The run's resolved config without ``run_dir`` and ``ckpt_path``: reused, it trains a new run from scratch."""
+
+    def __init__(self, parser, config: Namespace, **kwargs) -> None:
+        config = config.clone()
+        config.run_dir = config.ckpt_path = None
+        super().__init__(parser, config, **kwargs)
+
+
 class SRCLI(LightningCLI):
     """LightningCLI with lit_sr's defaults: a run directory, W&B logging, best/last checkpoints, stage bar."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.run_dir: Path | None = None
-        super().__init__(
-            SRMethod,
-            SRDataModule,
-            subclass_mode_model=True,
-            auto_configure_optimizers=False,  # the stage engine owns optimizers
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-        )
+        try:
+            super().__init__(
+                SRMethod,
+                SRDataModule,
+                subclass_mode_model=True,
+                auto_configure_optimizers=False,  # the stage engine owns optimizers
+                save_config_callback=RunConfig,
+                save_config_kwargs={"overwrite": True},
+                args=args,
+                run=run,
+            )
+        finally:
+            os.environ.pop(RUN_DIR_VAR, None)  # the next run in this process names its own folder
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="where the run writes everything")
@@ -93,8 +108,11 @@ class SRCLI(LightningCLI):
             cfg.run_dir = str(latest_run(method))  # resume the newest run of this method in its own folder
         elif cfg.get("ckpt_path") == "last":
             check_resumable(Path(cfg.run_dir), method)  # before the folder is made: a typo must not train anew
-        cfg.run_dir = cfg.run_dir or str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        cfg.run_dir = cfg.run_dir or default_run_dir(method)
         self.run_dir = Path(cfg.run_dir)
+        # config.yaml is the fit's; validate and test write config-<subcommand>.yaml beside it
+        self.save_config_kwargs["config_filename"] = "config.yaml" if self.subcommand in (None, "fit") else (
+            f"config-{self.subcommand}.yaml")
         prepare_run_dir(self.run_dir)  # an unwritable run_dir is one clear error, not a logger's traceback
         trainer = cfg.trainer
         trainer.default_root_dir = cfg.run_dir
@@ -137,6 +155,17 @@ class SRCLI(LightningCLI):
             self.trainer.logger.log_hyperparams(
                 {"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)}
             )
+
+
+def default_run_dir(method: str) -> str:
+    """``runs/<method>/<time>``, the same on every rank: the ranks Lightning starts inherit rank 0's choice."""
+    if os.environ.get(RUN_DIR_VAR):
+        return os.environ[RUN_DIR_VAR]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+        raise ConfigError("this process is one rank of a multi-process launch (torchrun, srun): pass --run_dir, "
+                          "the same on every rank (each rank would name its own runs/<method>/<time>)")
+    os.environ[RUN_DIR_VAR] = str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return os.environ[RUN_DIR_VAR]
 
 
 def latest_run(method: str, root: str | Path = "runs") -> Path:

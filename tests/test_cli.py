@@ -47,15 +47,11 @@ def lit_sr(args: list[str], cwd: Path, data_root: Path, timeout: float = 600) ->
 def test_train_on_two_ddp_processes_writes_the_test_table(tmp_path, data_root):
     tiny = {**TINY, "data": {**TINY["data"], "test_sets": ["Set5"], "val_max_images": 2}}  # one image a rank
     config = write_yaml(tmp_path / "tiny.yaml", tiny)
-    run = tmp_path / "run"
-    proc = lit_sr(
-        ["train", "vdsr", "--trainer-preset", "ddp_cpu", "--config", str(config), "--run_dir", str(run)],
-        tmp_path,
-        data_root,
-    )
+    proc = lit_sr(["train", "vdsr", "--trainer-preset", "ddp_cpu", "--config", str(config)], tmp_path, data_root)
     log = proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.returncode == 0, log
     assert "MEMBER: 2/2" in proc.stderr, log  # really two ranks
+    (run,) = (tmp_path / "runs" / "vdsr").iterdir()  # rank 1 started seconds later, in rank 0's default folder
     results = json.loads((run / "benchmark" / "results.json").read_text())["results"]
     assert set(results) == {"Set5"} and set(results["Set5"]) == {"x2"}
     assert results["Set5"]["x2"]["n_images"] == 5  # every test image once, gathered over both ranks
@@ -94,7 +90,9 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     from lit_sr.cli import SRCLI, main
 
     monkeypatch.setenv("LIT_SR_DATA", str(data_root))
-    run1, run2 = tmp_path / "runs" / "vdsr" / "r1", tmp_path / "runs" / "vdsr" / "r2"
+    monkeypatch.chdir(tmp_path)  # default run folders: runs/vdsr/<time> here
+    runs = tmp_path / "runs" / "vdsr"
+    run1, run2 = runs / "r1", runs / "r2"
     tiny = write_yaml(tmp_path / "tiny.yaml", TINY)
     assert main(["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(run1)]) == 0
     config1 = run1 / "config.yaml"
@@ -107,7 +105,7 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml"} <= set(_files(run2))
     assert list((run2 / "wandb").glob("offline-run-*/run-*.wandb"))
     saved = yaml.safe_load((run2 / "config.yaml").read_text())
-    assert saved["run_dir"] == str(run2)
+    assert (saved["run_dir"], saved["ckpt_path"]) == (None, None)  # reused, it is a new run
     assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(run2)
     assert saved["trainer"]["logger"]["init_args"]["name"] == "r2"
     assert [c["init_args"]["dirpath"] for c in saved["trainer"]["callbacks"] if "RunCheckpoint" in c["class_path"]] == [
@@ -115,14 +113,37 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     ]
     assert [p["class_path"] for p in saved["trainer"]["plugins"]] == ["lit_sr.callbacks.AtomicCheckpointIO"]
 
-    # The saved config tests its own checkpoint (once: no duplicated plugin or callbacks).
+    # Without --run_dir it trains a new run in a new folder, not in r1 (whose config named r1 as its run_dir).
+    assert main(["fit", "--config", str(config1)]) == 0
+    (run3,) = set(runs.iterdir()) - {run1, run2}
+    assert (run3 / "checkpoints" / "best.ckpt").is_file() and _files(run1) == before
+
+    # The saved config tests its own checkpoint (once: no duplicated plugin or callbacks) and keeps the fit's
+    # config.yaml: a test writes config-test.yaml.
     last1 = run1 / "checkpoints" / "last.ckpt"
+    args = ["test", "--config", str(config1), "--ckpt_path", str(last1), "--data.test_sets", "[Set5]"]
     try:
-        cli = SRCLI(args=["test", "--config", str(config1), "--ckpt_path", str(last1), "--data.test_sets", "[Set5]"])
+        cli = SRCLI(args=[*args, "--run_dir", str(run1)])
     finally:
         wandb.finish()
     assert cli.model.last_results["Set5"]["x2"]["n_images"] == 5
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert config1.read_bytes() == before["config.yaml"][1]
+    tested = yaml.safe_load((run1 / "config-test.yaml").read_text())
+    assert tested["data"]["test_sets"] == ["Set5"] and tested["ckpt_path"] is None
+
+
+def test_a_rank_of_a_torchrun_launch_without_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    from lit_sr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun sets it in every rank; each would name its own folder
+    assert main(["fit", "--config", str(QUICK), "--config", str(write_yaml(tmp_path / "tiny.yaml", TINY))]) == 2
+    assert error_line(capsys) == (
+        "lit-sr: error: this process is one rank of a multi-process launch (torchrun, srun): pass --run_dir, the "
+        "same on every rank (each rank would name its own runs/<method>/<time>)"
+    )
+    assert not (tmp_path / "runs").exists()
 
 
 def test_plugins_lit_sr_adds_are_config_entries_the_saved_config_can_hold(monkeypatch):
