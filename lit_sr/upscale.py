@@ -45,21 +45,40 @@ class Picture:
 
 
 # ---- reading and writing, keeping alpha and 16 bits ------------------------------------------------------
-def _read_16bit(path: Path) -> Picture | None:
-    """16-bit PNG/TIFF through OpenCV (Pillow truncates 16-bit colour); None when the file is not 16-bit."""
-    import cv2
+def _picture(arr: np.ndarray, bits: int) -> Picture:
+    """An HxW, HxWxC (C = 1-4, a last channel of 2 or 4 is alpha) integer array with ``bits`` bits as a Picture."""
+    arr = (arr[..., None] if arr.ndim == 2 else arr).astype(np.float64) / (2**bits - 1)
+    alpha = np.ascontiguousarray(arr[..., -1]) if arr.shape[2] in (2, 4) else None
+    return Picture(np.ascontiguousarray(arr[..., :-1] if alpha is not None else arr), alpha, bits)
 
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.dtype != np.uint16:
+
+def _read_as_stored(path: Path) -> Picture | None:
+    """A grey or RGB(A) TIFF (tifffile) or a 16-bit PNG (OpenCV), pixels as stored; None for anything else.
+
+    Pillow truncates 16-bit colour and scrambles RGBA TIFFs of orientations 5-8; OpenCV 5.0 turns TIFFs by their
+    orientation in some reads, not in others, and fails on 5-8. The caller turns the result upright.
+    """
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
+                return None  # palette, CMYK, YCbCr, ...: Pillow converts them
+            arr = page.asarray()
+            if arr.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                arr = np.moveaxis(arr, 0, -1)
+    else:
+        import cv2
+
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is None or arr.dtype != np.uint16:
+            return None
+        if arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)  # BGR(A) -> RGB(A)
+    if arr.dtype not in (np.uint8, np.uint16) or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] <= 4)):
         return None
-    arr = arr.astype(np.float64) / 65535.0
-    if arr.ndim == 2:
-        return Picture(arr[..., None], None, 16)
-    if arr.shape[2] == 3:
-        return Picture(np.ascontiguousarray(arr[..., ::-1]), None, 16)
-    if arr.shape[2] == 4:
-        return Picture(np.ascontiguousarray(arr[..., 2::-1]), np.ascontiguousarray(arr[..., 3]), 16)
-    return None
+    return _picture(arr, 16 if arr.dtype == np.uint16 else 8)
 
 
 #: EXIF orientation -> the transform of an (H, W, ...) array that shows it upright (as ``ImageOps.exif_transpose``)
@@ -83,7 +102,7 @@ def _exif_orientation(im: Image.Image) -> int:
 
 
 def _orient(picture: Picture, orientation: int) -> Picture:
-    """``picture`` turned upright for an EXIF ``orientation`` (the 16-bit path, which OpenCV reads as stored)."""
+    """``picture`` turned upright for an EXIF ``orientation``."""
     turn = _UPRIGHT.get(orientation)
     if turn is None:
         return picture
@@ -100,32 +119,32 @@ def read_picture(path: str | Path) -> Picture:
         raise ImageError(f"image file {path} {what}; check the path")
     with decoding(path, "re-export or re-download it, or remove it from the inputs"):
         with Image.open(path) as im:
+            orientation = _exif_orientation(im)  # before load, which drops a TIFF's tags
             im.load()
             mode = im.mode
             deep = mode.startswith("I") or any(";16" in str(t.args) for t in getattr(im, "tile", []) or [])
+            picture = None
             if deep or path.suffix.lower() in (".png", ".tif", ".tiff"):
-                picture = _read_16bit(path)
-                if picture is not None:
-                    return _orient(picture, _exif_orientation(im))
-            im = ImageOps.exif_transpose(im)  # a camera's EXIF rotation, as viewers show the photo
-            if mode == "F":
+                picture = _read_as_stored(path)
+            if picture is not None:
+                picture = _orient(picture, orientation)
+            elif mode == "F":
                 raise ImageError(f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG")
-            if mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif mode == "PA":
-                im = im.convert("RGBA")
-            elif mode == "1":
-                im = im.convert("L")
-            elif mode not in ("L", "LA", "RGB", "RGBA"):
-                im = im.convert("RGB")  # CMYK, YCbCr, ...
-            arr = np.asarray(im, dtype=np.float64) / 255.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if min(arr.shape[:2]) < 2:
-        raise ImageError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} pixels; upscaling needs at least 2x2")
-    if arr.shape[2] in (2, 4):
-        return Picture(np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1]), 8)
-    return Picture(np.ascontiguousarray(arr), None, 8)
+            else:
+                im = ImageOps.exif_transpose(im)  # a camera's EXIF rotation (a JPEG's), as viewers show the photo
+                if mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif mode == "PA":
+                    im = im.convert("RGBA")
+                elif mode == "1":
+                    im = im.convert("L")
+                elif mode not in ("L", "LA", "RGB", "RGBA"):
+                    im = im.convert("RGB")  # CMYK, YCbCr, ...
+                picture = _picture(np.asarray(im), 8)
+    height, width = picture.pixels.shape[:2]
+    if min(height, width) < 2:
+        raise ImageError(f"image {path} is {width}x{height} pixels; upscaling needs at least 2x2")
+    return picture
 
 
 def write_picture(path: str | Path, picture: Picture) -> None:

@@ -309,6 +309,24 @@ def test_16_bit_exif_orientation_is_applied(tmp_path):
     assert np.array_equal(picture.pixels[..., 0], np.rot90(deep, -1) / 65535)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("bits", "channels"), [(16, 3), (16, 4), (8, 3), (8, 4)])
+def test_a_tiff_is_turned_upright_by_its_orientation_tag_and_keeps_its_bits(tmp_path, orientation, bits, channels):
+    import tifffile
+
+    from lit_sr.upscale import _UPRIGHT
+
+    top = 2**bits - 1
+    stored = (np.random.default_rng(orientation).random((6, 10, channels)) * top).astype(f"uint{bits}")
+    tag = [(274, "H", 1, orientation, True)]  # TIFF Orientation
+    tifffile.imwrite(tmp_path / "scan.tif", stored, photometric="rgb", extrasamples=[2][: channels - 3], extratags=tag)
+    picture = read_picture(tmp_path / "scan.tif")
+    upright = _UPRIGHT.get(orientation, lambda a: a)(stored) / top  # as ImageOps.exif_transpose turns a photo
+    assert picture.bits == bits and picture.pixels.shape == (*upright.shape[:2], 3)
+    assert np.array_equal(picture.pixels, upright[..., :3])
+    assert (picture.alpha is None) if channels == 3 else np.array_equal(picture.alpha, upright[..., 3])
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
     (tmp_path / "file").write_text("a file, not a folder")
