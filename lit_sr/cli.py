@@ -23,6 +23,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -48,6 +49,8 @@ from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # not predict: SRDataModule has no predict set; see upscale
+# lit-sr hands LightningCLI its own command line as ``args``, on purpose
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
 RUN_DIR_VAR = "LIT_SR_RUN_DIR"  # the default run folder rank 0 chose, for the ranks Lightning starts
 
 
@@ -91,6 +94,7 @@ class SRCLI(LightningCLI):
                 auto_configure_optimizers=False,  # the stage engine owns optimizers
                 save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False},  # a bad key is one `lit-sr: error:` line, not the usage
                 args=args,
                 run=run,
             )

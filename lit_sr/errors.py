@@ -7,6 +7,8 @@ This module imports nothing of lit_sr: every layer may raise these.
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,9 +72,23 @@ def user_error_message(err: BaseException, argv: Sequence[str] = ()) -> str | No
     return None
 
 
+#: lines of a jsonargparse error that say nothing of the mistake (the Union of a class and None, the value echoed)
+_PARSER_NOISE = re.compile(r"\s*(Does not validate against any of the Union subtypes|Subtypes: |Errors:|"
+                           r"- Expected a <class 'NoneType'>|Given value type: |Given value: )")
+
+
+def _parse_error(err: argparse.ArgumentError, argv: Sequence[str]) -> str:
+    """A jsonargparse error (``Parser key "data.batch_size": Not of type ...``) without the usage and the noise."""
+    lines = [line.strip(" -") for line in str(err).splitlines() if not _PARSER_NOISE.match(line)]
+    command = argv[0] if argv and argv[0] in ("validate", "test") else "fit"  # lit-sr train takes fit's keys
+    return f"{' '.join(line for line in lines if line)} (lit-sr {command} --help lists the keys)"
+
+
 def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:
     if isinstance(err, UserError):
         return _one_line(err)
+    if isinstance(err, argparse.ArgumentError):  # jsonargparse's (exit_on_error=False); argparse's own exit
+        return _parse_error(err, argv)
     if isinstance(err, SystemExit) and isinstance(err.code, str):
         return _one_line(err.code)
     if isinstance(err, (ValueError, KeyError, FileNotFoundError)) and _raised_in_lit_sr(err):

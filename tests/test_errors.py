@@ -177,13 +177,24 @@ def test_a_bad_config_value_names_its_key_path(stages, message, tmp_path, capsys
     assert message in error_line(capsys)
 
 
-def test_a_bad_typed_data_argument_is_named_by_jsonargparse(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["fit", "train"])
+def test_a_bad_typed_data_argument_is_named_by_jsonargparse_in_one_line(command, tmp_path, capsys):
     """The DataModule's typed arguments (PositiveInt, ...) are checked by jsonargparse, which names the key."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--data.batch_size", "0"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert 'error: Parser key "data.batch_size":' in err and "0 does not conform to restriction v>0" in err
+    config = ["--config", str(QUICK)] if command == "fit" else ["vdsr"]
+    assert main([command, *config, "--run_dir", str(tmp_path / "r"), "--data.batch_size", "0"]) == 2
+    assert error_line(capsys) == (
+        'lit-sr: error: Parser key "data.batch_size": Not of type PositiveInt: 0 does not conform to restriction '
+        "v>0 (lit-sr fit --help lists the keys)"
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_key_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.dept", "3"]) == 2
+    assert error_line(capsys) == (
+        "lit-sr: error: Parser key \"model\": Problem with given class_path 'lit_sr.methods.vdsr.VDSR': Option 'dept' "
+        "is not accepted (lit-sr fit --help lists the keys)"
+    )
 
 
 NOT_NEGATIVE = "Not of type NonNegativeInt: -1 does not conform to restriction v>=0"
@@ -206,10 +217,8 @@ NOT_NEGATIVE = "Not of type NonNegativeInt: -1 does not conform to restriction v
 def test_a_bad_typed_method_or_callback_argument_is_named_by_jsonargparse(method, args, keys, reason, tmp_path, capsys):
     """Methods' and callbacks' typed arguments are checked by jsonargparse, which names the section and the key."""
     config = REPO / "experiments" / method / "quick.yaml"
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--run_dir", str(tmp_path / "r"), *args])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
+    assert main(["fit", "--config", str(config), "--run_dir", str(tmp_path / "r"), *args]) == 2
+    err = error_line(capsys)
     assert all(f'Parser key "{key}":' in err for key in keys) and reason in err
 
 
