@@ -198,34 +198,9 @@ def test_train_without_checkpointing_is_one_line(tmp_path, capsys):
 
 # ---- item: a training continued in another folder keeps its best (a sweep's retried trial) ---------------------
 @pytest.mark.slow
-def test_a_run_resumed_in_another_folder_with_carry_best_keeps_the_first_folders_best(tmp_path, data_root, monkeypatch):
-    import wandb
-
-    from lit_sr.cli import SRCLI
-
-    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
-    carry = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {"carry_best": True}}
-    tiny = write_yaml(tmp_path / "tiny.yaml", {**TINY, "trainer": {**TINY["trainer"], "callbacks": [carry]}})
-    first, second = tmp_path / "a", tmp_path / "b"
-    try:
-        a = SRCLI(args=["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(first)])
-        wandb.finish()
-        last = first / "checkpoints" / "last.ckpt"  # training is over: the resumed run validates no more
-        b = SRCLI(args=["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(second),
-                        "--ckpt_path", str(last)])
-    finally:
-        wandb.finish()
-    best = a.trainer.checkpoint_callback
-    assert best.best_model_score is not None and best.best_model_path == str(first / "checkpoints" / "best.ckpt")
-    kept = b.trainer.checkpoint_callback
-    assert kept.dirpath == str(second / "checkpoints")
-    assert float(kept.best_model_score) == float(best.best_model_score)  # Lightning alone leaves None here
-    assert kept.best_model_path == best.best_model_path and Path(best.best_model_path).is_file()
-
-
-@pytest.mark.slow
-def test_a_carried_best_is_replaced_by_a_new_best_in_the_new_folder_and_the_old_file_stays(tmp_path, data_root,
-                                                                                        monkeypatch):
+def test_a_run_resumed_in_another_folder_with_carry_best_keeps_its_best_until_it_validates_better(
+    tmp_path, data_root, monkeypatch
+):
     import wandb
 
     from lit_sr.cli import SRCLI
@@ -233,17 +208,24 @@ def test_a_carried_best_is_replaced_by_a_new_best_in_the_new_folder_and_the_old_
     monkeypatch.setenv("LIT_SR_DATA", str(data_root))
     by_step = {"class_path": "lit_sr.callbacks.RunCheckpoint",  # every validation is a new best
                "init_args": {"carry_best": True, "monitor": "step", "mode": "max"}}
-    stage = {**TINY["model"]["init_args"]["stages"][0], "steps": 4}  # two epochs, the first run stops after one
+    stage = {**TINY["model"]["init_args"]["stages"][0], "steps": 4}  # two epochs, each validated
     config = write_yaml(tmp_path / "tiny.yaml", {**TINY, "model": {"init_args": {**TINY["model"]["init_args"],
                         "stages": [stage]}}, "trainer": {**TINY["trainer"], "callbacks": [by_step]}})
-    first, second = tmp_path / "a", tmp_path / "b"
     args = ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir"]
+    first, idle, second = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    last = ["--ckpt_path", str(first / "checkpoints" / "last.ckpt")]
     try:
-        SRCLI(args=[*args, str(first), "--trainer.max_steps", "2"])
+        SRCLI(args=[*args, str(first), "--trainer.max_steps", "2"])  # one epoch: its best is step 2
         wandb.finish()
-        b = SRCLI(args=[*args, str(second), "--ckpt_path", str(first / "checkpoints" / "last.ckpt")])
+        b = SRCLI(args=[*args, str(idle), *last, "--trainer.max_steps", "2"])  # resumed with nothing left to do
+        wandb.finish()
+        c = SRCLI(args=[*args, str(second), *last])  # resumed, validates step 4
     finally:
         wandb.finish()
-    kept = b.trainer.checkpoint_callback
-    assert (float(kept.best_model_score), kept.best_model_path) == (4, str(second / "checkpoints" / "best.ckpt"))
-    assert (first / "checkpoints" / "best.ckpt").is_file() and (second / "checkpoints" / "best.ckpt").is_file()
+    kept, beaten = b.trainer.checkpoint_callback, c.trainer.checkpoint_callback
+    assert kept.dirpath == str(idle / "checkpoints")
+    # Lightning alone leaves best_model_score None when the folder changes: a retried trial with no validation
+    # left had no value, and one that validated worse than before the kill reported the worse value.
+    assert (float(kept.best_model_score), kept.best_model_path) == (2, str(first / "checkpoints" / "best.ckpt"))
+    assert (float(beaten.best_model_score), beaten.best_model_path) == (4, str(second / "checkpoints" / "best.ckpt"))
+    assert (first / "checkpoints" / "best.ckpt").is_file()  # the first folder's files are never removed
