@@ -168,8 +168,13 @@ def default_run_dir(method: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or (under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) > 1):
         raise ConfigError("this process is one rank of a multi-process launch (torchrun, srun): pass --run_dir, "
                           "the same on every rank (each rank would name its own runs/<method>/<time>)")
-    os.environ[RUN_DIR_VAR] = str(Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    return os.environ[RUN_DIR_VAR]
+    base = Path("runs") / method / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():  # another run started in the same second
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    os.environ[RUN_DIR_VAR] = str(run_dir)
+    return str(run_dir)
 
 
 def latest_run(method: str, root: str | Path = "runs") -> Path:

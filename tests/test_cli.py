@@ -133,6 +133,26 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     assert tested["data"]["test_sets"] == ["Set5"] and tested["ckpt_path"] is None
 
 
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from lit_sr import cli
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 9, 30, 0)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.dt, "datetime", Frozen)
+    made = []
+    for _ in range(3):
+        made.append(cli.default_run_dir("vdsr"))
+        Path(made[-1]).mkdir(parents=True)
+        os.environ.pop(cli.RUN_DIR_VAR)  # what SRCLI does after each run
+    assert made == ["runs/vdsr/20261201-093000", "runs/vdsr/20261201-093000-2", "runs/vdsr/20261201-093000-3"]
+
+
 def test_a_rank_of_a_torchrun_launch_without_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
     from lit_sr.cli import main
 
