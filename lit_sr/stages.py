@@ -173,9 +173,11 @@ def parse_stages(raw: Iterable[Mapping] | None, path: str = "stages") -> list[St
 def merge_stages(stages: list[Stage], names: Sequence[str], name: str, **changes) -> list[Stage]:
     """Replace the consecutive stages ``names`` by one stage ``name`` as long as all of them together.
 
-    The merged stage keeps the first one's settings (optimizer, schedule, clip, ...) with ``changes`` applied
-    (e.g. ``trainable=None``); lengths add up (all must count epochs, or all steps). Used to run several phases
-    as one, e.g. IRLapSRN's joint pretraining of every pyramid level instead of one stage per level.
+    The merged stage keeps the first one's settings (optimizer, clip, ...) with ``changes`` applied (e.g.
+    ``trainable=None``); lengths add up (all must count epochs, or all steps), and a step or multistep lr
+    schedule stretches with them (``step_size`` and ``milestones`` times the number merged), so the lr falls
+    over the whole as it falls over each part. Used to run several phases as one, e.g. IRLapSRN's joint
+    pretraining of every pyramid level instead of one stage per level.
     """
     index = [i for i, s in enumerate(stages) if s.name in names]
     if sorted(s.name for s in stages if s.name in names) != sorted(names) or not index:
@@ -189,7 +191,10 @@ def merge_stages(stages: list[Stage], names: Sequence[str], name: str, **changes
         length = {"steps": sum(s.steps for s in parts), "epochs": None}
     else:
         raise StageConfigError(f"cannot merge stages {list(names)}: some count epochs and some steps")
-    merged = replace(parts[0], name=name, **length, **changes)
+    schedule = parts[0].lr_schedule
+    schedule = replace(schedule, step_size=schedule.step_size * len(parts),
+                       milestones=tuple(m * len(parts) for m in schedule.milestones))
+    merged = replace(parts[0], name=name, lr_schedule=schedule, **length, **changes)
     return [*stages[: index[0]], merged, *stages[index[-1] + 1 :]]
 
 

@@ -13,7 +13,7 @@ from lit_sr.losses import hard_rank_transform, local_rank_loss, rank_agreement, 
 from lit_sr.methods.irlapsrn import InceptionResidualBlock, IRLapSRN, IRLapSRNNet
 from lit_sr.methods.lapsrn import LapSRNNet, PerLevelPyramid, PyramidLevel
 from lit_sr.registry import build_registered, registered_models
-from lit_sr.stages import StageConfigError, apply_trainable, merge_stages, parse_stages
+from lit_sr.stages import StageConfigError, apply_trainable, lr_at, merge_stages, parse_stages
 from lit_sr.typed import FieldError
 
 
@@ -274,6 +274,14 @@ def test_merge_stages_adds_lengths_keeps_the_first_settings_and_checks_its_input
     (merged, last) = merge_stages([a, b, c], ["a", "b"], "ab", trainable=None)
     assert (merged.name, merged.epochs, merged.steps, merged.trainable) == ("ab", 5, None, None)
     assert merged.optimizer.lr == 0.1 and last is c
+    # IRLapSRN x4 joint: two levels of 30 epochs, lr 0.1 x0.1 every 10 -> 60 epochs x0.1 every 20 (each greedy
+    # level's lr range, 0.1 down to 1e-3; unstretched it fell to 1e-6)
+    level = {"epochs": 30, "optimizer": {"name": "sgd", "lr": 0.1}, "lr_schedule": {"name": "step", "step_size": 10}}
+    (joint,) = merge_stages(parse_stages([{"name": "l1", **level}, {"name": "l2", **level}]), ["l1", "l2"], "j")
+    assert [lr_at(joint, epoch, 1) for epoch in (0, 19, 20, 40, 59)] == pytest.approx([0.1, 0.1, 1e-2, 1e-3, 1e-3])
+    multi = {**level, "lr_schedule": {"name": "multistep", "milestones": [5, 25]}}
+    (joint,) = merge_stages(parse_stages([{"name": "l1", **multi}, {"name": "l2", **multi}]), ["l1", "l2"], "j")
+    assert joint.lr_schedule.milestones == (10, 50)
     with pytest.raises(StageConfigError, match="some count epochs and some steps"):
         merge_stages([a, b, c], ["b", "c"], "bc")
     with pytest.raises(StageConfigError, match="not consecutive"):
