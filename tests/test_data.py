@@ -195,17 +195,52 @@ def test_split_mode_22_22_20(photos):
 
 def test_rescale_raises_factor_for_small_images(tmp_path):
     rng = np.random.default_rng(0)
-    img = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).resize((100, 90)))
+    img = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).resize((100, 50)))
     Image.fromarray(img).save(tmp_path / "small.png")
-    cache = ImageCache([tmp_path / "small.png"], min_size=84)
+    cache = ImageCache([tmp_path / "small.png"], min_size=44)
     ds = TrainPatches(cache, [2, 3, 4], 41, batch_size=2, batches_per_epoch=1, rescale=(0.5, 1.0))
-    assert ds.factors.tolist() == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert ds.factors.tolist() == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0] and (ds.crop_size, ds.min_side) == (84, 44)
     factors = {ds.sample_crop(img, 2, rng)[1].factor for _ in range(40)}
-    assert factors == {1.0}  # 90 * 0.9 = 81 < 84: only 1.0 fits
+    assert factors == {0.9, 1.0}  # 50 * 0.8 = 40 < 44 = 41 + 4 - 1, the side a patch needs after modcrop
     big = np.asarray(Image.fromarray(img).resize((400, 300)))
     drawn = [ds.sample_crop(big, 4, rng) for _ in range(60)]
-    assert {ci.factor for _, ci in drawn} == {0.5, 0.6, 0.7, 0.8, 0.9, 1.0}  # 300 * 0.5 = 150 >= 84: all fit
+    assert {ci.factor for _, ci in drawn} == {0.5, 0.6, 0.7, 0.8, 0.9, 1.0}  # 300 * 0.5 = 150 >= 44: all fit
     assert all(c.shape == (84, 84, 3) and c.dtype == np.uint8 for c, _ in drawn)
+
+
+@pytest.fixture(scope="module")
+def small_photos(photos) -> list[np.ndarray]:
+    """Corners of the builtin photos, smaller than a 192-pixel crop: 140x151 RGB and 153x140 grey."""
+    return [np.ascontiguousarray(photos[0][:140, -151:]), np.ascontiguousarray(photos[3][-153:, :140])]
+
+
+@pytest.mark.parametrize(("scales", "patch"), [([2, 4, 8], 128), ([2, 3, 4], 41)])
+def test_an_image_smaller_than_the_crop_is_used_as_is_and_border_patches_equal_the_whole_image(
+    photos, small_photos, scales, patch
+):
+    """MS-LapSRN's 128-pixel patch at {2, 4, 8} comes in a 192-pixel crop: a 140-pixel image is not enlarged,
+    its patch lies anywhere, and the crop's margin past the image is the image mirrored, which is MATLAB
+    imresize's boundary rule, so LR and ILR equal the same window of imresize on the whole image."""
+    ds = TrainPatches(photos, scales, patch, batch_size=1, batches_per_epoch=1)
+    assert ds.min_side == patch + max(scales) - 1 <= 140  # < the 192-pixel crop at {2, 4, 8}
+    rng = np.random.default_rng(4)
+    mirrored = 0
+    for n in range(24):
+        img, s = small_photos[n % 2], scales[n % len(scales)]
+        crop, ci = ds.sample_crop(img, s, rng)
+        o = patch_offset(ds.crop_size, patch, s)
+        y0, x0 = ci.origin[0] + o, ci.origin[1] + o  # the patch in the whole (D4, modcropped) image
+        mirrored += min(ci.origin) < 0  # the crop reaches past the image's top or left edge
+        hr = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].expand(1, 3, -1, -1)
+        gray = torch.tensor([crop.shape[2] == 1])
+        parts = degrade(hr, torch.tensor([s]), gray, ("lr", "ilr"), patch)
+        y_whole = _whole_y(modcrop(d4_view(img, ci.d4), s))
+        lr_whole = imresize(y_whole, 1 / s)
+        assert torch.allclose(parts[0]["hr"][0].double(), _window(y_whole, y0, x0, patch), atol=1e-6)
+        assert (parts[0]["lr"][0].double() - _window(lr_whole, y0 // s, x0 // s, patch // s)).abs().max() < 1e-5
+        ilr = _window(imresize(lr_whole, s), y0, x0, patch)
+        assert (parts[0]["ilr"][0].double() - ilr).abs().max() < 1e-5
+    assert mirrored >= 3, mirrored
 
 
 # ---- benchmark sets: the protocol that reproduces the bicubic table

@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
-from lit_sr.data.degrade import crop_size
+from lit_sr.data.degrade import crop_size, min_train_side
 from lit_sr.data.images import ImageCache, ImageError
 from lit_sr.data.overlap import near_duplicates, pixel_hash
 from lit_sr.data.resume import ResumableLoader
@@ -219,6 +219,11 @@ class SRDataModule(pl.LightningDataModule):
         return crop_size(self.patch_size, self.scales)
 
     @property
+    def min_train_side(self) -> int:
+        """Training images with a shorter side are enlarged (MATLAB bicubic) to it."""
+        return min_train_side(self.patch_size, self.scales)
+
+    @property
     def _policy(self) -> Literal["raise", "skip"]:
         return "raise" if self.on_bad_image == "error" else "skip"
 
@@ -229,7 +234,8 @@ class SRDataModule(pl.LightningDataModule):
             if cache.enlarged:
                 rank_zero_info(
                     f"{len(cache.enlarged)} of {len(cache)} training images are smaller than the "
-                    f"{self.crop_size}-pixel crop and were enlarged by MATLAB bicubic (e.g. {cache.enlarged[0].name})"
+                    f"{self.min_train_side}-pixel side a patch needs and were enlarged by MATLAB bicubic (e.g. "
+                    f"{cache.enlarged[0].name})"
                 )
             self._train_cache = self._check_overlap(cache)
         return self._train_cache
@@ -282,7 +288,7 @@ class SRDataModule(pl.LightningDataModule):
             return self._train_image_cache([p for t, p in enumerate(train.paths) if t not in drop])
 
     def _train_image_cache(self, paths: list[Path]) -> ImageCache:
-        return ImageCache(paths, min_size=self.crop_size, on_error=self._policy, enlarge_small=True,
+        return ImageCache(paths, min_size=self.min_train_side, on_error=self._policy, enlarge_small=True,
                           memmap_threshold_mb=self.memmap_threshold_mb, cache_dir=self.cache_dir)
 
     def benchmark_set(self, name: str, scale: int) -> BenchmarkSet:

@@ -4,8 +4,9 @@
 ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``; see ``degrade.py`` for the
 crop geometry and what the batch becomes on the device; the batch also carries ``patch_size``. Per sample:
 a random image, optionally a random downscale (``rescale``: factors on a grid such as 0.5..1.0 step 0.1,
-raised when the image would get smaller than the crop; off by default), one of the 8 D4 flips/rotations,
-then a crop whose origin is a multiple of the sample's scale. Only the window that becomes the crop is
+raised when the image would get smaller than the patch; off by default), one of the 8 D4 flips/rotations,
+then a patch anywhere in the image at a multiple of the sample's scale, in a crop whose margin is mirrored
+where it reaches past the image. Only the window that becomes the crop is
 cut, resized and flipped, so the cost per sample does not grow with the image size. The downscale is
 albumentations' ``A.Resize`` with OpenCV's area filter, which is antialiased (OpenCV cubic is not, and
 aliases the HR targets); the LR is still made by MATLAB bicubic in ``degrade``. D4 is not an
@@ -32,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lit_sr.data.color import to_y
-from lit_sr.data.degrade import MODES, crop_size
+from lit_sr.data.degrade import MODES, crop_size, min_train_side, patch_offset
 from lit_sr.data.images import ImageCache, ImageError, modcrop
 from lit_sr.data.resize import imresize
 from lit_sr.data.sources import resolve_images
@@ -47,10 +48,17 @@ def d4_view(img: np.ndarray, k: int) -> np.ndarray:
     return out.transpose(1, 0, 2) if k >= 4 else out
 
 
-def d4_window(k: int, h: int, w: int, y: int, x: int, size: int) -> tuple[int, int]:
-    """Top-left (row, col) in an h x w image of the square window ``d4_view(img, k)[y:y+size, x:x+size]``.
+def d4_transposes(k: int) -> bool:
+    """Whether ``d4_view(img, k)`` swaps height and width."""
+    return (k % 2 == 1) != (k >= 4)
 
-    So ``d4_view(img[r:r+size, c:c+size], k)`` equals that window, and only the window is ever copied.
+
+def d4_window(k: int, h: int, w: int, y: int, x: int, size: int, width: int | None = None) -> tuple[int, int]:
+    """Top-left (row, col) in an h x w image of the window ``d4_view(img, k)[y:y+size, x:x+width]``
+    (``width`` defaults to ``size``).
+
+    So ``d4_view(img[r:r+a, c:c+b], k)`` equals that window, where (a, b) is (size, width), swapped when
+    ``d4_transposes(k)``; only the window is ever copied.
     """
 
     def source(i: int, j: int) -> tuple[int, int]:  # view pixel (i, j) -> image pixel
@@ -58,7 +66,7 @@ def d4_window(k: int, h: int, w: int, y: int, x: int, size: int) -> tuple[int, i
             i, j = j, i
         return [(i, j), (j, w - 1 - i), (h - 1 - i, w - 1 - j), (h - 1 - j, i)][k % 4]
 
-    (r0, c0), (r1, c1) = source(y, x), source(y + size - 1, x + size - 1)
+    (r0, c0), (r1, c1) = source(y, x), source(y + size - 1, x + (size if width is None else width) - 1)
     return min(r0, r1), min(c0, c1)
 
 
@@ -78,7 +86,8 @@ def split_sizes(batch_size: int, parts: int) -> list[int]:
 
 @dataclass(frozen=True)
 class CropInfo:
-    """How one training crop was made: rescale factor, D4 element, origin (y, x) in the rescaled, D4 image."""
+    """How one training crop was made: rescale factor, D4 element, origin (y, x) in the rescaled, D4 image
+    (negative, or reaching past the image, where the crop holds the image mirrored)."""
 
     factor: float
     d4: int
@@ -123,19 +132,20 @@ class TrainPatches(IterableDataset):
         self.d4 = bool(d4)
         self.rank, self.world_size = int(rank), int(world_size)
         self.crop_size = crop_size(self.patch_size, self.scales)
+        self.min_side = min_train_side(self.patch_size, self.scales)
         lo, hi = rescale if rescale is not None else (1.0, 1.0)
         count = int(math.floor((hi - lo) / rescale_step + 1e-6)) + 1
         self.factors = np.round(lo + rescale_step * np.arange(count), 6)
         self._sizes = split_sizes(self.batch_size, len(self.scales)) if mode == "split" else None
-        self._resize = A.Resize(self.crop_size, self.crop_size, interpolation=cv2.INTER_AREA)
         # (seed, epoch, first batch) in shared memory: DataLoader workers, persistent ones too, see new positions.
         self.position = torch.zeros(3, dtype=torch.int64).share_memory_()
         self.position[0] = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
         for i in range(len(images)):
-            if min(images.shape(i)[:2]) < self.crop_size:
+            if min(images.shape(i)[:2]) < self.min_side:
                 raise ImageError(
-                    f"image {images.paths[i]} is smaller than the {self.crop_size}-pixel training crop; "
-                    f"build the ImageCache with min_size={self.crop_size}"
+                    f"image {images.paths[i]} is smaller than the {self.min_side}-pixel side a "
+                    f"{self.patch_size}-pixel patch needs after modcrop; build the ImageCache with "
+                    f"min_size={self.min_side}"
                 )
 
     def __len__(self) -> int:
@@ -145,9 +155,9 @@ class TrainPatches(IterableDataset):
     # ---- one sample
     def _draw_factor(self, min_side: int, rng: np.random.Generator) -> float:
         factor = float(self.factors[rng.integers(len(self.factors))])
-        if int(min_side * factor + 1e-9) >= self.crop_size:
+        if int(min_side * factor + 1e-9) >= self.min_side:
             return factor
-        fits = [f for f in self.factors if int(min_side * f + 1e-9) >= self.crop_size]
+        fits = [f for f in self.factors if int(min_side * f + 1e-9) >= self.min_side]
         return float(min(fits)) if fits else 1.0
 
     def sample_crop(
@@ -155,30 +165,43 @@ class TrainPatches(IterableDataset):
     ) -> tuple[np.ndarray, CropInfo]:
         """Rescale, D4 and crop one uint8 HxWxC image; the crop is (Hc, Hc, C) uint8.
 
-        Only the source window that becomes the crop is resized (A.Resize, area filter), so the cost does not
-        grow with the image size. With factor 1 the crop is exactly ``d4_view(img, k)[y:y+Hc, x:x+Hc]``.
+        The patch lies anywhere in the rescaled, D4, modcropped image, at a multiple of ``scale``. Where the crop's
+        margin reaches past that image it holds the image mirrored (``np.pad`` symmetric, the boundary rule of
+        MATLAB's imresize), so the patch's LR equals the same window of imresize on the whole image. Only the
+        source window that becomes the crop is resized (A.Resize, area filter), so the cost does not grow with
+        the image size. With factor 1 the crop is exactly a window of ``np.pad(d4_view(img, k), symmetric)``.
         """
         k = int(rng.integers(8)) if self.d4 else 0
         h0, w0 = img.shape[:2]
-        h, w = (w0, h0) if (k % 2 == 1) != (k >= 4) else (h0, w0)  # size of d4_view(img, k)
+        h, w = (w0, h0) if d4_transposes(k) else (h0, w0)  # size of d4_view(img, k)
         factor = self._draw_factor(min(h, w), rng)
-        hc = self.crop_size
+        hc, off = self.crop_size, patch_offset(self.crop_size, self.patch_size, scale)
         hv, wv = (h, w) if factor == 1.0 else (int(h * factor + 1e-9), int(w * factor + 1e-9))
         hm, wm = hv - hv % scale, wv - wv % scale  # modcrop of the rescaled image
-        y0 = scale * int(rng.integers((hm - hc) // scale + 1))
-        x0 = scale * int(rng.integers((wm - hc) // scale + 1))
-        # Cut the window from the unrotated image (a cheap contiguous slice), then flip/rotate the small crop.
+        y0 = scale * int(rng.integers((hm - self.patch_size) // scale + 1)) - off  # crop origin: may be < 0
+        x0 = scale * int(rng.integers((wm - self.patch_size) // scale + 1)) - off
+        top, left = max(0, -y0), max(0, -x0)
+        bottom, right = max(0, y0 + hc - hm), max(0, x0 + hc - wm)
+        inside = (y0 + top, x0 + left, hc - top - bottom, hc - left - right)  # the crop's part in the image
+        part = self._cut(img, k, factor, (h, w), inside)
+        if top or bottom or left or right:
+            part = np.pad(part, ((top, bottom), (left, right), (0, 0)), mode="symmetric")
+        return part, CropInfo(factor, k, (y0, x0))
+
+    def _cut(self, img: np.ndarray, k: int, factor: float, view: tuple[int, int], window: tuple) -> np.ndarray:
+        """``window`` (y, x, height, width) of the D4 view of ``img`` rescaled by ``factor``, cut from ``img``."""
+        (h, w), (y, x, hh, ww) = view, window
+        swap = d4_transposes(k)
         if factor == 1.0:
-            r, c = d4_window(k, h0, w0, y0, x0, hc)
-            crop = img[r : r + hc, c : c + hc]
-        else:
-            m = min(round(hc / factor), h, w)
-            sy, sx = min(round(y0 / factor), h - m), min(round(x0 / factor), w - m)
-            r, c = d4_window(k, h0, w0, sy, sx, m)
-            crop = self._resize(image=img[r : r + m, c : c + m])["image"]
-            if crop.ndim == 2:
-                crop = crop[..., None]
-        return d4_view(crop, k), CropInfo(factor, k, (y0, x0))
+            r, c = d4_window(k, *img.shape[:2], y, x, hh, ww)
+            return d4_view(img[r : r + (ww if swap else hh), c : c + (hh if swap else ww)], k)
+        sh, sw = min(round(hh / factor), h), min(round(ww / factor), w)  # the source window, inside the image
+        sy, sx = min(round(y / factor), h - sh), min(round(x / factor), w - sw)
+        r, c = d4_window(k, *img.shape[:2], sy, sx, sh, sw)
+        source = img[r : r + (sw if swap else sh), c : c + (sh if swap else sw)]
+        size = (ww, hh) if swap else (hh, ww)
+        out = A.Resize(*size, interpolation=cv2.INTER_AREA)(image=source)["image"]
+        return d4_view(out[..., None] if out.ndim == 2 else out, k)
 
     # ---- one batch
     def batch_scales(self, rng: np.random.Generator) -> np.ndarray:

@@ -13,7 +13,9 @@ For scales S (e.g. {2, 3, 4}) and patch size P:
   scale of the data module so samples of different scales stack into one tensor. Hc is a multiple
   of every scale, so a crop of scale s has an exact LR of Hc / s pixels.
 * the crop origin in the augmented, modcropped image is a multiple of the sample's scale s, so the
-  crop's LR grid is the image's LR grid.
+  crop's LR grid is the image's LR grid. The patch lies anywhere in that image; where the crop's margin
+  reaches past it, the crop holds the image mirrored (symmetric padding, MATLAB imresize's own boundary
+  rule), so an image needs only P + max(S) - 1 pixels a side (:func:`min_train_side`), not Hc.
 * the patch sits inside the crop at offset ``o = s * ((Hc - P) // (2 s))`` (:func:`patch_offset`):
   centred, a multiple of s, and at least 4 s from every edge. Bicubic downscaling by s reads HR
   pixels within 2 s of each LR pixel, the x s upscale reads 2 LR pixels around each ILR pixel, so
@@ -69,6 +71,11 @@ def crop_size(patch_size: int, scales: Iterable[int]) -> int:
     step = reduce(math.lcm, scales, 1)
     need = patch_size + 2 * MARGIN * max(scales)
     return -(-need // step) * step
+
+
+def min_train_side(patch_size: int, scales: Iterable[int]) -> int:
+    """The smallest training image side: a patch fits after modcrop at every scale (the margin is mirrored)."""
+    return patch_size + max(int(s) for s in scales) - 1
 
 
 def patch_offset(crop: int, patch_size: int, scale: int) -> int:
