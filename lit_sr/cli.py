@@ -294,7 +294,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     check_output_folder(args.out, "--out")  # before the evaluation, not after it
     results = run_benchmark(method, args.data, args.scales)
     table = format_table({method.name: results}, args.scales)
-    write_results(args.out, results, method.name, ckpt, args.ssim, table=table)
+    write_results(args.out, results, method.name, ckpt, method.hparams.ssim_variant, table=table)
     print(f"{table}\n\nwritten to {args.out}/results.md and results.json")
     return 0
 
@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders")
     p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--out", default="runs/benchmark")
-    p.add_argument("--ssim", default="ssim_index", choices=["ssim_index", "matlab"])
+    p.add_argument("--ssim", default=None, choices=["ssim_index", "matlab"],
+                   help="SSIM variant (default: the checkpoint's own; ssim_index for bicubic)")
     p = sub.add_parser("compare", help="one table of trained runs (their benchmark/results.json)")
     p.add_argument("runs", nargs="*", help="run folders (default: every runs/<method>/<time> with results)")
     p.add_argument("--out", default="runs/compare")

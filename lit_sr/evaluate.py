@@ -38,17 +38,19 @@ PROTOCOL = (
 Results = dict[str, dict[str, dict[str, float]]]
 
 
-def resolve_method(method_or_ckpt: str, ssim_variant: str = "ssim_index") -> tuple[SRMethod, str | None]:
-    """``bicubic`` or a checkpoint path -> (method in eval mode, checkpoint path or None)."""
+def resolve_method(method_or_ckpt: str, ssim_variant: str | None = None) -> tuple[SRMethod, str | None]:
+    """``bicubic`` or a checkpoint path -> (method in eval mode, checkpoint path or None); ``ssim_variant``
+    overrides the checkpoint's own (default: keep it, so a benchmark equals what its run logged)."""
     if method_or_ckpt == "bicubic":
-        return Bicubic(ssim_variant=ssim_variant), None
+        return Bicubic(ssim_variant=ssim_variant or "ssim_index"), None
     path = Path(method_or_ckpt)
     if not path.is_file():
         raise FileNotFoundError(
             f"{method_or_ckpt!r} is neither 'bicubic' nor a checkpoint file; pass a .ckpt written by lit-sr fit"
         )
     method = load_method(str(path))
-    method.hparams.ssim_variant = ssim_variant
+    if ssim_variant is not None:
+        method.hparams.ssim_variant = ssim_variant
     return method, str(path)
 
 

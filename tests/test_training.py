@@ -6,6 +6,8 @@ real W&B, read back offline: the training side's one W&B smoke test.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,8 @@ from memory_logger import logger
 from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
-from lit_sr.cli import SRCLI
+from lit_sr.cli import SRCLI, main
+from lit_sr.data.sources import resolve_images
 from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.base import STAGE_KEY
 from lit_sr.methods.bicubic import Bicubic
@@ -154,6 +157,7 @@ def learned_run(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("learn")
     model = {
         "variant": "vdsr_small",
+        "ssim_variant": "matlab",  # not the default: `lit-sr benchmark CKPT` must keep it
         "stages": [
             {
                 "name": "train",
@@ -206,3 +210,12 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     assert bench["psnr_y"] == pytest.approx(logged_psnr, abs=1e-6)
     assert bench["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
     assert bench["n_images"] == 2
+    # `lit-sr benchmark CKPT` on the two validation images: the checkpoint's own SSIM variant (MATLAB here)
+    two = tmp / "two"
+    two.mkdir()
+    for path in resolve_images("Sun80")[1][:2]:
+        (two / path.name).symlink_to(path)
+    assert main(["benchmark", str(ckpt), "--data", str(two), "--scales", "2", "--out", str(tmp / "bench")]) == 0
+    written = json.loads((tmp / "bench" / "results.json").read_text())
+    assert written["meta"]["ssim_variant"] == "matlab"
+    assert written["results"]["two"]["x2"]["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
