@@ -47,8 +47,8 @@ test-fast: $(STAMP)  ## everything but the tests that train (marked slow)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-benchmark: $(STAMP)  ## bicubic table on Set5 and Set14 from LIT_SR_DATA
-	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 --scales 2 3 4 8 --out runs/benchmark
+benchmark: $(STAMP)  ## Set5/Set14 table of bicubic (x2/x3/x4/x8) or CKPT (its scales) from LIT_SR_DATA [SCALES="2 4"]
+	$(BIN)/lit-sr benchmark $(or $(CKPT),bicubic) --data Set5 Set14 $(if $(SCALES),--scales $(SCALES)) --out runs/benchmark
 
 compare: $(STAMP)  ## one table of the trained runs under runs/ (or RUNS="dir ...") -> runs/compare/
 	$(BIN)/lit-sr compare $(RUNS)

@@ -292,8 +292,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     method, ckpt = resolve_method(args.method, args.ssim)
     check_output_folder(args.out, "--out")  # before the evaluation, not after it
-    results = run_benchmark(method, args.data, args.scales)
-    table = format_table({method.name: results}, args.scales)
+    scales = args.scales or method.supported_scales
+    results = run_benchmark(method, args.data, scales)
+    table = format_table({method.name: results}, scales)
     write_results(args.out, results, method.name, ckpt, method.hparams.ssim_variant, table=table)
     print(f"{table}\n\nwritten to {args.out}/results.md and results.json")
     return 0
@@ -343,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="paper-style PSNR/SSIM table for bicubic or a checkpoint")
     p.add_argument("method", help="'bicubic' or a checkpoint path")
     p.add_argument("--data", nargs="+", default=["Set5", "Set14"], help="set names under LIT_SR_DATA or folders")
-    p.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
+    p.add_argument("--scales", nargs="+", type=int, default=None,
+                   help="default: the scales the method supports (bicubic: 2 3 4 8)")
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--ssim", default=None, choices=["ssim_index", "matlab"],
                    help="SSIM variant (default: the checkpoint's own; ssim_index for bicubic)")
