@@ -402,8 +402,49 @@ def test_renamed_copy_of_a_test_image_in_training_is_an_error(data_root, tmp_pat
         (train / name).write_bytes((data_root / "Sun80" / name).read_bytes())
     (train / "holiday.png").write_bytes((data_root / "Set5" / "butterfly.png").read_bytes())  # ...and a copy
     dm = SRDataModule(train_sources=[str(train)], val_sets=["builtin_val"], test_sets=["Set5"])
-    with pytest.raises(ImageError, match=r"train/holiday\.png is the same picture as test image .*butterfly\.png"):
+    same = r"train/holiday\.png is the same picture \(or a flip/rotation of it\) as test image .*butterfly\.png"
+    with pytest.raises(ImageError, match=same):
         dm.setup("fit")
+
+
+def test_flipped_or_rotated_copies_of_test_images_are_caught_like_plain_ones(data_root, tmp_path):
+    """Training's D4 augmentation turns a mirrored or rotated copy back into the test image itself."""
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in sorted(os.listdir(data_root / "Sun80"))[:3]:
+        (train / name).write_bytes((data_root / "Sun80" / name).read_bytes())
+    baby = Image.open(data_root / "Set5" / "baby.png")
+    baby.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(train / "mirrored.png")
+    dm = SRDataModule(train_sources=[str(train)], val_sets=["builtin_val"], test_sets=["Set5"])
+    same = r"train/mirrored\.png is the same picture \(or a flip/rotation of it\) as test image .*baby\.png"
+    with pytest.raises(ImageError, match=same):
+        dm.setup("fit")
+    (train / "mirrored.png").unlink()
+    bird = Image.open(data_root / "Set5" / "bird.png")
+    bird.rotate(90, expand=True).resize((200, 200), Image.Resampling.LANCZOS).save(train / "turned.png")
+    dm = SRDataModule(train_sources=[str(train)], val_sets=["builtin_val"], test_sets=["Set5"])
+    with pytest.warns(UserWarning, match=r"turned\.png is a near-copy of test image .*bird\.png"):
+        assert sorted(p.name for p in dm.train_images().paths) == sorted(os.listdir(data_root / "Sun80"))[:3]
+
+
+def test_a_training_image_twice_with_one_copy_held_out_leaves_training_not_the_run(data_root, tmp_path):
+    """T91 holds one picture twice (t36, t65): a data.val_holdout that holds out one copy must not stop the run."""
+    from lit_sr.data.datamodule import holdout_split
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in sorted(os.listdir(data_root / "Sun80"))[:3]:
+        (train / name).write_bytes((data_root / "Sun80" / name).read_bytes())
+    _, (held,) = holdout_split(sorted(train.iterdir()), 1)
+    copy = next(f"copy{i}.png" for i in range(99) if holdout_split([held, train / f"copy{i}.png"], 1)[1] == [held])
+    (train / copy).write_bytes(held.read_bytes())
+    dm = SRDataModule(train_sources=[str(train)], val_holdout=1, test_sets=[], num_workers=0)
+    assert dm.eval_paths("holdout") == [held]
+    with pytest.warns(UserWarning, match=rf"{copy} is the same picture as .*{held.name}, held out for validation"):
+        kept = dm.train_images()
+    rest = sorted(p.name for p in train.iterdir() if p not in (held, train / copy))
+    assert sorted(p.name for p in kept.paths) == rest
+    assert dm.excluded == [{"train": str(train / copy), "val": str(held), "correlation": "1.0000"}]
 
 
 def test_selecting_on_a_test_set_needs_permission_and_is_recorded(data_root):

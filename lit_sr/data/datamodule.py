@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
 from lit_sr.data.degrade import crop_size, min_train_side
 from lit_sr.data.images import ImageCache, ImageError
-from lit_sr.data.overlap import near_duplicates, pixel_hash
+from lit_sr.data.overlap import d4_variants, near_duplicates, pixel_hash
 from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
 from lit_sr.typed import check_arguments
@@ -257,29 +257,37 @@ class SRDataModule(pl.LightningDataModule):
         evals = [(n, role, i, self._eval_images(n)) for n, role in roles for i in range(len(self._eval_images(n)))]
         images = [cache[i] for _, _, i, cache in evals]
         where = [(cache.paths[i], role, n) for n, role, i, cache in evals]
-        hashes = {pixel_hash(img): k for k, img in enumerate(images)}
+        hashes = {pixel_hash(v): k for k, img in enumerate(images) for v in d4_variants(img)}
+        drop: set[int] = set()
         for t in range(len(train)):
             k = hashes.get(pixel_hash(train[t]))
-            if k is not None:
-                path, role, name = where[k]
-                raise ImageError(
-                    f"training image {train.paths[t]} is the same picture as {role} image {path} ({name}); remove "
-                    f"it from the training folders or from data.{role}_sets"
-                )
+            if k is None:
+                continue
+            path, role, name = where[k]
+            if name == HOLDOUT:  # two copies of one picture among the training images: keep both out of training
+                rank_zero_warn(f"training image {train.paths[t]} is the same picture as {path}, held out for "
+                               "validation: left out of training")
+                self.excluded.append({"train": str(train.paths[t]), role: str(path), "correlation": "1.0000"})
+                drop.add(t)
+                continue
+            raise ImageError(
+                f"training image {train.paths[t]} is the same picture (or a flip/rotation of it) as {role} image "
+                f"{path} ({name}); remove it from the training folders or from data.{role}_sets"
+            )
         val_idx = [k for k, (_, role, _) in enumerate(where) if role == "val"]
         test_idx = [k for k, (_, role, _) in enumerate(where) if role == "test"]
         for a, b, _ in near_duplicates([images[k] for k in val_idx], [images[k] for k in test_idx]):
             val_path, test_path = where[val_idx[a]][0], where[test_idx[b]][0]
             self._selection_on_test(f"validation image {val_path} is a copy of test image {test_path}")
-        drop: set[int] = set()
         for t, k, corr in near_duplicates([train[t] for t in range(len(train))], images):
+            if t in drop:  # left out already (another match)
+                continue
             path, role, name = where[k]
             message = f"training image {train.paths[t]} is a near-copy of {role} image {path} (correlation {corr:.3f})"
             if self.near_duplicates == "error":
                 raise ImageError(f"{message}; remove it, or set data.near_duplicates: exclude")
-            if t not in drop:
-                rank_zero_warn(f"{message}: left out of training (data.near_duplicates: exclude)")
-                self.excluded.append({"train": str(train.paths[t]), role: str(path), "correlation": f"{corr:.4f}"})
+            rank_zero_warn(f"{message}: left out of training (data.near_duplicates: exclude)")
+            self.excluded.append({"train": str(train.paths[t]), role: str(path), "correlation": f"{corr:.4f}"})
             drop.add(t)
         if not drop:
             return train
