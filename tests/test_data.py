@@ -354,6 +354,10 @@ def test_datamodule_argument_errors(tmp_path):
         SRDataModule(scale_mode="split", batch_size=2)
     with pytest.raises(ValueError, match=r"data.rescale"):
         SRDataModule(rescale=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"^data.rescale_step=0.7 does not divide data.rescale \[0.5, 1.0\] into whole "
+                                         r"steps, so the grid of factors would miss 1.0; choose a step such as 0.1$"):
+        SRDataModule(rescale=(0.5, 1.0), rescale_step=0.7)
+    assert SRDataModule(train_sources=["builtin"], rescale=(0.5, 1.0), rescale_step=0.25).rescale == (0.5, 1.0)
     # the typed arguments (PositiveInt, NonNegativeInt, Literal, ...) are checked from Python as from a config
     with pytest.raises(ValueError, match=r"^data.batches_per_epoch must be a positive integer, got 0$"):
         SRDataModule(batches_per_epoch=0)

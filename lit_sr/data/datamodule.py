@@ -149,6 +149,12 @@ class SRDataModule(pl.LightningDataModule):
         if rescale is not None and not (len(rescale) == 2 and 0 < rescale[0] <= rescale[1] <= 1):
             raise ValueError(f"data.rescale must be null or two factors 0 < low <= high <= 1, got {rescale!r}")
         self.rescale = None if rescale is None else (float(rescale[0]), float(rescale[1]))
+        if self.rescale is not None:
+            steps = (self.rescale[1] - self.rescale[0]) / args["rescale_step"]
+            if abs(steps - round(steps)) > 1e-6:
+                raise ValueError(f"data.rescale_step={args['rescale_step']} does not divide data.rescale "
+                                 f"{list(self.rescale)} into whole steps, so the grid of factors would miss "
+                                 f"{self.rescale[1]}; choose a step such as 0.1")
         self.rescale_step, self.d4, self.cache_dir = args["rescale_step"], d4, cache_dir
         self.allow_selection_on_test = allow_selection_on_test
 
