@@ -81,7 +81,9 @@ def _parse_error(err: argparse.ArgumentError, argv: Sequence[str]) -> str:
     """A jsonargparse error (``Parser key "data.batch_size": Not of type ...``) without the usage and the noise."""
     lines = [line.strip(" -") for line in str(err).splitlines() if not _PARSER_NOISE.match(line)]
     command = argv[0] if argv and argv[0] in ("validate", "test") else "fit"  # lit-sr train takes fit's keys
-    return f"{' '.join(line for line in lines if line)} (lit-sr {command} --help lists the keys)"
+    number = re.search(r"Expected a <class 'str'>\. Got value: (\d+)", str(err))
+    quote = f"; quote a name that looks like a number, e.g. '[\"{number[1]}\"]'" if number else ""
+    return f"{' '.join(line for line in lines if line)}{quote} (lit-sr {command} --help lists the keys)"
 
 
 def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:

@@ -189,6 +189,14 @@ def test_a_bad_typed_data_argument_is_named_by_jsonargparse_in_one_line(command,
     assert not (tmp_path / "r").exists()
 
 
+def test_an_unquoted_numeric_source_name_says_to_quote_it(tmp_path, capsys):
+    assert main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--data.train_sources", "[291]"]) == 2
+    assert error_line(capsys) == (
+        "lit-sr: error: Parser key \"data.train_sources\": Expected a <class 'str'>. Got value: 291; quote a name "
+        "that looks like a number, e.g. '[\"291\"]' (lit-sr fit --help lists the keys)"
+    )
+
+
 def test_an_unknown_key_is_one_line_naming_it(tmp_path, capsys):
     assert main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.dept", "3"]) == 2
     assert error_line(capsys) == (
