@@ -261,7 +261,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         "selection_on_test": dm.selection_on_test,
         **timing,
     }
-    write_results(out, rows[args.model], args.model, ckpt, method.hparams.ssim_variant, str(config), table, meta)
+    run_config = str((cli.run_dir / "config.yaml").resolve())  # what ran: the preset with every override
+    write_results(out, rows[args.model], args.model, ckpt, method.hparams.ssim_variant, run_config, table, meta)
     print(
         f"\n{args.model} ({args.preset} preset), checkpoint {ckpt}\n"
         + (
@@ -286,16 +287,37 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
+    """What the checkpoint's run trained and chose on (its DataModule's arguments), for a benchmark's ``meta``;
+    warns when a benchmarked set is one the checkpoint was chosen on."""
+    from lit_sr.checkpoint import read_checkpoint
+
+    data = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
+    chosen_on = data.get("val_sets") or []  # None: a hold-out of training images
+    reused = sorted(set(sets) & set(chosen_on))
+    if reused:
+        warnings.warn(f"{ckpt} was chosen on {reused} (data.val_sets of its run): these rows are not test numbers",
+                      stacklevel=2)
+    return {"train_sources": data.get("train_sources"), "val_sets": data.get("val_sets"),
+            "selection_on_test": bool(reused)}
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lit_sr.evaluate import format_table, resolve_method, run_benchmark, write_results
     from lit_sr.upscale import check_output_folder
 
     method, ckpt = resolve_method(args.method, args.ssim)
     check_output_folder(args.out, "--out")  # before the evaluation, not after it
+    if len(set(args.data)) < len(args.data):
+        raise ConfigError(f"--data {' '.join(args.data)} names a set twice; give each once")
     scales = args.scales or method.supported_scales
+    meta, config = {}, None
+    if ckpt is not None:
+        meta, config = checkpoint_roles(ckpt, args.data), Path(ckpt).resolve().parent.parent / "config.yaml"
     results = run_benchmark(method, args.data, scales)
     table = format_table({method.name: results}, scales)
-    write_results(args.out, results, method.name, ckpt, method.hparams.ssim_variant, table=table)
+    write_results(args.out, results, method.name, ckpt, method.hparams.ssim_variant,
+                  str(config) if config is not None and config.is_file() else None, table=table, meta=meta)
     print(f"{table}\n\nwritten to {args.out}/results.md and results.json")
     return 0
 

@@ -52,7 +52,9 @@ def test_train_on_two_ddp_processes_writes_the_test_table(tmp_path, data_root):
     assert proc.returncode == 0, log
     assert "MEMBER: 2/2" in proc.stderr, log  # really two ranks
     (run,) = (tmp_path / "runs" / "vdsr").iterdir()  # rank 1 started seconds later, in rank 0's default folder
-    results = json.loads((run / "benchmark" / "results.json").read_text())["results"]
+    written = json.loads((run / "benchmark" / "results.json").read_text())
+    assert written["meta"]["config"] == str(run / "config.yaml") and (run / "config.yaml").is_file()  # what ran
+    results = written["results"]
     assert set(results) == {"Set5"} and set(results["Set5"]) == {"x2"}
     assert results["Set5"]["x2"]["n_images"] == 5  # every test image once, gathered over both ranks
     table = (run / "benchmark" / "results.md").read_text()

@@ -18,7 +18,7 @@ from memory_logger import logger
 from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
-from lit_sr.cli import SRCLI, main
+from lit_sr.cli import SRCLI, checkpoint_roles, main
 from lit_sr.data.sources import resolve_images
 from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.base import STAGE_KEY
@@ -220,3 +220,8 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     assert written["meta"]["ssim_variant"] == "matlab"
     assert written["results"]["two"]["x2"]["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
     assert set(written["results"]["two"]) == {"x2", "x3", "x4"}  # without --scales: the ones VDSR supports
+    meta = written["meta"]  # traced to the run's own config, with the data roles of the checkpoint's run
+    assert meta["config"] == str(tmp / "learn" / "config.yaml") and (tmp / "learn" / "config.yaml").is_file()
+    assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], False)
+    with pytest.warns(UserWarning, match=r"was chosen on \['Sun80'\] \(data.val_sets of its run\): these rows are not"):
+        assert checkpoint_roles(str(ckpt), ["Set5", "Sun80"])["selection_on_test"] is True
