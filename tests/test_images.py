@@ -189,6 +189,10 @@ def test_cache_memmap_matches_memory_and_pickles_without_copy(tmp_path):
     mtime = mm.memmap_path.stat().st_mtime_ns
     reused = ImageCache(paths, memmap_threshold_mb=0, cache_dir=tmp_path / "cache")
     assert reused.memmap_path == mm.memmap_path and mm.memmap_path.stat().st_mtime_ns == mtime
+    # Enlarged images are known from the index too (a reused cache, a DDP rank after the first).
+    for _ in range(2):
+        small = ImageCache(paths, min_size=62, enlarge_small=True, memmap_threshold_mb=0, cache_dir=tmp_path / "cache")
+        assert [p.name for p in small.enlarged] == [paths[2].name] and small.shape(2)[:2] == (62, 75)
 
 
 # ---- sources

@@ -256,13 +256,14 @@ class ImageCache:
                         entries.append({"path": str(p), "error": str(err)})
                         continue
                     f.write(arr.tobytes())
-                    entries.append({"path": str(p), "offset": offset, "shape": list(arr.shape)})
+                    entries.append({"path": str(p), "offset": offset, "shape": list(arr.shape),
+                                    "enlarged": bool(self.enlarged and self.enlarged[-1] == p)})
                     offset += arr.nbytes
             os.replace(tmp, data_file)  # atomic: DDP ranks may race, their files are identical
             tmp_index = index_file.with_suffix(f".{os.getpid()}.tmp")
             tmp_index.write_text(json.dumps({"images": entries}))
             os.replace(tmp_index, index_file)  # written last: marks the cache complete
-        kept = []
+        kept, self.enlarged = [], []  # the index says which were enlarged, also when it was written before
         for e in entries:
             p = Path(e["path"])
             if "error" in e:
@@ -270,6 +271,8 @@ class ImageCache:
             elif self._check_size(p, tuple(e["shape"])):
                 kept.append(p)
                 self._index.append((int(e["offset"]), tuple(e["shape"])))
+                if e.get("enlarged"):
+                    self.enlarged.append(p)
         self.paths = kept
         self.memmap_path = data_file
         self._open_memmap()
