@@ -119,14 +119,14 @@ class CMSCNet(nn.Module):
 
     Args:
         num_subnets: S, number of cascaded subnetworks (= number of intermediate predictions).
-        num_modules: M, MSC modules per subnetwork (spec name ``modules_per_subnet``).
+        num_modules: M, MSC modules per subnetwork.
         channels: feature width.
         share_weights: one set of M modules (and entry conv) reused by all S subnetworks [proposal];
             False gives S independent subnetworks.
-        branch_kernels: kernel sizes of the two branches, odd (spec name ``kernel_pair``) [proposal].
-        assembly: how the S intermediate predictions are weighted (spec name ``weight_mode``) [proposal]:
+        branch_kernels: kernel sizes of the two branches, odd [proposal].
+        assembly: how the S intermediate predictions are weighted [proposal]:
             ``free`` learnable scalars w_s (init 1/S), ``softmax`` learnable logits (init 0, so 1/S),
-            ``equal`` fixed 1/S (spec calls it ``fixed``).
+            ``equal`` fixed 1/S.
         convs_per_branch: 2 (conv-ReLU-conv) or 1 (conv-ReLU) per branch [proposal].
         entry_conv: one conv3x3+ReLU at the start of each subnetwork, as the survey drawing shows [proposal].
         zero_init_branch_end: zero the last conv of every branch so each module starts as identity plus
