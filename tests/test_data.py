@@ -193,6 +193,28 @@ def test_split_mode_22_22_20(photos):
     assert [[t.shape[-1] for t in x["pyramid"]] for x in parts] == [[64], [32, 64], [16, 32, 64]]
 
 
+def test_area_sampling_draws_each_image_in_proportion_to_its_pixels(photos, monkeypatch):
+    """VDSR and CMSC train on the non-overlapping sub-images of every image: as many patches from an image as it
+    has sub-images, i.e. in proportion to its area (``data.image_sampling: area``)."""
+    ds = TrainPatches(photos, [2], 41, batch_size=16, batches_per_epoch=1, image_sampling="area", seed=0)
+    areas = np.array([np.prod(photos.shape(i)[:2]) for i in range(len(photos))])
+    assert np.allclose(ds.image_p, areas / areas.sum())
+    drawn = []
+
+    def record(img, scale, rng):
+        drawn.append(int(np.prod(img.shape[:2])))
+        return np.zeros((ds.crop_size, ds.crop_size, 3), np.uint8), None
+
+    monkeypatch.setattr(ds, "sample_crop", record)
+    for index in range(150):
+        ds.make_batch(ds.batch_rng(0, index))
+    sizes = sorted(set(areas))  # two photos are 512 x 512: compare the share of each size
+    share = np.array([drawn.count(a) for a in sizes]) / len(drawn)
+    expected = np.array([ds.image_p[areas == a].sum() for a in sizes])
+    assert np.abs(share - expected).max() < 0.02, (share, expected)  # 2,400 draws
+    assert TrainPatches(photos, [2], 41, batch_size=16, batches_per_epoch=1).image_p is None  # uniform
+
+
 def test_rescale_raises_factor_for_small_images(tmp_path):
     rng = np.random.default_rng(0)
     img = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).resize((100, 50)))

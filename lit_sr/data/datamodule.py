@@ -92,6 +92,9 @@ class SRDataModule(pl.LightningDataModule):
         patch_size: HR patch side (LR methods: divisible by every scale).
         batch_size: patches per training batch (all scales together in ``split`` mode).
         batches_per_epoch: training batches per epoch, summed over DDP ranks.
+        image_sampling: how each patch's image is drawn: ``uniform`` (one image as likely as another, the
+            LapSRN code) or ``area`` (in proportion to its pixels, as many patches from an image as the
+            non-overlapping sub-images VDSR and CMSC extract from it).
         num_workers: DataLoader worker processes for training patches.
         rescale: range of the random downscale factor of training images (None: no downscale).
         rescale_step: grid step of that factor.
@@ -116,6 +119,7 @@ class SRDataModule(pl.LightningDataModule):
         patch_size: PositiveInt = 41,
         batch_size: PositiveInt = 16,
         batches_per_epoch: PositiveInt = 500,
+        image_sampling: Literal["uniform", "area"] = "uniform",
         num_workers: NonNegativeInt = 2,
         rescale: tuple[float, float] | None = None,
         rescale_step: PositiveFloat = 0.1,
@@ -145,6 +149,7 @@ class SRDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_size must be an integer >= {len(self.scales)} (one patch per scale of "
                              f"data.scales in scale_mode split), got {batch_size}")
         self.batches_per_epoch, self.num_workers = args["batches_per_epoch"], args["num_workers"]
+        self.image_sampling = image_sampling
         self.memmap_threshold_mb, self.val_max_images = args["memmap_threshold_mb"], args["val_max_images"]
         if rescale is not None and not (len(rescale) == 2 and 0 < rescale[0] <= rescale[1] <= 1):
             raise ValueError(f"data.rescale must be null or two factors 0 < low <= high <= 1, got {rescale!r}")
@@ -350,6 +355,7 @@ class SRDataModule(pl.LightningDataModule):
             patch_size=self.patch_size,
             batch_size=self.batch_size,
             batches_per_epoch=self.batches_per_epoch,
+            image_sampling=self.image_sampling,
             mode=self.scale_mode,
             rescale=self.rescale,
             rescale_step=self.rescale_step,

@@ -3,12 +3,12 @@
 ``TrainPatches`` yields whole batches (use ``DataLoader(batch_size=None)``):
 ``{"hr": uint8 (B, 3, Hc, Hc), "scale": int64 (B,), "gray": bool (B,)}``; see ``degrade.py`` for the
 crop geometry and what the batch becomes on the device; the batch also carries ``patch_size``. Per sample:
-a random image, optionally a random downscale (``rescale``: factors on a grid such as 0.5..1.0 step 0.1,
-raised when the image would get smaller than the patch; off by default), one of the 8 D4 flips/rotations,
-then a patch anywhere in the image at a multiple of the sample's scale, in a crop whose margin is mirrored
-where it reaches past the image. Only the window that becomes the crop is
-cut, resized and flipped, so the cost per sample does not grow with the image size. The downscale is
-albumentations' ``A.Resize`` with OpenCV's area filter, which is antialiased (OpenCV cubic is not, and
+a random image (uniformly, or in proportion to its area: ``image_sampling``), optionally a random downscale
+(``rescale``: factors on a grid such as 0.5..1.0 step 0.1, raised when the image would get smaller than the
+patch; off by default), one of the 8 D4 flips/rotations, then a patch anywhere in the image at a multiple of
+the sample's scale, in a crop whose margin is mirrored where it reaches past the image. Only the window that
+becomes the crop is cut, resized and flipped, so the cost per sample does not grow with the image size. The
+downscale is albumentations' ``A.Resize`` with OpenCV's area filter, which is antialiased (OpenCV cubic is not, and
 aliases the HR targets); the LR is still made by MATLAB bicubic in ``degrade``. D4 is not an
 albumentations transform here: it is a zero-copy numpy view chosen together with the crop window
 (:func:`d4_window`), which is what lets the tests redo every crop on the whole image exactly.
@@ -113,6 +113,7 @@ class TrainPatches(IterableDataset):
         patch_size: int,
         batch_size: int,
         batches_per_epoch: int,
+        image_sampling: Literal["uniform", "area"] = "uniform",
         mode: Literal["per_batch", "mixed", "split"] = "mixed",
         rescale: tuple[float, float] | None = None,
         rescale_step: float = 0.1,
@@ -140,6 +141,10 @@ class TrainPatches(IterableDataset):
         # (seed, epoch, first batch) in shared memory: DataLoader workers, persistent ones too, see new positions.
         self.position = torch.zeros(3, dtype=torch.int64).share_memory_()
         self.position[0] = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+        if image_sampling not in ("uniform", "area"):
+            raise ValueError(f"unknown image sampling {image_sampling!r}; use uniform or area (data.image_sampling)")
+        areas = np.array([np.prod(images.shape(i)[:2]) for i in range(len(images))], dtype=np.float64)
+        self.image_p = areas / areas.sum() if image_sampling == "area" else None  # None: uniform
         for i in range(len(images)):
             if min(images.shape(i)[:2]) < self.min_side:
                 raise ImageError(
@@ -227,7 +232,9 @@ class TrainPatches(IterableDataset):
         scale_t.copy_(torch.from_numpy(scales))
         hr, gray = hr_t.numpy(), gray_t.numpy()
         for i, s in enumerate(scales):
-            crop, _ = self.sample_crop(self.images[int(rng.integers(len(self.images)))], int(s), rng)
+            n = len(self.images)
+            image = rng.integers(n) if self.image_p is None else rng.choice(n, p=self.image_p)
+            crop, _ = self.sample_crop(self.images[int(image)], int(s), rng)
             hr[i] = crop.transpose(2, 0, 1)  # a grey crop (1 channel) is replicated to 3
             gray[i] = crop.shape[2] == 1
         return {"hr": hr_t, "scale": scale_t, "gray": gray_t, "patch_size": self.patch_size}
