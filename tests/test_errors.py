@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import wandb
 import yaml
 from cli_config import QUICK, TINY, write_yaml
 from jsonargparse.typing import NonNegativeInt
+from PIL import Image
 
 from lit_sr.callbacks import ImagePanels
 from lit_sr.checkpoint import load_method, registered_method_classes
@@ -195,6 +197,19 @@ def test_an_unquoted_numeric_source_name_says_to_quote_it(tmp_path, capsys):
         "lit-sr: error: Parser key \"data.train_sources\": Expected a <class 'str'>. Got value: 291; quote a name "
         "that looks like a number, e.g. '[\"291\"]' (lit-sr fit --help lists the keys)"
     )
+
+
+def test_benchmark_messages_name_its_own_options(tmp_path, capsys):
+    """``lit-sr benchmark`` has --data, no data.* keys: its messages name what it takes."""
+    out = ["--out", str(tmp_path / "b")]
+    assert main(["benchmark", "bicubic", "--data", "Set5", "Set5", *out]) == 2
+    assert error_line(capsys) == "lit-sr: error: --data Set5 Set5 names a set twice; give each once"
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tiny / "small.png")
+    assert main(["benchmark", "bicubic", "--data", str(tiny), "--scales", "2", *out]) == 2
+    assert error_line(capsys).endswith("smaller than the 17x17 needed (evaluation at x2); remove it from the set or "
+                                       "evaluate at a smaller scale")
 
 
 def test_an_unknown_key_is_one_line_naming_it(tmp_path, capsys):

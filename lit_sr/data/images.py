@@ -206,12 +206,10 @@ class ImageCache:
         h, w = shape[:2]
         if min(h, w) < self.min_size:
             hint = f" ({self.min_size_hint})" if self.min_size_hint else ""
-            self._bad(
-                path,
-                f"image {path} is {w}x{h} pixels, smaller than the {self.min_size}x{self.min_size} "
-                f"needed{hint}; "
-                f"use larger images, a smaller patch size, or skip such images (data.on_bad_image: warn)",
-            )
+            fix = ("remove it from the set or evaluate at a smaller scale" if self.min_size_hint else
+                   "use larger images, a smaller patch size, or skip such images (data.on_bad_image: warn)")
+            self._bad(path, f"image {path} is {w}x{h} pixels, smaller than the {self.min_size}x{self.min_size} "
+                            f"needed{hint}; {fix}")
             return False
         return True
 
