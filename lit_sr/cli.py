@@ -73,12 +73,23 @@ def _set_init_args(entry: object, cls: type, **init_args) -> None:
 
 
 class RunConfig(SaveConfigCallback):
-    """The run's resolved config without ``run_dir`` and ``ckpt_path``: reused, it trains a new run from scratch."""
+    """The run's resolved config without ``run_dir`` and ``ckpt_path``: reused, it trains a new run from scratch.
+
+    A fit writes it once its checkpoint is restored (``on_fit_start``): a resume whose config does not fit the
+    checkpoint fails without rewriting the run's config.yaml.
+    """
 
     def __init__(self, parser, config: Namespace, **kwargs) -> None:
         config = config.clone()
         config.run_dir = config.ckpt_path = None
         super().__init__(parser, config, **kwargs)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
 
 
 class SRCLI(LightningCLI):
@@ -98,6 +109,10 @@ class SRCLI(LightningCLI):
                 args=args,
                 run=run,
             )
+        except BaseException:
+            if self.run_dir is not None and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # a run stopped before it wrote anything leaves no empty folder
+            raise
         finally:
             os.environ.pop(RUN_DIR_VAR, None)  # the next run in this process names its own folder
 
@@ -114,6 +129,10 @@ class SRCLI(LightningCLI):
             check_resumable(Path(cfg.run_dir), method)  # before the folder is made: a typo must not train anew
         cfg.run_dir = cfg.run_dir or default_run_dir(method)
         self.run_dir = Path(cfg.run_dir)
+        held = self.run_dir / "checkpoints" / "last.ckpt"
+        if self.subcommand == "fit" and not cfg.get("ckpt_path") and held.is_file():  # would overwrite that run
+            raise ConfigError(f"--run_dir {self.run_dir} already holds a run ({held}); resume it with --ckpt_path "
+                              "last, or choose another --run_dir (or none: runs/<method>/<time>) for a new run")
         # config.yaml is the fit's; validate and test write config-<subcommand>.yaml beside it
         self.save_config_kwargs["config_filename"] = "config.yaml" if self.subcommand in (None, "fit") else (
             f"config-{self.subcommand}.yaml")

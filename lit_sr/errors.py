@@ -91,6 +91,11 @@ def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:
         return _one_line(err)
     if isinstance(err, argparse.ArgumentError):  # jsonargparse's (exit_on_error=False); argparse's own exit
         return _parse_error(err, argv)
+    if isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict"):
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        return _one_line(f"the checkpoint's weights do not fit the network this config builds ({details[0][:300]}"
+                         f"{' ...' if len(details) > 1 else ''}); resume or test with the config the run was trained "
+                         "with (its run folder's config.yaml)")
     if isinstance(err, SystemExit) and isinstance(err.code, str):
         return _one_line(err.code)
     if isinstance(err, (ValueError, KeyError, FileNotFoundError)) and _raised_in_lit_sr(err):

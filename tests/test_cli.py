@@ -85,7 +85,8 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.mark.slow
-def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir(tmp_path, data_root, monkeypatch):
+def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir(tmp_path, data_root, monkeypatch,
+                                                                                 capsys):
     import wandb
 
     from lit_sr.callbacks import AtomicCheckpointIO
@@ -115,6 +116,14 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     ]
     assert [p["class_path"] for p in saved["trainer"]["plugins"]] == ["lit_sr.callbacks.AtomicCheckpointIO"]
 
+    # A new run into a folder that holds one is refused: it would overwrite last.ckpt, the resume point.
+    capsys.readouterr()
+    assert main(["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(run1)]) == 2
+    assert error_line(capsys) == (
+        f"lit-sr: error: --run_dir {run1} already holds a run ({run1}/checkpoints/last.ckpt); resume it with "
+        "--ckpt_path last, or choose another --run_dir (or none: runs/<method>/<time>) for a new run"
+    )
+    assert _files(run1) == before
     # Without --run_dir it trains a new run in a new folder, not in r1 (whose config named r1 as its run_dir).
     assert main(["fit", "--config", str(config1)]) == 0
     (run3,) = set(runs.iterdir()) - {run1, run2}
@@ -133,6 +142,16 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     assert config1.read_bytes() == before["config.yaml"][1]
     tested = yaml.safe_load((run1 / "config-test.yaml").read_text())
     assert tested["data"]["test_sets"] == ["Set5"] and tested["ckpt_path"] is None
+
+
+def test_a_run_stopped_by_a_user_error_leaves_no_empty_folder(tmp_path, capsys, monkeypatch):
+    from lit_sr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tiny = write_yaml(tmp_path / "tiny.yaml", TINY)
+    assert main(["fit", "--config", str(QUICK), "--config", str(tiny), "--data.test_sets", "[NoSuchSet]"]) == 2
+    assert "NoSuchSet" in error_line(capsys)
+    assert list((tmp_path / "runs" / "vdsr").iterdir()) == []  # its runs/vdsr/<time> is gone
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
@@ -251,3 +270,32 @@ def test_a_run_resumed_in_another_folder_with_carry_best_keeps_its_best_until_it
     assert (float(kept.best_model_score), kept.best_model_path) == (2, str(first / "checkpoints" / "best.ckpt"))
     assert (float(beaten.best_model_score), beaten.best_model_path) == (4, str(second / "checkpoints" / "best.ckpt"))
     assert (first / "checkpoints" / "best.ckpt").is_file()  # the first folder's files are never removed
+
+
+# ---- item: a resume whose config does not fit the checkpoint ---------------------------------------------------
+@pytest.mark.slow
+def test_a_resume_with_another_network_or_fewer_stages_is_one_line_and_keeps_the_runs_config(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    from lit_sr.cli import main
+
+    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
+    stage = TINY["model"]["init_args"]["stages"][0]
+    two = {**TINY, "model": {"init_args": {**TINY["model"]["init_args"],
+                                           "stages": [stage, {**stage, "name": "t"}]}}}  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(QUICK), "--config", str(write_yaml(tmp_path / "two.yaml", two)),
+                 "--run_dir", str(run)]) == 0  # ends in stage 1
+    saved = (run / "config.yaml").read_bytes()
+    wider = {**two, "model": {"init_args": {**two["model"]["init_args"], "net": {"depth": 3, "width": 16}}}}
+    cases = [
+        (TINY, "lit-sr: error: the checkpoint was saved in stage 1 of its schedule, but model.init_args.stages has 1; "
+               "resume with the config the run was trained with (its run folder's config.yaml)"),
+        (wider, "lit-sr: error: the checkpoint's weights do not fit the network this config builds (size mismatch "),
+    ]  # fmt: skip
+    capsys.readouterr()
+    for config, message in cases:
+        args = ["--config", str(write_yaml(tmp_path / "c.yaml", config)), "--ckpt_path", "last", "--run_dir", str(run)]
+        assert main(["fit", "--config", str(QUICK), *args]) == 2
+        assert error_line(capsys).startswith(message)
+        assert (run / "config.yaml").read_bytes() == saved  # the run's config still describes its checkpoints

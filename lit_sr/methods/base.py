@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from lit_sr.data.color import to_y
 from lit_sr.data.degrade import check_patch, degrade
 from lit_sr.data.resize import imresize
-from lit_sr.errors import DivergedError
+from lit_sr.errors import ConfigError, DivergedError
 from lit_sr.inference import min_tile, tiled_forward, y_to_rgb_sr
 from lit_sr.metrics import PSNRY, SSIMY, quantize
 from lit_sr.registry import build_registered, variants_of
@@ -437,6 +437,10 @@ class SRMethod(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Runs before configure_optimizers on resume, so the optimizer of the saved stage gets its saved state.
         self._stage_index = int(checkpoint.get(STAGE_KEY, 0))
+        if self.stages and self._stage_index >= len(self.stages):
+            raise ConfigError(f"the checkpoint was saved in stage {self._stage_index} of its schedule, but "
+                              f"model.init_args.stages has {len(self.stages)}; resume with the config the run was "
+                              "trained with (its run folder's config.yaml)")
 
     # ---- validation / test ---------------------------------------------------------------------------------
     def _metric(self, split: str, dataset: str, scale: int, name: str):
