@@ -309,20 +309,47 @@ def test_the_report_has_the_best_trial_top_k_plots_and_its_test_table_beside_its
      "study.metric val/builtin_val/x4/psnr_y is not logged by this run (it logs ['val/builtin_val/x2/psnr_y', "),
 ])  # fmt: skip
 def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data_root, capsys, fixed, metric, named):
-    study = {"n_trials": 3, "metric": metric}
-    path = write_sweep(tmp_path, "typo", study=study, fixed={**TINY_FIXED, **fixed})
+    study = {"n_trials": 3, "metric": metric, "enqueue_preset": True}  # trial 0: the preset's lr, 1e-3
+    lr = {"lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True, "paths": [LR]}}
+    path = write_sweep(tmp_path, "typo", study=study, fixed={**TINY_FIXED, **fixed}, params=lr)
     root = tmp_path / "runs"
     with sweep_env(data_root):
         assert main([str(path), "--root", str(root), "--no-report"]) == 2
     captured = capsys.readouterr()
-    assert captured.out.startswith("study typo: no trials of n_trials=3; trial files under ")
+    assert captured.out.startswith("study typo: 1 trials (1 WAITING) of n_trials=3; trial files under ")
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
     assert named in err[-1] and err[-1].count("lit-sr: error:") == 1, err[-1]
     assert err[-1].endswith(f"fix {path} and run it again (with another --study-name if the fix changes a knob's "
                             "choices)")
-    (trial,) = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
-    assert trial.state == TrialState.FAIL and named in trial.user_attrs["reason"]
+    stopped, queued = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
+    assert stopped.state == TrialState.FAIL and named in stopped.user_attrs["reason"]
+    # It does not use up n_trials, and the preset's values (an enqueued trial) run first when the fixed file runs.
+    assert stopped.user_attrs["not_counted"] is True and stopped.params == {"lr": 1e-3}
+    assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == {"lr": 1e-3}
+
+
+def test_a_retried_trial_counts_once_and_one_stopped_by_a_user_error_not_at_all():
+    from lit_sr.sweep.study import full
+
+    study = optuna.create_study()
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+
+    def add(state: TrialState, retry_of: int | None = None, **attrs) -> None:
+        system = {} if retry_of is None else {"failed_trial": retry_of, "retry_history": [retry_of]}
+        study.add_trial(optuna.create_trial(state=state, params={"lr": 1e-3}, distributions=dist, user_attrs=attrs,
+                                            system_attrs=system, value=1.0 if state == TrialState.COMPLETE else None))
+
+    add(TrialState.FAIL, not_counted=True)  # 0: stopped by a user error
+    assert not full(study, 1)
+    add(TrialState.FAIL)  # 1: a crash, counted...
+    assert full(study, 1) and not full(study, 2)
+    add(TrialState.WAITING, retry_of=1)  # 2: ...until it is retried: a queued trial always runs first
+    assert not full(study, 1)
+    retry = study.ask()  # the worker takes the retry and completes it: 1 and its retry count once
+    assert retry.number == 2
+    study.tell(retry, 1.0)
+    assert full(study, 1) and not full(study, 2)
 
 
 @pytest.mark.slow

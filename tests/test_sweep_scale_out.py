@@ -64,8 +64,9 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
         # a pruned trial's line gives its reason, not the last value it reported
         assert "trial 1 PRUNED: pruned: " in capsys.readouterr().out
         dead, retry = load(url, "kill").get_trials()
-        # A larger n_trials adds exactly the missing trials; once there, the command runs nothing.
-        assert main([*args, "--n-trials", "3"]) == 0 and main([*args, "--n-trials", "3"]) == 0
+        # A larger n_trials adds exactly the missing trials (the dead trial and its retry count once); once
+        # there, the command runs nothing.
+        assert main([*args, "--n-trials", "2"]) == 0 and main([*args, "--n-trials", "2"]) == 0
     assert dead.state == TrialState.FAIL
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 0 and retry.params == dead.params
     assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())

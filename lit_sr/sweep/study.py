@@ -34,6 +34,7 @@ from lit_sr.sweep.config import STORAGE_ENV, Sweep, SweepError
 
 WORKER_ENV = "LIT_SR_SWEEP_WORKER_PID"
 RESULT_ATTRS = ("checkpoint", "wandb_run", "n_params", "reason")  # result.json -> user attributes
+NOT_COUNTED = "not_counted"  # a trial stopped by a user error: it does not use up n_trials
 
 
 class TrialFailed(RuntimeError):
@@ -135,7 +136,7 @@ def objective(sweep: Sweep):
     """The objective: one child ``lit-sr fit`` per trial; returns its best ``study.metric``."""
 
     def run(trial: optuna.Trial) -> float:
-        for key in (*RESULT_ATTRS, "resumed_from"):  # a retry starts with its dead original's attributes
+        for key in (*RESULT_ATTRS, "resumed_from", NOT_COUNTED):  # a retry starts with its original's attributes
             if trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
         values = {name: _suggest(trial, name, dist) for name, dist in sweep.distributions().items()}
@@ -183,6 +184,9 @@ def objective(sweep: Sweep):
         trial.set_user_attr("reason", reason)
         if code == 2 and not result.is_file():  # `lit-sr: error: ...`, a config error: the next trials would too
             error = lines[-1].removeprefix("lit-sr: error: ") if lines else reason
+            trial.set_user_attr(NOT_COUNTED, True)
+            if "fixed_params" in _frozen(trial.study, trial.number).system_attrs:  # e.g. the preset's own values
+                trial.study.enqueue_trial(trial.params)  # in range by construction: the fixed run tries them again
             raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: {error}; fix "
                              f"{sweep.path} and run it again (with another --study-name if the fix changes a knob's "
                              "choices)")
@@ -192,14 +196,17 @@ def objective(sweep: Sweep):
 
 
 def full(study: optuna.Study, n_trials: int) -> bool:
-    """``n_trials`` trials started, failed ones too, and none is queued.
+    """``n_trials`` trials started, failed ones too, and none is queued. A trial retried as another (its worker
+    died, or Ctrl-C) counts once, in its retry; one stopped by a user error does not count.
 
     Optuna's ``MaxTrialsCallback`` stops at the count whether or not trials wait: with ``states=None`` a queued
     trial (``enqueue_preset``, a dead worker's retry) counts before it runs, and without WAITING the retries of
     several dead workers run one per restart. Here queued trials always run.
     """
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return len(states) >= n_trials and TrialState.WAITING not in states
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    counted = [t for t in trials if t.number not in retried and not t.user_attrs.get(NOT_COUNTED)]
+    return len(counted) >= n_trials and all(t.state != TrialState.WAITING for t in trials)
 
 
 def run_worker(sweep: Sweep, index: int = 0) -> int:
