@@ -43,6 +43,12 @@ def test_a_config_path_missing_from_the_preset_is_an_error_naming_it_and_the_swe
     # the same path exists once `fixed` gives stage 0 a clip rule
     fixed = {**TINY_FIXED, "model.init_args.stages.0.clip": {"mode": "adjustable", "theta": 0.01}}
     assert list(load_sweep(write_sweep(tmp_path, "ok", fixed=fixed, params=bad)).spec.params) == ["theta"]
+    # `fixed` may name keys the preset leaves out, as a command line may (VDSR's quick preset has no net: key)
+    fixed = {k: v for k, v in TINY_FIXED.items() if k != "model.init_args.net"}
+    fixed["model.init_args.net.depth"] = 3
+    depth = {"depth": {"type": "int", "low": 2, "high": 4, "paths": ["model.init_args.net.depth"]}}
+    sweep = load_sweep(write_sweep(tmp_path, "net", fixed=fixed, params=depth))
+    assert sweep.base["model"]["init_args"]["net"] == {"depth": 3}
 
 
 def test_optuna_and_jsonargparse_name_bad_distributions_and_classes(tmp_path):

@@ -4,7 +4,7 @@ A sweep file is layered on a preset (``experiments/<method>/<preset>.yaml``); ``
 It is parsed into the dataclasses below by jsonargparse (which names a bad key or type); the distributions
 are Optuna's own (they reject bad bounds); samplers and pruners are any class, built from
 ``class_path``/``init_args``. Every ``params`` path must exist in the preset once ``fixed`` is applied;
-a ``fixed`` path may add a new leaf under an existing mapping.
+a ``fixed`` path may add new keys (``model.init_args.net.depth`` in a preset without ``net``).
 """
 
 from __future__ import annotations
@@ -133,9 +133,16 @@ def get_path(cfg: Any, path: str) -> Any:
     return node
 
 
-def set_path(cfg: dict, path: str, value: Any) -> None:
-    """Set ``path``: an existing one, or a new last key under an existing mapping."""
+def set_path(cfg: dict, path: str, value: Any, create: bool = False) -> None:
+    """Set ``path``: an existing one, or a new last key under an existing mapping (``create``: under mappings
+    made as needed, e.g. ``model.init_args.net.depth`` in a preset without ``net``)."""
     head, _, last = path.rpartition(".")
+    if create and head:
+        node = cfg
+        for part in head.split("."):
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part] if isinstance(node, dict) else get_path(node, part)
     parent = get_path(cfg, head) if head else cfg
     if isinstance(parent, list):
         get_path(parent, last)
@@ -298,7 +305,7 @@ def load_sweep(
         if key.startswith(RESERVED):
             raise SweepError(f"{path}: fixed may not set {key!r}: the sweep sets {', '.join(RESERVED)} itself")
         try:
-            set_path(base, key, copy.deepcopy(value))
+            set_path(base, key, copy.deepcopy(value), create=True)
         except KeyError as err:
             raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
     held = (base.get("trainer") or {}).get("callbacks") or []
