@@ -182,10 +182,11 @@ def check_tiling(tile: int, overlap: int | None) -> None:
         raise ConfigError(f"--tile {tile}: the tile size must be >= 0 LR pixels (0 = the whole image at once)")
     if overlap is not None and overlap < 0:
         raise ConfigError(f"--tile-overlap {overlap}: the overlap must be >= 0 LR pixels (or left out: measured)")
-    if tile and overlap is not None and 2 * overlap >= tile:
+    if tile and overlap is not None and tile < min_tile(overlap):
         raise ConfigError(
-            f"--tile-overlap {overlap} leaves no core in --tile {tile} tiles (needs --tile > 2 x --tile-overlap); "
-            f"pass --tile {min_tile(overlap)} or more, a smaller --tile-overlap, or --tile 0 (whole image at once)"
+            f"--tile-overlap {overlap} leaves a core under 32 px in --tile {tile} tiles (needs --tile >= 2 x "
+            f"--tile-overlap + 32; smaller cores repeat most of the work, many times slower); pass --tile "
+            f"{min_tile(overlap)} or more, a smaller --tile-overlap, or --tile 0 (whole image at once)"
         )
 
 
@@ -218,10 +219,11 @@ def tiling_for(method: SRMethod, scale: int, tile: int, overlap: int | None) -> 
         )
         return None
     if tile < (grown := min_tile(radius)):
+        keep = (tile - 32) // 2  # the largest overlap that leaves a 32-px core, as check_tiling asks
+        alternative = f"--tile-overlap {keep} keeps --tile {tile} (approximate at the seams), " if keep >= 0 else ""
         warnings.warn(
             f"--tile {tile} is too small for {name}'s receptive radius at x{scale} ({radius} LR px of overlap per "
-            f"side): using --tile {grown}; pass --tile-overlap N < {(tile + 1) // 2} to keep --tile {tile} "
-            "(approximate at the seams) or --tile 0 (whole image)",
+            f"side): using --tile {grown} (exact); {alternative}--tile 0 runs the whole image",
             TilingWarning,
             stacklevel=2,
         )

@@ -202,14 +202,14 @@ def test_whole_image_network_runs_untiled_by_default_and_tiles_only_when_asked(m
     method = _tiny_drn()
     # global pooling needs no (2-minute) probe
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: pytest.fail("the receptive radius was probed"))
-    x = torch.rand(1, 3, 40, 30)
+    x = torch.rand(1, 3, 80, 60)
     whole = super_resolve_tiled(method, x, 4, tile=0)
     with pytest.warns(TilingWarning, match=r"DRN's output depends on the whole image.*--tile 0.*--tile-overlap"):
-        default = super_resolve_tiled(method, x, 4, tile=16)
+        default = super_resolve_tiled(method, x, 4, tile=40)
     assert torch.equal(default, whole)
     # an explicit overlap is honoured, and the result then really differs: the default's choice matters
     with pytest.warns(TilingWarning, match=r"approximate at the tile seams"):
-        tiled = super_resolve_tiled(method, x, 4, tile=16, overlap=4)
+        tiled = super_resolve_tiled(method, x, 4, tile=40, overlap=4)
     assert tiled.shape == whole.shape and (tiled - whole).abs().max() > 1e-4
 
 
@@ -244,7 +244,9 @@ def test_a_tile_smaller_than_the_receptive_field_grows_and_stays_exact(monkeypat
 @pytest.mark.parametrize(
     ("flags", "pattern"),
     [
-        (["--tile", "16", "--tile-overlap", "8"], r"--tile-overlap 8 leaves no core in --tile 16 tiles.*--tile 48"),
+        (["--tile", "16", "--tile-overlap", "8"], r"--tile-overlap 8 leaves a core under 32 px in --tile 16 tiles.*"
+                                                  r"--tile 48 or more"),
+        (["--tile", "40", "--tile-overlap", "19"], r"--tile-overlap 19 leaves a core under 32 px in --tile 40 tiles"),
         (["--tile", "-1"], r"--tile -1: the tile size must be >= 0"),
         (["--tile-overlap", "-2"], r"--tile-overlap -2: the overlap must be >= 0"),
     ],
