@@ -49,6 +49,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     hint = "pass a .ckpt file written by `lit-sr fit` / `lit-sr train` (runs/<method>/<run>/checkpoints/)"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; {hint}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint (not a torch file); {hint}")
     register_safe_types()
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -61,8 +61,12 @@ def test_a_non_checkpoint_file_is_one_line_and_debug_shows_the_traceback(tmp_pat
     junk.write_text("these are my notes, not a checkpoint\n")
     assert main(["benchmark", str(junk), "--data", "Set5"]) == 2
     stderr = capsys.readouterr().err
-    assert stderr.strip().splitlines()[-1].startswith(f"lit-sr: error: {junk} is not a checkpoint or is corrupt")
+    assert stderr.strip().splitlines()[-1].startswith(f"lit-sr: error: {junk} is not a checkpoint (not a torch file)")
     assert "Traceback" not in stderr and "pass a .ckpt file written by `lit-sr fit`" in stderr
+    photo = tmp_path / "photo.png"  # an image passed where a checkpoint goes
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert main(["upscale", str(photo), str(photo), "--scale", "2", "-o", str(tmp_path / "o")]) == 2
+    assert error_line(capsys).startswith(f"lit-sr: error: {photo} is not a checkpoint (not a torch file)")
     debug = cli("benchmark", str(junk), "--data", "Set5", "--debug")  # the real process: its exit code
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "CheckpointError" in debug.stderr
 

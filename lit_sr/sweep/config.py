@@ -290,16 +290,16 @@ def load_sweep(
             param.choices = list(knobs[name]["choices"])
     if not spec.params:
         raise SweepError(f"{path}: params is empty: give at least one knob to search")
+    try:
+        preset_path = find_preset(spec.method, preset)  # an unknown method: the message lists them
+    except ConfigError as err:
+        raise SweepError(f"{path}: {err}") from err
     if unknown := sorted(set(raw.get("presets") or {}) - set(preset_names(spec.method))):
         raise SweepError(f"{path}: presets.{unknown[0]} overlays no preset of {spec.method} (presets: "
                          f"{preset_names(spec.method)}); name it after experiments/{spec.method}/<preset>.yaml")
     if not re.fullmatch(r"val/(psnr_y|[^/]+/x\d+/(psnr_y|ssim_y))", spec.study.metric):
         raise SweepError(f"{where}: study.metric {spec.study.metric!r} is not a validation metric a run logs: use "
                          "val/psnr_y or val/<set>/x<scale>/psnr_y (or ssim_y) of a set in data.val_sets")
-    try:
-        preset_path = find_preset(spec.method, preset)
-    except ConfigError as err:
-        raise SweepError(f"{path}: {err}") from err
     base = yaml.safe_load(preset_path.read_text()) or {}
     for key, value in spec.fixed.items():
         if key.startswith(RESERVED):

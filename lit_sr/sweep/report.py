@@ -117,7 +117,8 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
     """Write the report files; returns the text ``lit-sr sweep`` prints."""
     url, metric = sweep.storage_url, sweep.study.metric
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise SweepError(f"no study storage at {url}: run `lit-sr sweep {sweep.path}` first, or pass --storage URL")
+        raise SweepError(f"no study storage at {url}: run `lit-sr sweep {sweep.path}` first, or pass the --root or "
+                         "--storage URL the study ran with")
     try:
         study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(url))
     except KeyError as err:
