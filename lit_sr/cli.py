@@ -372,7 +372,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lit-sr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="lit-sr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--debug anywhere on the command line shows the traceback of an error instead of one line",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:

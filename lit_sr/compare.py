@@ -23,6 +23,8 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
 
 def _row(run: Path) -> dict[str, Any]:
     path = run / "benchmark" / "results.json"
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist; check the path (runs/<method>/<time>)")
     if not path.is_file():
         raise FileNotFoundError(f"{run} has no benchmark/results.json; train it with `lit-sr train` first")
     payload = json.loads(path.read_text())

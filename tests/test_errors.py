@@ -216,6 +216,12 @@ def test_benchmark_messages_name_its_own_options(tmp_path, capsys):
                                        "evaluate at a smaller scale")
 
 
+def test_compare_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "c")]) == 2
+    assert error_line(capsys) == f"lit-sr: error: run folder {tmp_path / 'nope'} does not exist; check the path " \
+        "(runs/<method>/<time>)"
+
+
 def test_an_unknown_key_is_one_line_naming_it(tmp_path, capsys):
     assert main(["fit", "--config", str(QUICK), "--run_dir", str(tmp_path / "r"), "--model.init_args.dept", "3"]) == 2
     assert error_line(capsys) == (

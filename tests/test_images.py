@@ -216,3 +216,5 @@ def test_sources_builtin_and_unknown(tmp_path, monkeypatch):
         ImageError, match=r"unknown image source 'Set99'.*builtin, builtin_val.*Set99.*LIT_SR_DATA"
     ):
         resolve_images("Set99")
+    with pytest.raises(ImageError, match=rf"^image source {tmp_path / 'nope'}: no such folder; check the path$"):
+        resolve_images(str(tmp_path / "nope"))  # an absolute path is a folder, not a set name under LIT_SR_DATA

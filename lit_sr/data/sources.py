@@ -73,6 +73,8 @@ def resolve_images(source: str) -> tuple[str, list[Path]]:
     for folder in candidates:
         if folder.is_dir():
             return folder.resolve().name, list_images(folder)
+    if Path(source).expanduser().is_absolute():
+        raise ImageError(f"image source {source}: no such folder; check the path")
     origin = "LIT_SR_DATA" if os.environ.get("LIT_SR_DATA") else "the default <repo>/../shared/data"
     raise ImageError(
         f"unknown image source {source!r}: not a built-in name ({', '.join(BUILTIN_SOURCES)}), "
