@@ -124,8 +124,9 @@ def _build(cls, raw, path: str):
         raise StageConfigError(f"{path} must be a mapping of {[f.name for f in fields(cls)]}, got {raw!r}")
     known = {f.name for f in fields(cls)}
     if unknown := sorted(set(raw) - known):
-        hint = ("; one list item cannot be set from the command line (--model.init_args.stages.0.epochs): give "
-                "the whole list in a second --config file") if any(str(k).isdigit() for k in unknown) else ""
+        hint = ("; a --model.init_args.stages.<i>.<key> option is read as a key named <i> (jsonargparse sets no "
+                "list item from the command line): give the whole stages list in a second --config file"
+                ) if any(str(k).isdigit() for k in unknown) else ""
         raise StageConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(known)}{hint}")
     try:
         return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()})
