@@ -49,8 +49,11 @@ from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.presets import preset_path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # not predict: SRDataModule has no predict set; see upscale
-# lit-sr hands LightningCLI its own command line as ``args``, on purpose
-warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+# Lightning's notes that do not apply here: lit-sr hands LightningCLI its own command line as ``args``; a resume
+# writes into its run's checkpoint folder; the deprecation is inside Lightning's own code.
+for _note in ("LightningCLI's args parameter is intended", "Checkpoint directory .* exists and is not empty",
+              r"`isinstance\(treespec, LeafSpec\)` is deprecated"):
+    warnings.filterwarnings("ignore", message=_note)
 RUN_DIR_VAR = "LIT_SR_RUN_DIR"  # the default run folder rank 0 chose, for the ranks Lightning starts
 
 
@@ -139,6 +142,8 @@ class SRCLI(LightningCLI):
         prepare_run_dir(self.run_dir)  # an unwritable run_dir is one clear error, not a logger's traceback
         trainer = cfg.trainer
         trainer.default_root_dir = cfg.run_dir
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
+            trainer.max_epochs = -1  # the stages set it (SRMethod.on_train_start), not Lightning's default of 1000
         tags = [method, str(cfg.model.init_args.get("variant") or method)]
         if trainer.logger in (None, True):
             trainer.logger = _callback(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
