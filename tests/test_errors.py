@@ -305,7 +305,7 @@ def test_a_trainer_argument_lightning_refuses(tmp_path, capsys):
 # ---- data, storage, sweeps, output ------------------------------------------------------------------------
 def test_a_missing_or_empty_data_folder(tmp_path, capsys):
     assert main(["benchmark", "bicubic", "--data", str(tmp_path / "nowhere")]) == 2
-    assert f"no folder {tmp_path / 'nowhere'}" in error_line(capsys)
+    assert f"image source {tmp_path / 'nowhere'}: no such folder" in error_line(capsys)
     (tmp_path / "empty").mkdir()
     assert main(["benchmark", "bicubic", "--data", str(tmp_path / "empty")]) == 2
     assert f"image folder {tmp_path / 'empty'} holds no images" in error_line(capsys)
