@@ -15,6 +15,7 @@ import wandb
 import yaml
 from conftest import TWO_STAGES
 from memory_logger import logger
+from PIL import Image
 from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
@@ -215,11 +216,16 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     two.mkdir()
     for path in resolve_images("Sun80")[1][:2]:
         (two / path.name).symlink_to(path)
-    assert main(["benchmark", str(ckpt), "--data", str(two), "--out", str(tmp / "bench")]) == 0
+    assert main(["benchmark", str(ckpt), "--data", str(two), "--scales", "2", "--out", str(tmp / "bench")]) == 0
     written = json.loads((tmp / "bench" / "results.json").read_text())
     assert written["meta"]["ssim_variant"] == "matlab"
     assert written["results"]["two"]["x2"]["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
-    assert set(written["results"]["two"]) == {"x2", "x3", "x4"}  # without --scales: the ones VDSR supports
+    small = tmp / "small"  # without --scales: the scales VDSR supports (on one small image, to be quick)
+    small.mkdir()
+    Image.open(resolve_images("Set5")[1][0]).crop((0, 0, 60, 60)).save(small / "crop.png")
+    assert main(["benchmark", str(ckpt), "--data", str(small), "--out", str(tmp / "bench_small")]) == 0
+    assert set(json.loads((tmp / "bench_small" / "results.json").read_text())["results"]["small"]) == {
+        "x2", "x3", "x4"}
     meta = written["meta"]  # traced to the run's own config, with the data roles of the checkpoint's run
     assert meta["config"] == str(tmp / "learn" / "config.yaml") and (tmp / "learn" / "config.yaml").is_file()
     assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], False)
