@@ -361,10 +361,12 @@ def test_datamodule_ddp_shards(data_root):
     dm = SRDataModule(train_sources=["builtin"], val_sets=["Set5"], test_sets=[], scales=[2], num_workers=0,
                       val_max_images=1, allow_selection_on_test=True)
     dm.trainer = _fake_trainer(world_size=2, rank=1)
-    with pytest.raises(ValueError, match=r"^data: Set5 x2 has 1 image\(s\) for 2 processes: each process scores at "
-                       r"least one; give more images \(data.val_max_images, data.val_holdout\) or run on fewer "
-                       r"devices$"):
+    too_few = (r"^data: Set5 has 1 image\(s\) for 2 processes: each process scores at least one; give more images "
+               r"\(data.val_max_images, data.val_holdout\) or run on fewer devices$")
+    with pytest.raises(ValueError, match=too_few):
         dm.val_dataloader()
+    with pytest.raises(ValueError, match=too_few):  # found in setup, before any training
+        dm.setup("fit")
 
 
 def test_datamodule_argument_errors(tmp_path):

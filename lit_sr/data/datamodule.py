@@ -334,6 +334,10 @@ class SRDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Decode the images of the stage up front, so errors name the file before any worker starts."""
+        world_size = self._rank()[1]
+        for name in dict.fromkeys([*self.val_sets, *self.test_sets]):  # before training, not at its first validation
+            cap = self.val_max_images if name in self.val_sets else None
+            self._check_shards(name, len(self.eval_paths(name)[:cap]), world_size)
         if stage in (None, "fit"):
             self.train_images()
         sets = {"fit": self.val_sets, "validate": self.val_sets, "test": self.test_sets}.get(stage or "", [])
@@ -373,6 +377,16 @@ class SRDataModule(pl.LightningDataModule):
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
         )
 
+    def _check_shards(self, name: str, count: int, world_size: int) -> None:
+        """Every process scores at least one image: one without would skip the loop and hang the others."""
+        if 0 < count < world_size:
+            raise ValueError(
+                f"data: {name} has {count} image(s) for {world_size} processes: each process scores at least one; "
+                "give more images ("
+                + ("data.val_max_images, data.val_holdout" if name in self.val_sets else "a larger test set")
+                + ") or run on fewer devices"
+            )
+
     def _eval_loaders(self, sets: list[str]) -> list[DataLoader]:
         rank, world_size = self._rank()
         loaders = []
@@ -380,13 +394,7 @@ class SRDataModule(pl.LightningDataModule):
             for scale in self.val_scales:
                 dataset = self.benchmark_set(name, scale)
                 sampler = None
-                if 0 < len(dataset) < world_size:  # a process without an image would skip the loop and hang the rest
-                    raise ValueError(
-                        f"data: {name} x{scale} has {len(dataset)} image(s) for {world_size} processes: each process "
-                        "scores at least one; give more images ("
-                        + ("data.val_max_images, data.val_holdout" if name in self.val_sets else "a larger test set")
-                        + ") or run on fewer devices"
-                    )
+                self._check_shards(name, len(dataset), world_size)
                 if world_size > 1:  # unpadded shards: no image is scored twice
                     sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
                 loaders.append(DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0))
