@@ -322,8 +322,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
     """What the checkpoint's run trained and chose on (its DataModule's arguments), for a benchmark's ``meta``;
-    warns when a benchmarked set is one the checkpoint was chosen on."""
+    warns when a benchmarked set is one the checkpoint was chosen on, or one its run never compared its training
+    images with (only its val and test sets were)."""
     from lit_sr.checkpoint import read_checkpoint
+    from lit_sr.data.sources import default_test_sets, resolve_images
 
     data = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
     chosen_on = data.get("val_sets") or []  # None: a hold-out of training images
@@ -331,8 +333,15 @@ def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
     if reused:
         warnings.warn(f"{ckpt} was chosen on {reused} (data.val_sets of its run): these rows are not test numbers",
                       stacklevel=2)
+    tested = data.get("test_sets") if data.get("test_sets") is not None else default_test_sets()
+    names = [resolve_images(s)[0] for s in sets]
+    unchecked = [n for n in names if n not in {*tested, *chosen_on}]
+    if unchecked:  # its run compared its training images with its val and test sets only
+        warnings.warn(f"{ckpt}: its run did not check its training images against {unchecked} (not among its "
+                      "data.test_sets): a copy of one of their images in training would inflate these rows",
+                      stacklevel=2)
     return {"train_sources": data.get("train_sources"), "val_sets": data.get("val_sets"),
-            "selection_on_test": bool(reused)}
+            "selection_on_test": bool(reused), "unchecked_for_overlap": unchecked}
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

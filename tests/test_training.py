@@ -229,5 +229,7 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     meta = written["meta"]  # traced to the run's own config, with the data roles of the checkpoint's run
     assert meta["config"] == str(tmp / "learn" / "config.yaml") and (tmp / "learn" / "config.yaml").is_file()
     assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], False)
+    assert meta["unchecked_for_overlap"] == ["two"]  # its run checked its training images against Set5 only
+    assert checkpoint_roles(str(ckpt), ["Set5"])["unchecked_for_overlap"] == []
     with pytest.warns(UserWarning, match=r"was chosen on \['Sun80'\] \(data.val_sets of its run\): these rows are not"):
         assert checkpoint_roles(str(ckpt), ["Set5", "Sun80"])["selection_on_test"] is True
