@@ -376,7 +376,7 @@ def upscale_files(
     """Upscale every input image into ``out``; returns the written paths.
 
     ``device`` (None: where ``method`` is) is checked (:func:`check_device`) and the method moved there. Existing
-    outputs are refused before any work starts (``force`` overwrites them).
+    outputs and unreadable inputs are refused before any work starts (``force`` overwrites outputs).
     """
     from rich.progress import track
 
@@ -392,6 +392,9 @@ def upscale_files(
             f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
         )
     check_output_folder(out)
+    for src, _ in pairs:  # a broken file stops the command before any output is written (headers and checksums)
+        with decoding(src, "re-export or re-download it, or remove it from the inputs"), Image.open(src) as im:
+            im.verify()
     method.eval()
     written = []
     for src, target in track(pairs, description=f"upscaling x{scale}", disable=not progress):

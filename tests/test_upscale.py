@@ -15,7 +15,7 @@ from PIL import Image
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI, main
 from lit_sr.data.color import to_y
-from lit_sr.data.images import modcrop, read_image
+from lit_sr.data.images import ImageError, modcrop, read_image
 from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
 from lit_sr.methods.bicubic import Bicubic
@@ -159,6 +159,20 @@ def test_16_bit_input_gives_16_bit_output_at_full_precision(tmp_path, channels):
     expected = (imresize(x, 2).clamp(0, 1) * 65535).permute(1, 2, 0).numpy()
     # two 16-bit levels; an 8-bit path would be off by up to 128 levels
     assert np.abs(got.astype(np.float64) - expected).max() <= 2
+
+
+def test_an_unreadable_input_stops_the_command_before_any_output_is_written(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(folder / "a.png")
+    (folder / "z.png").write_bytes(b"not an image")
+    good = folder / "b.png"
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(good)
+    good.write_bytes(good.read_bytes()[:-20])  # truncated: its last chunks and checksum are gone
+    for broken in ("z.png", "b.png"):
+        with pytest.raises(ImageError, match=rf"cannot read image .*{broken}"):
+            upscale_files(Bicubic(), [folder / "a.png", folder / broken], tmp_path / "out", 2, progress=False)
+        assert not (tmp_path / "out" / "a_x2.png").exists()  # nothing written: the fixed rerun needs no --force
 
 
 def test_folders_are_walked_and_mirrored(tmp_path):
