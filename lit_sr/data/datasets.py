@@ -8,8 +8,8 @@ a random image (uniformly, or in proportion to its area: ``image_sampling``), op
 patch; off by default), one of the 8 D4 flips/rotations, then a patch anywhere in the image at a multiple of
 the sample's scale, in a crop whose margin is mirrored where it reaches past the image. Only the window that
 becomes the crop is cut, resized and flipped, so the cost per sample does not grow with the image size. The
-downscale is albumentations' ``A.Resize`` with OpenCV's area filter, which is antialiased (OpenCV cubic is not, and
-aliases the HR targets); the LR is still made by MATLAB bicubic in ``degrade``. D4 is not an
+downscale is albumentations' resize (``A.Resize``'s) with OpenCV's area filter, which is antialiased (OpenCV
+cubic is not, and aliases the HR targets); the LR is still made by MATLAB bicubic in ``degrade``. D4 is not an
 albumentations transform here: it is a zero-copy numpy view chosen together with the crop window
 (:func:`d4_window`), which is what lets the tests redo every crop on the whole image exactly.
 Grayscale images are shipped replicated to 3 channels with ``gray`` = True, so ``degrade`` uses them as
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
+from albumentations.augmentations.geometric import functional as geometric
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lit_sr.data.color import to_y
@@ -145,6 +145,7 @@ class TrainPatches(IterableDataset):
             raise ValueError(f"unknown image sampling {image_sampling!r}; use uniform or area (data.image_sampling)")
         areas = np.array([np.prod(images.shape(i)[:2]) for i in range(len(images))], dtype=np.float64)
         self.image_p = areas / areas.sum() if image_sampling == "area" else None  # None: uniform
+        self._image_cdf = None if self.image_p is None else np.cumsum(self.image_p)
         for i in range(len(images)):
             if min(images.shape(i)[:2]) < self.min_side:
                 raise ImageError(
@@ -173,7 +174,7 @@ class TrainPatches(IterableDataset):
         The patch lies anywhere in the rescaled, D4, modcropped image, at a multiple of ``scale``. Where the crop's
         margin reaches past that image it holds the image mirrored (``np.pad`` symmetric, the boundary rule of
         MATLAB's imresize), so the patch's LR equals the same window of imresize on the whole image. Only the
-        source window that becomes the crop is resized (A.Resize, area filter), so the cost does not grow with
+        source window that becomes the crop is resized (albumentations, area filter), so the cost does not grow with
         the image size. With factor 1 the crop is exactly a window of ``np.pad(d4_view(img, k), symmetric)``.
         """
         k = int(rng.integers(8)) if self.d4 else 0
@@ -205,8 +206,7 @@ class TrainPatches(IterableDataset):
         r, c = d4_window(k, *img.shape[:2], sy, sx, sh, sw)
         source = img[r : r + (sw if swap else sh), c : c + (sh if swap else sw)]
         size = (ww, hh) if swap else (hh, ww)
-        out = A.Resize(*size, interpolation=cv2.INTER_AREA)(image=source)["image"]
-        return d4_view(out[..., None] if out.ndim == 2 else out, k)
+        return d4_view(geometric.resize(source, size, cv2.INTER_AREA), k)  # A.Resize's function, no object per sample
 
     # ---- one batch
     def batch_scales(self, rng: np.random.Generator) -> np.ndarray:
@@ -232,9 +232,11 @@ class TrainPatches(IterableDataset):
         scale_t.copy_(torch.from_numpy(scales))
         hr, gray = hr_t.numpy(), gray_t.numpy()
         for i, s in enumerate(scales):
-            n = len(self.images)
-            image = rng.integers(n) if self.image_p is None else rng.choice(n, p=self.image_p)
-            crop, _ = self.sample_crop(self.images[int(image)], int(s), rng)
+            if self._image_cdf is None:
+                image = int(rng.integers(len(self.images)))
+            else:  # rng.choice(p=...) would rebuild this cumulative sum for every sample
+                image = min(int(np.searchsorted(self._image_cdf, rng.random(), side="right")), len(self.images) - 1)
+            crop, _ = self.sample_crop(self.images[image], int(s), rng)
             hr[i] = crop.transpose(2, 0, 1)  # a grey crop (1 channel) is replicated to 3
             gray[i] = crop.shape[2] == 1
         return {"hr": hr_t, "scale": scale_t, "gray": gray_t, "patch_size": self.patch_size}
