@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lit_sr.errors import CheckpointError
+from lit_sr.typed import class_path as class_path_of
 
 if TYPE_CHECKING:
     from lit_sr.methods.base import SRMethod
@@ -82,7 +83,7 @@ def registered_method_classes() -> dict[str, type[SRMethod]]:
     """``module.QualName`` -> class of every registered lit_sr method (the only classes a checkpoint may name)."""
     from lit_sr.methods import registered_methods
 
-    return {f"{c.__module__}.{c.__qualname__}": c for c in registered_methods().values()}
+    return {class_path_of(c): c for c in registered_methods().values()}
 
 
 def method_class_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> type[SRMethod]:
@@ -146,7 +147,7 @@ def check_ckpt_path(ckpt_path: str | None, class_path: str | None) -> None:
         return
     ckpt = read_checkpoint(ckpt_path)
     cls = method_class_of(ckpt, ckpt_path)
-    name = f"{cls.__module__}.{cls.__qualname__}"
+    name = class_path_of(cls)
     if class_path and class_path != name:
         wanted = registered_method_classes().get(class_path)
         if wanted is None or not (issubclass(cls, wanted) or issubclass(wanted, cls)):

@@ -37,7 +37,6 @@ from lit_sr.cluster import (
     StepCheckpoint,
     add_trainer_arguments,
     plugin_class,
-    prepare_run_dir,
     train_overrides,
     under_slurm,
     with_cluster_environment,
@@ -46,7 +45,9 @@ from lit_sr.data.datamodule import SRDataModule
 from lit_sr.errors import DEBUG_VAR, ConfigError, UserError, run_reporting_errors
 from lit_sr.loggers import SRWandbLogger
 from lit_sr.methods import SRMethod, registered_methods
+from lit_sr.paths import writable_folder
 from lit_sr.presets import preset_path
+from lit_sr.typed import class_path, config_entry
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")  # not predict: SRDataModule has no predict set; see upscale
 # Lightning's notes that do not apply here: lit-sr hands LightningCLI its own command line as ``args``; a resume
@@ -57,18 +58,14 @@ for _note in ("LightningCLI's args parameter is intended", "Checkpoint directory
 RUN_DIR_VAR = "LIT_SR_RUN_DIR"  # the default run folder rank 0 chose, for the ranks Lightning starts
 
 
-def _method_name(class_path: str) -> str:
-    by_path = {f"{c.__module__}.{c.__qualname__}": n for n, c in registered_methods().items()}
-    return by_path.get(class_path, class_path.rsplit(".", 1)[-1].lower())
-
-
-def _callback(cls: type, **init_args) -> Namespace:
-    return Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace(**init_args))
+def _method_name(path: str) -> str:
+    by_path = {class_path(c): n for n, c in registered_methods().items()}
+    return by_path.get(path, path.rsplit(".", 1)[-1].lower())
 
 
 def _set_init_args(entry: object, cls: type, **init_args) -> None:
     """Set ``init_args`` of a config ``class_path`` entry naming ``cls`` itself (other classes are left alone)."""
-    if isinstance(entry, Namespace) and entry.get("class_path") == f"{cls.__module__}.{cls.__qualname__}":
+    if isinstance(entry, Namespace) and entry.get("class_path") == class_path(cls):
         if entry.get("init_args") is None:
             entry.init_args = Namespace()
         for key, value in init_args.items():
@@ -139,14 +136,15 @@ class SRCLI(LightningCLI):
         # config.yaml is the fit's; validate and test write config-<subcommand>.yaml beside it
         self.save_config_kwargs["config_filename"] = "config.yaml" if self.subcommand in (None, "fit") else (
             f"config-{self.subcommand}.yaml")
-        prepare_run_dir(self.run_dir)  # an unwritable run_dir is one clear error, not a logger's traceback
+        writable_folder(self.run_dir, "--run_dir", "pass --run_dir with a folder you can write, or run from a "
+                        "writable working directory")  # one clear error, not a logger's traceback
         trainer = cfg.trainer
         trainer.default_root_dir = cfg.run_dir
         if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
             trainer.max_epochs = -1  # the stages set it (SRMethod.on_train_start), not Lightning's default of 1000
         tags = [method, str(cfg.model.init_args.get("variant") or method)]
         if trainer.logger in (None, True):
-            trainer.logger = _callback(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
+            trainer.logger = config_entry(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
         # lit_sr's own logger and checkpoints write in run_dir even when the config names them with other folders
         # (a run's saved config.yaml reused with another --run_dir must not write into that run).
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
@@ -161,17 +159,17 @@ class SRCLI(LightningCLI):
         names = {c.class_path.rsplit(".", 1)[-1] for c in callbacks if isinstance(c, Namespace)}
         if trainer.enable_checkpointing is not False and not names & {"ModelCheckpoint", "RunCheckpoint"}:
             # The folder is set now: Lightning resolves --ckpt_path last before any callback's setup.
-            callbacks.append(_callback(RunCheckpoint, dirpath=str(self.run_dir / "checkpoints")))
+            callbacks.append(config_entry(RunCheckpoint, dirpath=str(self.run_dir / "checkpoints")))
         if trainer.enable_progress_bar is not False and not any("ProgressBar" in n for n in names):
-            callbacks.append(_callback(StageProgressBar))
+            callbacks.append(config_entry(StageProgressBar))
         if "ImagePanels" not in names:
-            callbacks.append(_callback(ImagePanels))
+            callbacks.append(config_entry(ImagePanels))
         if trainer.enable_checkpointing is not False:  # exact resume: step checkpoints, a checkpoint on SIGTERM
-            callbacks += [_callback(c) for c in (StepCheckpoint, SignalCheckpoint) if c.__name__ not in names]
+            callbacks += [config_entry(c) for c in (StepCheckpoint, SignalCheckpoint) if c.__name__ not in names]
         trainer.callbacks = callbacks
         plugins = with_cluster_environment(trainer.plugins)  # LIT_SR_IGNORE_SLURM: own DDP ranks
         if not any(issubclass(c, CheckpointIO) for c in map(plugin_class, plugins) if c is not None):
-            plugins.append(_callback(AtomicCheckpointIO))  # a class_path, not an instance: config.yaml loads again
+            plugins.append(config_entry(AtomicCheckpointIO))  # a class_path, not an instance: config.yaml loads again
         trainer.plugins = plugins
 
     def parse_arguments(self, parser, args) -> None:
@@ -346,10 +344,9 @@ def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lit_sr.evaluate import format_table, resolve_method, run_benchmark, write_results
-    from lit_sr.upscale import check_output_folder
 
     method, ckpt = resolve_method(args.method, args.ssim)
-    check_output_folder(args.out, "--out")  # before the evaluation, not after it
+    writable_folder(args.out, "--out")  # before the evaluation, not after it
     if len(set(args.data)) < len(args.data):
         raise ConfigError(f"--data {' '.join(args.data)} names a set twice; give each once")
     scales = args.scales or method.supported_scales

@@ -27,9 +27,9 @@ from typing import Any
 from jsonargparse.typing import NonNegativeInt
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lit_sr.errors import ConfigError, RunInterrupted, UserError
+from lit_sr.errors import ConfigError, RunInterrupted
 from lit_sr.presets import config_roots
-from lit_sr.typed import check_arguments, positive_int
+from lit_sr.typed import check_arguments, config_entry, positive_int
 
 TRAINER_PRESETS = "trainers"
 IGNORE_SLURM_VAR = "LIT_SR_IGNORE_SLURM"
@@ -218,24 +218,6 @@ class SignalCheckpoint(Callback):
         self._restore()
 
 
-# ---- what every ``lit-sr`` run gets -----------------------------------------------------------------------
-def prepare_run_dir(run_dir: Path | None) -> None:
-    """Create the run folder and check it is writable: a clear error now, not a traceback from a logger later."""
-    if run_dir is None:
-        return
-    run_dir = Path(run_dir)
-    probe = run_dir / f".write-test-{os.getpid()}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(
-            f"run folder {run_dir} is not writable ({err.strerror or err}); pass --run_dir with a folder you can "
-            "write, or run from a writable working directory"
-        ) from err
-
-
 def plugin_class(plugin: Any) -> type | None:
     """The class of a Trainer plugin given as an instance or as a config ``class_path`` (None for a string)."""
     class_path = getattr(plugin, "class_path", None) if not isinstance(plugin, (str, type)) else None
@@ -255,8 +237,6 @@ def with_cluster_environment(plugins: Any) -> list:
 
     Added as a ``class_path`` config entry (like lit_sr's callbacks), so the run's saved config.yaml loads again.
     """
-    from jsonargparse import Namespace
-
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
     if os.environ.get(IGNORE_SLURM_VAR) != "1":
         return plugins
@@ -264,5 +244,4 @@ def with_cluster_environment(plugins: Any) -> list:
 
     if any(issubclass(c, ClusterEnvironment) for c in map(plugin_class, plugins) if c is not None):
         return plugins
-    cls = LightningEnvironment
-    return [*plugins, Namespace(class_path=f"{cls.__module__}.{cls.__qualname__}", init_args=Namespace())]
+    return [*plugins, config_entry(LightningEnvironment)]

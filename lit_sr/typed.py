@@ -18,6 +18,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from jsonargparse import Namespace
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from lit_sr.errors import ConfigError
@@ -104,3 +105,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be {KINDS[PositiveInt]}, got {text!r}")
     return value
+
+
+def class_path(cls: type) -> str:
+    """The import path of ``cls``, as a config's ``class_path`` names it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def config_entry(cls: type, **init_args: Any) -> Namespace:
+    """A ``class_path``/``init_args`` config entry of ``cls`` (a callback, logger or plugin the run's config.yaml
+    can hold and load again, unlike an instance)."""
+    return Namespace(class_path=class_path(cls), init_args=Namespace(**init_args))

@@ -11,7 +11,6 @@ depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/ro
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
 from lit_sr.inference import min_tile, self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
+from lit_sr.paths import writable_folder
 
 
 class OutputExistsError(UserError, FileExistsError):
@@ -310,22 +310,6 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-# ---- the output folder --------------------------------------------------------------------------------------
-def check_output_folder(out: str | Path, flag: str = "-o") -> Path:
-    """Create ``out`` and write a probe file in it before any work, so that a folder that cannot be written is one
-    :class:`UserError` naming ``flag`` (``-o``, ``--out``) now, not a failure after the work."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".lit_sr_write_check_"):
-            pass
-    except OSError as err:
-        raise UserError(
-            f"{flag} {out}: cannot write there ({err.strerror or err}); choose a folder you can write"
-        ) from None
-    return out
-
-
 # ---- files and folders -------------------------------------------------------------------------------------
 def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
     """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
@@ -391,7 +375,7 @@ def upscale_files(
         raise OutputExistsError(
             f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
         )
-    check_output_folder(out)
+    writable_folder(out, "-o")
     for src, _ in pairs:  # a broken file stops the command before any output is written (headers and checksums)
         with decoding(src, "re-export or re-download it, or remove it from the inputs"), Image.open(src) as im:
             im.verify()

@@ -366,7 +366,7 @@ def test_an_output_folder_that_is_not_writable(tmp_path, capsys, data_root, monk
     assert main(["benchmark", "bicubic", "--data", "Set5", "--scales", "2", "--out", str(out)]) == 2
     assert f"--out {out}: cannot write there" in error_line(capsys)
     assert main(["fit", "--config", str(QUICK), "--run_dir", str(out)]) == 2
-    assert f"run folder {out} is not writable" in error_line(capsys)
+    assert f"--run_dir {out}: cannot write there" in error_line(capsys)
 
 
 def test_a_non_finite_loss_stops_with_step_stage_and_lr(tmp_path, capsys, data_root):

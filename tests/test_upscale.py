@@ -20,11 +20,10 @@ from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
 from lit_sr.methods.bicubic import Bicubic
 from lit_sr.metrics import psnr_y
-from lit_sr.paths import REPO
+from lit_sr.paths import REPO, writable_folder
 from lit_sr.upscale import (
     TilingWarning,
     check_device,
-    check_output_folder,
     read_picture,
     super_resolve_tiled,
     upscale_files,
@@ -353,5 +352,5 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_
     monkeypatch.setattr(method, "upscale_rgb", no_work)
     with pytest.raises(UserError, match=rf"^-o {tmp_path / 'file' / 'out'}: cannot write there .*choose a folder"):
         upscale_files(method, [tmp_path / "x.png"], tmp_path / "file" / "out", 2, progress=False)
-    assert check_output_folder(tmp_path / "new" / "out", "--out") == tmp_path / "new" / "out"
+    assert writable_folder(tmp_path / "new" / "out", "--out") == tmp_path / "new" / "out"
     assert list((tmp_path / "new" / "out").iterdir()) == []  # the probe file is gone

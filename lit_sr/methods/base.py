@@ -50,7 +50,7 @@ from lit_sr.stages import (
     parse_stages,
     set_lr,
 )
-from lit_sr.typed import check_typed, type_hints
+from lit_sr.typed import check_typed, class_path, type_hints
 
 STAGE_KEY = "lit_sr_stage_index"
 # Degrading on the method's side of the transfer is the design (the method knows its channels and needs).
@@ -133,7 +133,7 @@ class SRMethod(L.LightningModule):
         check_typed(dict(self.hparams), {k: v for f in inits for k, v in type_hints(f).items()}, "model.init_args.")
         self.net: nn.Module | None = build_registered(variant, **(net or {})) if variant else None
         if self.net is not None and not isinstance(self.net, self.network_type):
-            other = [f"{c.__module__}.{c.__qualname__}" for c in registered_methods().values()
+            other = [class_path(c) for c in registered_methods().values()
                      if c.network_type is type(self.net)]
             raise ValueError(
                 f"model.init_args.variant={variant!r} builds a {type(self.net).__name__}, but "
