@@ -149,10 +149,9 @@ class SRCLI(LightningCLI):
         # (a run's saved config.yaml reused with another --run_dir must not write into that run).
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         resumed = wandb_run_id(self.run_dir) if cfg.get("ckpt_path") else None  # one training, one W&B run
+        same_run = {"id": resumed, "resume": "allow"} if resumed else {}
         for entry in loggers:
-            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name)
-            if resumed is not None:
-                _set_init_args(entry, SRWandbLogger, id=resumed, resume="allow")
+            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, **same_run)
         callbacks = list(trainer.callbacks or [])
         for entry in callbacks:
             _set_init_args(entry, RunCheckpoint, dirpath=str(self.run_dir / "checkpoints"))
