@@ -148,10 +148,8 @@ class SRCLI(LightningCLI):
         # lit_sr's own logger and checkpoints write in run_dir even when the config names them with other folders
         # (a run's saved config.yaml reused with another --run_dir must not write into that run).
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-        resumed = wandb_run_id(self.run_dir) if cfg.get("ckpt_path") else None  # one training, one W&B run
-        same_run = {"id": resumed, "resume": "allow"} if resumed else {}
         for entry in loggers:
-            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, **same_run)
+            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name)
         callbacks = list(trainer.callbacks or [])
         for entry in callbacks:
             _set_init_args(entry, RunCheckpoint, dirpath=str(self.run_dir / "checkpoints"))
@@ -183,12 +181,6 @@ class SRCLI(LightningCLI):
             self.trainer.logger.log_hyperparams(
                 {"config": self._parser(self.subcommand).dump(cfg, format="yaml", skip_none=False)}
             )
-
-
-def wandb_run_id(run_dir: Path) -> str | None:
-    """The id of the W&B run a run folder last logged to (``wandb/latest-run/run-<id>.wandb``)."""
-    files = sorted((run_dir / "wandb" / "latest-run").glob("run-*.wandb"))
-    return files[0].stem.removeprefix("run-") if files else None
 
 
 def default_run_dir(method: str) -> str:

@@ -299,17 +299,3 @@ def test_a_resume_with_another_network_or_fewer_stages_is_one_line_and_keeps_the
         assert main(["fit", "--config", str(QUICK), *args]) == 2
         assert error_line(capsys).startswith(message)
         assert (run / "config.yaml").read_bytes() == saved  # the run's config still describes its checkpoints
-
-
-# ---- item: a resumed training is one W&B run ---------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_resume_in_its_run_folder_logs_to_the_same_wandb_run(tmp_path, data_root, monkeypatch):
-    from lit_sr.cli import main
-
-    monkeypatch.setenv("LIT_SR_DATA", str(data_root))
-    tiny = write_yaml(tmp_path / "tiny.yaml", TINY)  # 2 steps: the first run stops after one
-    args = ["fit", "--config", str(QUICK), "--config", str(tiny), "--run_dir", str(tmp_path / "r")]
-    assert main([*args, "--trainer.max_steps", "1"]) == 0
-    assert main([*args, "--ckpt_path", "last"]) == 0
-    parts = sorted((tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(parts) == 2 and len({f.name for f in parts}) == 1, parts  # two parts of one run: run-<id>.wandb
