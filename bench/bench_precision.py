@@ -4,7 +4,8 @@ Both runs are ``lit-sr fit`` of experiments/vdsr/quick.yaml with the same seed (
 initial weights), ``--steps`` steps of the preset's Adam + cosine schedule compressed to them, and only
 the precision differing (``32-true`` vs ``bf16-mixed``). They are compared on the validation set
 (``val/psnr_y``, the preset's default hold-out; the test benchmarks are not used to decide), together
-with the steps per second of each. Not a test.
+with the steps per second of each. On a CPU without bf16 units lit-sr trains bf16-mixed in 32-true
+(``lit_sr.cluster.precision_for_device``): there is nothing to compare, and the script says so. Not a test.
 
     python bench/bench_precision.py [--steps 600] [--markdown FILE]
 """
@@ -20,6 +21,7 @@ import yaml
 from common import Clock, emit, preset, table
 
 from lit_sr.cli import SRCLI
+from lit_sr.cluster import precision_for_device
 from lit_sr.presets import preset_path
 
 COST_LIMIT_DB = 0.05
@@ -52,6 +54,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args()
+    if precision_for_device("bf16-mixed", "cpu") != "bf16-mixed":
+        emit("This CPU has no bf16 units (AVX512-BF16 or AMX): lit-sr trains bf16-mixed in 32-true here, so there is "
+             "no bf16 run to compare.\n", args.markdown)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {p: run(p, args.steps, Path(tmp)) for p in ("32-true", "bf16-mixed")}
     rows = [

@@ -29,6 +29,7 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_sr.callbacks import AtomicCheckpointIO, ImagePanels, RunCheckpoint, StageProgressBar
 from lit_sr.checkpoint import check_ckpt_path
@@ -37,6 +38,7 @@ from lit_sr.cluster import (
     StepCheckpoint,
     add_trainer_arguments,
     plugin_class,
+    precision_for_device,
     train_overrides,
     under_slurm,
     with_cluster_environment,
@@ -142,6 +144,11 @@ class SRCLI(LightningCLI):
         trainer.default_root_dir = cfg.run_dir
         if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1):
             trainer.max_epochs = -1  # the stages set it (SRMethod.on_train_start), not Lightning's default of 1000
+        if (precision := precision_for_device(trainer.precision, trainer.accelerator)) != trainer.precision:
+            rank_zero_warn(f"trainer.precision {trainer.precision}: this CPU has no bf16 units (AVX512-BF16 or AMX), "
+                           f"where bf16 trains about 10x slower than fp32; training in {precision} (config.yaml says "
+                           "so)")
+            trainer.precision = precision
         tags = [method, str(cfg.model.init_args.get("variant") or method)]
         if trainer.logger in (None, True):
             trainer.logger = config_entry(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)

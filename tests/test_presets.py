@@ -73,3 +73,21 @@ def test_preset_builds_and_resolves_its_training_validation_and_test_sources(met
         assert dm.train_names == ["291"] and len(dm.train_paths) + len(dm.eval_paths("holdout")) == 291
     assert not set(dm.val_sets) & {"Set5", "Set14"}  # a preset never chooses on a benchmark
     assert dm.test_sets == ["Set5", "Set14"]
+
+
+@pytest.mark.parametrize("bf16_units", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def test_a_bf16_preset_trains_in_fp32_on_a_cpu_without_bf16_units(bf16_units, monkeypatch, tmp_path):
+    """Without AVX512-BF16 or AMX, bf16 autocast is emulated (a quick VDSR step 11x slower than fp32 on an AVX2
+    EPYC): the quick presets' bf16-mixed trains in 32-true there, with a warning, and the run's config says so."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    args = ["--config", str(preset_path("vdsr", "quick")), "--run_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+    if bf16_units:
+        cli = SRCLI(args=args, run=False)
+    else:
+        with pytest.warns(UserWarning, match=r"trainer.precision bf16-mixed: this CPU has no bf16 units .* training "
+                          r"in 32-true"):
+            cli = SRCLI(args=args, run=False)
+    expected = "bf16-mixed" if bf16_units else "32-true"
+    assert cli.config.trainer.precision == expected  # what config.yaml records
+    assert cli.trainer.precision == expected
