@@ -318,9 +318,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
     """What the checkpoint's run trained and chose on (its DataModule's arguments), for a benchmark's ``meta``;
-    warns when a benchmarked set is one the checkpoint was chosen on, or one its run never compared its training
-    images with (only its val and test sets were)."""
+    warns when a benchmarked set is one the checkpoint was chosen on, or holds a copy of one of its training images.
+    Its run compared its training images with its val and test sets; the other benchmarked sets are compared here."""
     from lit_sr.checkpoint import read_checkpoint
+    from lit_sr.data.images import ImageError
+    from lit_sr.data.overlap import copies_among
     from lit_sr.data.sources import default_test_sets, resolve_images
 
     data = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
@@ -330,14 +332,24 @@ def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
         warnings.warn(f"{ckpt} was chosen on {reused} (data.val_sets of its run): these rows are not test numbers",
                       stacklevel=2)
     tested = data.get("test_sets") if data.get("test_sets") is not None else default_test_sets()
-    names = [resolve_images(s)[0] for s in sets]
-    unchecked = [n for n in names if n not in {*tested, *chosen_on}]
-    if unchecked:  # its run compared its training images with its val and test sets only
-        warnings.warn(f"{ckpt}: its run did not check its training images against {unchecked} (not among its "
-                      "data.test_sets): a copy of one of their images in training would inflate these rows",
-                      stacklevel=2)
+    resolved = dict(resolve_images(s) for s in sets)
+    new = [n for n in resolved if n not in {*tested, *chosen_on}]
+    copies, unchecked = [], []
+    if new:
+        try:
+            train = [p for source in data.get("train_sources") or [] for p in resolve_images(source)[1]]
+            copies = copies_among(train, [p for n in new for p in resolved[n]])
+        except ImageError as err:  # e.g. trained on another machine's folders
+            unchecked = new
+            warnings.warn(f"{ckpt}: its training images cannot be compared with {new} here ({err}): a copy of one "
+                          "of them in training would inflate these rows", stacklevel=2)
+    for train_image, image, corr in copies:
+        warnings.warn(f"{image} is a copy of {train_image} (correlation {corr:.3f}), a training image of {ckpt}: "
+                      "its rows are not test numbers", stacklevel=2)
     return {"train_sources": data.get("train_sources"), "val_sets": data.get("val_sets"),
-            "selection_on_test": bool(reused), "unchecked_for_overlap": unchecked}
+            "selection_on_test": bool(reused), "checked_for_overlap": [n for n in new if n not in unchecked],
+            "unchecked_for_overlap": unchecked,
+            "training_copies": [[str(t), str(e), round(c, 4)] for t, e, c in copies]}
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ real W&B, read back offline: the training side's one W&B smoke test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,6 +199,32 @@ def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_te
     assert np.mean(loss[-5:]) < np.mean(bic[-5:])  # the training loss fell below the bicubic MSE
 
 
+def test_benchmarking_a_set_that_holds_a_training_image_warns_and_records_it(learned_run, tmp_path):
+    """Its run compared its training images (the 291) with Sun80 and Set5 only: a set of other images is compared
+    by the benchmark, which finds a rotated copy and a 0.8x downscaled copy of training images, and names them."""
+    tmp, _ = learned_run
+    ckpt = str(tmp / "learn" / "checkpoints" / "last.ckpt")
+    train = resolve_images("291")[1]
+    rotated, small = train[3], train[100]
+    Image.open(rotated).rotate(90, expand=True).save(tmp_path / "a.png")
+    img = Image.open(small)
+    img.resize((round(img.width * 0.8), round(img.height * 0.8)), Image.BICUBIC).save(tmp_path / "b.png")
+    Image.open(resolve_images("Sun80")[1][5]).save(tmp_path / "c.png")  # no copy in training
+    with pytest.warns(UserWarning, match=rf"a.png is a copy of {rotated} \(correlation 1.000\), a training image of "):
+        roles = checkpoint_roles(ckpt, [str(tmp_path)])
+    assert roles["checked_for_overlap"] == [tmp_path.name] and roles["unchecked_for_overlap"] == []
+    found = {Path(e).name: (t, c) for t, e, c in roles["training_copies"]}
+    assert set(found) == {"a.png", "b.png"} and found["a.png"] == (str(rotated), 1.0)
+    assert found["b.png"][0] == str(small) and found["b.png"][1] >= 0.95  # its thumbnails: 0.9999 and more
+    bad = tmp_path / "moved.ckpt"  # trained on folders this machine does not have
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["datamodule_hyper_parameters"]["train_sources"] = [str(tmp_path / "no-such-folder")]
+    torch.save(state, bad)
+    with pytest.warns(UserWarning, match=r"its training images cannot be compared with \['" + tmp_path.name):
+        roles = checkpoint_roles(str(bad), [str(tmp_path)])
+    assert (roles["checked_for_overlap"], roles["unchecked_for_overlap"]) == ([], [tmp_path.name])
+
+
 def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):
     tmp, cli = learned_run
     run = cli.trainer.logger
@@ -229,7 +256,8 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     meta = written["meta"]  # traced to the run's own config, with the data roles of the checkpoint's run
     assert meta["config"] == str(tmp / "learn" / "config.yaml") and (tmp / "learn" / "config.yaml").is_file()
     assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], False)
-    assert meta["unchecked_for_overlap"] == ["two"]  # its run checked its training images against Set5 only
-    assert checkpoint_roles(str(ckpt), ["Set5"])["unchecked_for_overlap"] == []
+    # its run compared its training images with Sun80 and Set5; `two` (folder name) is compared by the benchmark
+    assert (meta["checked_for_overlap"], meta["training_copies"], meta["unchecked_for_overlap"]) == (["two"], [], [])
+    assert checkpoint_roles(str(ckpt), ["Set5"])["checked_for_overlap"] == []
     with pytest.warns(UserWarning, match=r"was chosen on \['Sun80'\] \(data.val_sets of its run\): these rows are not"):
         assert checkpoint_roles(str(ckpt), ["Set5", "Sun80"])["selection_on_test"] is True

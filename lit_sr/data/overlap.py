@@ -5,6 +5,8 @@ prove nothing (the same photo appears under two names), so the checks compare de
 
 - :func:`pixel_hash`: SHA-1 of the decoded uint8 pixels and their shape (a renamed or re-encoded
   lossless copy has the same hash), taken of every flip/rotation (:func:`d4_variants`) of the other set.
+- :func:`copies_among`: both checks of image files, for a checkpoint benchmarked on a set its run never
+  compared with its training images (``lit-sr benchmark``).
 - :func:`near_duplicates`: normalised cross-correlation of small grey thumbnails. Each image of set A is
   shrunk (area filter) to ``THUMB`` x ``THUMB`` over a few centred crops (a downscaled, slightly cropped
   copy lines up with one of them); a pair of similar aspect ratio whose best correlation against any
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -77,3 +80,15 @@ def near_duplicates(
     return [(int(i), int(j), float(corr[i, j])) for i, j in np.argwhere(corr >= threshold)]
 
 
+
+
+def copies_among(train: Sequence[Path], evaluated: Sequence[Path]) -> list[tuple[Path, Path, float]]:
+    """``(training image, evaluated image, correlation)`` for each training image that is an evaluated one, or a
+    flip/rotation of it (correlation 1.0), or a near-copy (:func:`near_duplicates`)."""
+    from lit_sr.data.images import read_image
+
+    a, b = [read_image(p) for p in train], [read_image(p) for p in evaluated]
+    hashes = {pixel_hash(v): j for j, img in enumerate(b) for v in d4_variants(img)}
+    found = {i: (hashes[h], 1.0) for i, img in enumerate(a) if (h := pixel_hash(img)) in hashes}
+    found |= {i: (j, c) for i, j, c in near_duplicates(a, b) if i not in found}
+    return [(train[i], evaluated[j], c) for i, (j, c) in sorted(found.items())]
