@@ -250,14 +250,13 @@ def with_cluster_environment(plugins: Any) -> list:
 
 def precision_for_device(precision: Any, accelerator: Any) -> Any:
     """``precision``, or ``32-true`` for a bf16 one when the run trains on a CPU without bf16 units (AVX512-BF16 or
-    AMX): there oneDNN emulates bf16, and a quick VDSR step took 11x longer than in fp32 (AVX2 EPYC, torch 2.13).
+    AMX): there oneDNN emulates bf16, and a quick VDSR step took 10.4x longer than in fp32 (AVX2 EPYC, torch 2.13).
     A GPU, and a CPU with the units, keep the precision the config asks."""
     import torch
 
-    if not str(precision).startswith("bf16"):
-        return precision
-    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    if str(accelerator) != "cpu" and (accelerator not in (None, "auto") or gpu):
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()  # what accelerator "auto" picks first
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not gpu)
+    if not str(precision).startswith("bf16") or not on_cpu:
         return precision
     cpu = torch.cpu
     if getattr(cpu, "_is_avx512_bf16_supported", lambda: True)() or getattr(cpu, "_is_amx_tile_supported", bool)():

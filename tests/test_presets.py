@@ -77,7 +77,7 @@ def test_preset_builds_and_resolves_its_training_validation_and_test_sources(met
 
 @pytest.mark.parametrize("bf16_units", [False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def test_a_bf16_preset_trains_in_fp32_on_a_cpu_without_bf16_units(bf16_units, monkeypatch, tmp_path):
-    """Without AVX512-BF16 or AMX, bf16 autocast is emulated (a quick VDSR step 11x slower than fp32 on an AVX2
+    """Without AVX512-BF16 or AMX, bf16 autocast is emulated (a quick VDSR step 10.4x slower than fp32 on an AVX2
     EPYC): the quick presets' bf16-mixed trains in 32-true there, with a warning, and the run's config says so."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16_units)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from lit_sr.data.datasets import BenchmarkSet, TrainPatches, min_benchmark_size
 from lit_sr.data.degrade import crop_size, min_train_side
 from lit_sr.data.images import ImageCache, ImageError
-from lit_sr.data.overlap import d4_variants, near_duplicates, pixel_hash
+from lit_sr.data.overlap import d4_hashes, near_duplicates, pixel_hash
 from lit_sr.data.resume import ResumableLoader
 from lit_sr.data.sources import default_test_sets, resolve_images
 from lit_sr.typed import check_arguments
@@ -268,7 +268,7 @@ class SRDataModule(pl.LightningDataModule):
         evals = [(n, role, i, self._eval_images(n)) for n, role in roles for i in range(len(self._eval_images(n)))]
         images = [cache[i] for _, _, i, cache in evals]
         where = [(cache.paths[i], role, n) for n, role, i, cache in evals]
-        hashes = {pixel_hash(v): k for k, img in enumerate(images) for v in d4_variants(img)}
+        hashes = d4_hashes(images)
         drop: set[int] = set()
         for t in range(len(train)):
             k = hashes.get(pixel_hash(train[t]))

@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lit_sr.data.images import read_image
+
 THUMB = 24
 CROPS = (1.0, 0.95, 0.9, 0.85)
 THRESHOLD = 0.95
@@ -80,15 +82,16 @@ def near_duplicates(
     return [(int(i), int(j), float(corr[i, j])) for i, j in np.argwhere(corr >= threshold)]
 
 
+def d4_hashes(images: Sequence[np.ndarray]) -> dict[str, int]:
+    """:func:`pixel_hash` of every flip/rotation of each image -> the image's index."""
+    return {pixel_hash(v): j for j, img in enumerate(images) for v in d4_variants(img)}
 
 
 def copies_among(train: Sequence[Path], evaluated: Sequence[Path]) -> list[tuple[Path, Path, float]]:
     """``(training image, evaluated image, correlation)`` for each training image that is an evaluated one, or a
     flip/rotation of it (correlation 1.0), or a near-copy (:func:`near_duplicates`)."""
-    from lit_sr.data.images import read_image
-
     a, b = [read_image(p) for p in train], [read_image(p) for p in evaluated]
-    hashes = {pixel_hash(v): j for j, img in enumerate(b) for v in d4_variants(img)}
+    hashes = d4_hashes(b)
     found = {i: (hashes[h], 1.0) for i, img in enumerate(a) if (h := pixel_hash(img)) in hashes}
     found |= {i: (j, c) for i, j, c in near_duplicates(a, b) if i not in found}
     return [(train[i], evaluated[j], c) for i, (j, c) in sorted(found.items())]
