@@ -45,7 +45,7 @@ from lit_sr.cluster import (
 )
 from lit_sr.data.datamodule import SRDataModule
 from lit_sr.errors import DEBUG_VAR, ConfigError, UserError, run_reporting_errors
-from lit_sr.loggers import SRWandbLogger
+from lit_sr.loggers import SRWandbLogger, wandb_run_id
 from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.paths import writable_folder
 from lit_sr.presets import preset_path
@@ -154,9 +154,11 @@ class SRCLI(LightningCLI):
             trainer.logger = config_entry(SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, tags=tags)
         # lit_sr's own logger and checkpoints write in run_dir even when the config names them with other folders
         # (a run's saved config.yaml reused with another --run_dir must not write into that run).
+        # A resumed fit continues its folder's W&B run (WandbLogger inits with resume="allow"); any other run is new.
+        version = wandb_run_id(self.run_dir) if self.subcommand == "fit" and cfg.get("ckpt_path") else None
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         for entry in loggers:
-            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name)
+            _set_init_args(entry, SRWandbLogger, save_dir=cfg.run_dir, name=self.run_dir.name, version=version)
         callbacks = list(trainer.callbacks or [])
         for entry in callbacks:
             _set_init_args(entry, RunCheckpoint, dirpath=str(self.run_dir / "checkpoints"))

@@ -34,6 +34,13 @@ def wandb_offline(offline: bool | None = None) -> bool:
     return not wandb_has_credentials()
 
 
+def wandb_run_id(save_dir: str | Path) -> str | None:
+    """The id of the newest W&B run under ``save_dir`` (``wandb/[offline-]run-<time>-<id>/run-<id>.wandb``), or None."""
+    files = Path(save_dir, "wandb").glob("*run-*/run-*.wandb")
+    newest = max(files, key=lambda f: f.parent.name.split("run-", 1)[1], default=None)  # by the start time
+    return newest.stem.removeprefix("run-") if newest else None
+
+
 def init_run(name: str, job_type: str, save_dir: str | Path, **kwargs: Any) -> Any:
     """A W&B run of its own (a sweep report, a comparison), in the project, entity and mode of the trainer's logger."""
     import wandb

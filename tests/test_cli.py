@@ -103,12 +103,16 @@ def test_a_runs_config_yaml_is_reused_and_the_new_run_writes_only_in_its_run_dir
     before = _files(run1)
     assert "checkpoints/last.ckpt" in before and any(k.startswith("wandb/offline-run-") for k in before)
 
-    assert main(["fit", "--config", str(config1), "--run_dir", str(run2)]) == 0
+    # The W&B run id a resumed run's config.yaml holds (see test_cluster's requeue) does not carry over either.
+    stale = ["--trainer.logger.init_args.version", "stale123"]
+    assert main(["fit", "--config", str(config1), *stale, "--run_dir", str(run2)]) == 0
     assert _files(run1) == before  # run 1 untouched: checkpoints, W&B run, config.yaml
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "config.yaml"} <= set(_files(run2))
-    assert list((run2 / "wandb").glob("offline-run-*/run-*.wandb"))
+    (run_file,) = (run2 / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_file.stem != "run-stale123"  # a W&B run of its own
     saved = yaml.safe_load((run2 / "config.yaml").read_text())
     assert (saved["run_dir"], saved["ckpt_path"]) == (None, None)  # reused, it is a new run
+    assert saved["trainer"]["logger"]["init_args"]["version"] is None
     assert saved["trainer"]["logger"]["init_args"]["save_dir"] == str(run2)
     assert saved["trainer"]["logger"]["init_args"]["name"] == "r2"
     assert [c["init_args"]["dirpath"] for c in saved["trainer"]["callbacks"] if "RunCheckpoint" in c["class_path"]] == [

@@ -19,6 +19,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from wandb_offline import find_runs, read_finished
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import main
@@ -240,7 +241,15 @@ def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path
         again.stdout + again.stderr
     )
     assert torch.load(ckpt, weights_only=True)["global_step"] == 60
-    assert (tmp_path / "runs" / "vdsr" / "slurm-4242" / "benchmark" / "results.md").is_file()  # the test table
+    run = tmp_path / "runs" / "vdsr" / "slurm-4242"
+    assert (run / "benchmark" / "results.md").is_file()  # the test table
+    # The requeued job goes on with the job's W&B run (its config.yaml says which), from the step it stopped at.
+    first, requeued = (read_finished(f) for f in find_runs(run))
+    assert requeued.run_id == first.run_id and requeued.name == first.name == "slurm-4242"
+    assert max(first.series("trainer/global_step")) <= stopped_at <= min(requeued.series("trainer/global_step"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["logger"]["init_args"]["version"] == (
+        first.run_id
+    )
 
 
 # ---- device keys and Trainer presets ---------------------------------------------------------------------------
