@@ -120,7 +120,8 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_root):
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 100, "model.init_args.stages.0.epochs": 3}
+    # 3000 batches: the trial must still train when the test sees its pid (it is stopped then, never run through)
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 1000, "model.init_args.stages.0.epochs": 3}
     path = write_sweep(tmp_path, "stop", study={"n_trials": 1}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
