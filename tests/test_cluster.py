@@ -36,7 +36,8 @@ SCRIPTS = {name: REPO / "scripts" / "slurm" / f"{name}.sbatch" for name in ("tra
 
 def env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+    own_service = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # as in test_resume.env
+    return {**own_service, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import TWO_STAGES
+from wandb_offline import find_runs, read_run
 
 from lit_sr.cli import main
 from lit_sr.data.datasets import TrainPatches
@@ -61,8 +62,10 @@ RESUME_CONFIG = {
 
 
 def env() -> dict[str, str]:
+    # No WANDB_SERVICE: each `lit-sr fit` starts its own W&B service, as from a shell. This process's service (wandb
+    # puts its address there) would still hold a SIGKILLed run's id when the resume goes on with it ("run ID in use").
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
         "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
@@ -144,6 +147,9 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
     resumed = run(fit_cmd(config, tmp_path / "resumed", "--ckpt_path", "last"), tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr + resumed.stdout
+    killed_file, resumed_file = find_runs(tmp_path / "resumed")  # run-<id>.wandb (the killed one may be empty)
+    assert resumed_file.stem == killed_file.stem  # the resume goes on with the killed run's W&B run
+    assert read_run(resumed_file).run_id == resumed_file.stem.removeprefix("run-")
     a, b = weights(tmp_path / "full" / "checkpoints" / "last.ckpt"), weights(last)
     assert torch.load(last, weights_only=True)["global_step"] == 3 * STEPS
     assert a.keys() == b.keys()
