@@ -87,6 +87,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def child_pid(pid: int) -> int | None:
+    """The first child process of ``pid`` (Linux ``/proc``), or None."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
 def wait_for(predicate, timeout: float, what: str):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

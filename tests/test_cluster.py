@@ -19,6 +19,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from sweep_helpers import child_pid
 from wandb_offline import find_runs, read_finished
 
 from lit_sr.checkpoint import load_method
@@ -181,14 +182,6 @@ def test_slurm_script_parses_and_uses_only_options_and_variables_the_code_reads(
     assert usage in section, f"README 'Running on a cluster' lacks {usage!r}"
 
 
-def _child_pid(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
-
-
 def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path, data_root):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -221,7 +214,7 @@ def test_train_sbatch_requeues_on_sigusr1_then_the_requeued_job_resumes(tmp_path
         while not ckpt.is_file():  # training runs once the first step checkpoint exists
             assert time.monotonic() < deadline and job.poll() is None, job.communicate()[1][-3000:]
             time.sleep(0.2)
-        task = _child_pid(job.pid)  # SLURM signals the job steps (the srun tasks), not the batch shell
+        task = child_pid(job.pid)  # SLURM signals the job steps (the srun tasks), not the batch shell
         assert task is not None
         os.kill(task, signal.SIGUSR1)
         out, err = job.communicate(timeout=120)

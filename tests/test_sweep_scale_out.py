@@ -18,7 +18,7 @@ import pytest
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sweep_helpers import TINY_FIXED, alive, load, sqlite_url, sweep_env, wait_for, write_sweep
+from sweep_helpers import TINY_FIXED, alive, child_pid, load, sqlite_url, sweep_env, wait_for, write_sweep
 from wandb_offline import find_runs, read_finished
 
 from lit_sr.sweep import load_sweep
@@ -120,7 +120,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_root):
-    # 3000 batches: the trial must still train when the test sees its pid (it is stopped then, never run through)
+    # 3000 batches: the trial still trains when the test signals its worker (it is stopped then, never run through)
     fixed = {**TINY_FIXED, "data.batches_per_epoch": 1000, "model.init_args.stages.0.epochs": 3}
     path = write_sweep(tmp_path, "stop", study={"n_trials": 1}, fixed=fixed)
     root = tmp_path / "runs"
@@ -128,18 +128,19 @@ def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_r
     with sweep_env(data_root):
         worker = subprocess.Popen([sys.executable, "-m", "lit_sr.sweep.cli", str(path), "--root", str(root),
                                    "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:  # the trial's log first (no database opened while the worker creates it), then its pid
-            wait_for(lambda: (root / "stop" / "trial-0" / "trial.log").is_file() or worker.poll() is not None, 120,
-                     "trial 0's log")
+        log = root / "stop" / "trial-0" / "trial.log"
+        try:  # the trial's process once it has printed (no database polled: two CI runs saw polls stall there)
+            trial = wait_for(lambda: log.is_file() and log.stat().st_size and child_pid(worker.pid)
+                             or worker.poll() is not None, 120, "trial 0's process to print")
             assert worker.poll() is None, worker.communicate()[0][-3000:]
-            wait_for(lambda: "trial_pid" in load(url, "stop").trials[0].user_attrs, 60, "trial 0's process")
             os.kill(worker.pid, signal.SIGINT)
             out = worker.communicate(timeout=60)[0]
         finally:
             worker.kill()
     assert worker.returncode == 130 and "interrupted: run the same command again to resume" in out, out[-3000:]
+    wait_for(lambda: not alive(trial), 15, "the trial's process to end with its worker")
     stopped, queued = load(url, "stop").get_trials()
-    wait_for(lambda: not alive(stopped.user_attrs["trial_pid"]), 15, "the trial's process to end with its worker")
+    assert stopped.user_attrs["trial_pid"] == trial
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"].startswith("interrupted (Ctrl-C)")
     assert queued.state == TrialState.WAITING and queued.params == stopped.params  # the next run takes it first,
     assert RetryHeartbeatStaleTrialCallback.retry_history(queued) == [0]  # from trial 0's last.ckpt if it has one
