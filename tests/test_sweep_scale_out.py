@@ -120,16 +120,18 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_root):
-    # 3000 batches: the trial still trains when the test signals its worker (it is stopped then, never run through)
-    fixed = {**TINY_FIXED, "data.batches_per_epoch": 1000, "model.init_args.stages.0.epochs": 3}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 1000, "model.init_args.stages.0.epochs": 3}  # stopped long before
     path = write_sweep(tmp_path, "stop", study={"n_trials": 1}, fixed=fixed)
     root = tmp_path / "runs"
     url = sqlite_url(root)
     with sweep_env(data_root):
+        # SIGINT as a terminal's foreground command has it: a shell starts background jobs (`make test &`, a CI
+        # runner's) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
         worker = subprocess.Popen([sys.executable, "-m", "lit_sr.sweep.cli", str(path), "--root", str(root),
-                                   "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         log = root / "stop" / "trial-0" / "trial.log"
-        try:  # the trial's process once it has printed (no database polled: two CI runs saw polls stall there)
+        try:  # the trial's process once it has printed
             trial = wait_for(lambda: log.is_file() and log.stat().st_size and child_pid(worker.pid)
                              or worker.poll() is not None, 120, "trial 0's process to print")
             assert worker.poll() is None, worker.communicate()[0][-3000:]
