@@ -17,6 +17,19 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+TESTS = Path(__file__).resolve().parent
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``lit-sr`` subprocess: this repository and ``tests/`` importable, one torch thread.
+
+    No WANDB_SERVICE: each subprocess starts its own W&B service, as from a shell. This process's service (wandb
+    puts its address there) would still hold a SIGKILLed run's id when the resume goes on with it ("run ID in use").
+    """
+    environ = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return {**environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
+
 
 class KillAtStep(Callback):
     """SIGKILL this process inside the training step that would make ``global_step`` = ``step`` + 1."""

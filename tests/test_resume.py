@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cluster_helpers import subprocess_env
 from conftest import TWO_STAGES
 from wandb_offline import find_runs, read_run
 
@@ -28,7 +29,6 @@ from lit_sr.paths import REPO
 pytestmark = pytest.mark.slow  # trains models: `make test-fast` leaves these out
 
 QUICK = REPO / "experiments" / "vdsr" / "quick.yaml"
-TESTS = Path(__file__).resolve().parent
 STEPS = 6  # batches per epoch
 EVERY = 2  # step-checkpoint interval
 # Stage "warm" (Adam) is epoch 0; stage "main" (SGD + momentum, halving lr, adjustable clipping) epochs 1-2.
@@ -61,16 +61,6 @@ RESUME_CONFIG = {
 }
 
 
-def env() -> dict[str, str]:
-    # No WANDB_SERVICE: each `lit-sr fit` starts its own W&B service, as from a shell. This process's service (wandb
-    # puts its address there) would still hold a SIGKILLed run's id when the resume goes on with it ("run ID in use").
-    return {
-        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-
-
 def fit_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["fit", "--config", str(QUICK), "--config", str(config), "--run_dir", str(run_dir), *extra]
 
@@ -80,7 +70,7 @@ def fit_cmd(config: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -91,8 +81,8 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 def like_a_fit_process(cwd: Path):
     """Run ``lit-sr fit`` in this process as ``fit_cmd`` runs it in a subprocess, then undo what the run set.
 
-    One torch thread, as ``env()``'s OMP_NUM_THREADS=1 gives the subprocesses (two threads change the weights'
-    last bits), and the subprocesses' working directory. Afterwards: the thread count, the deterministic
+    One torch thread, as ``subprocess_env()``'s OMP_NUM_THREADS=1 gives the subprocesses (two threads change the
+    weights' last bits), and the subprocesses' working directory. Afterwards: the thread count, the deterministic
     algorithms switch (``trainer.deterministic``), cudnn.benchmark and the environment variables the run set.
     """
     threads, environ, here = torch.get_num_threads(), dict(os.environ), os.getcwd()
@@ -127,7 +117,7 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
         killed = subprocess.Popen(
             fit_cmd(config, tmp_path / "resumed", "--trainer.callbacks+=cluster_helpers.KillAtStep",
                     f"--trainer.callbacks.step={kill_at}"),
-            cwd=tmp_path, env=env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         with like_a_fit_process(tmp_path):
@@ -173,7 +163,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_with_a_message(tmp_path, data_root
     config.write_text(yaml.safe_dump(long))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
-        fit_cmd(config, tmp_path / "run"), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+        fit_cmd(config, tmp_path / "run"), cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
