@@ -5,7 +5,7 @@ output to bench/logs/<name>.log and collects its markdown table. Each ratio insi
 side by side within that section's single run. The header records the machine, the git commit and the load
 average before and after (a shared machine shows there), and every section its wall and CPU time.
 
-    python bench/run_all.py [--profile full|short|quick] [--only data overhead cpu precision infer quality]
+    python bench/run_all.py [--profile full|short|quick] [--only data overhead cpu precision infer eval quality]
 
 ``--profile short`` keeps every table and method with shorter measurements (for a machine shared with other
 jobs); ``quick`` is a smoke run of a few minutes, not for quoting.
@@ -44,6 +44,8 @@ SECTIONS = [
     ("infer", "4. Inference time and peak memory (x4)", "bench_infer.py",
      {"full": ["--sizes", "512", "1024", "2048"], "short": ["--sizes", "512", "1024"],
       "quick": ["--sizes", "256", "512", "--methods", "vdsr"]}),
+    ("eval", "4b. SSIM of the benchmark images: shifted sums vs float64 conv2d", "bench_eval.py",
+     {"full": ["--repeats", "3"], "short": ["--repeats", "2"], "quick": ["--repeats", "1"]}),
     ("quality", "5. Quality per CPU minute", "bench_quality.py",
      {"full": ["--marks", "0.5", "1", "2"], "short": ["--marks", "0.25", "0.5"],
       "quick": ["--marks", "0.2", "--methods", "vdsr"]}),
