@@ -423,6 +423,20 @@ def test_near_copy_of_a_test_image_leaves_training(data_root):
         strict.train_images()
 
 
+@pytest.mark.parametrize("memmap", [False, True])
+def test_images_left_out_of_training_leave_the_others_decoded_once(data_root, tmp_path, monkeypatch, memmap):
+    import lit_sr.data.images as images
+
+    paths = sorted((data_root / "Set5").glob("*.png"))  # 512, 288, 256, 280 and 228 pixels on the short side
+    cache = ImageCache(paths, min_size=300, enlarge_small=True, cache_dir=str(tmp_path),
+                       memmap_threshold_mb=0 if memmap else 2048)
+    monkeypatch.setattr(images, "read_image", lambda path: pytest.fail(f"{path} decoded again"))
+    kept = cache.without({1, 3})
+    assert kept.paths == [paths[0], paths[2], paths[4]] and kept.uses_memmap == memmap
+    assert all(np.array_equal(kept[i], cache[j]) for i, j in enumerate((0, 2, 4)))
+    assert [p.name for p in kept.enlarged] == ["butterfly.png", "woman.png"] and len(cache) == 5
+
+
 def test_renamed_copy_of_a_test_image_in_training_is_an_error(data_root, tmp_path):
     train = tmp_path / "train"
     train.mkdir()

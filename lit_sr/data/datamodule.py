@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -300,11 +299,7 @@ class SRDataModule(pl.LightningDataModule):
             rank_zero_warn(f"{message}: left out of training (data.near_duplicates: exclude)")
             self.excluded.append({"train": str(train.paths[t]), role: str(path), "correlation": f"{corr:.4f}"})
             drop.add(t)
-        if not drop:
-            return train
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the images were reported when first decoded
-            return self._train_image_cache([p for t, p in enumerate(train.paths) if t not in drop])
+        return train.without(drop) if drop else train
 
     def _train_image_cache(self, paths: list[Path]) -> ImageCache:
         return ImageCache(paths, min_size=self.min_train_side, on_error=self._policy, enlarge_small=True,

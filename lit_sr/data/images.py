@@ -9,6 +9,7 @@ any DataLoader worker starts.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -304,6 +305,16 @@ class ImageCache:
             return self._arrays[i]
         offset, shape = self._index[i]
         return self._mm[offset : offset + int(np.prod(shape))].reshape(shape)
+
+    def without(self, drop: set[int]) -> ImageCache:
+        """This cache less the images at the indices in ``drop``; the kept images are shared, not decoded again."""
+        out = copy.copy(self)
+        keep = [i for i in range(len(self)) if i not in drop]
+        out.paths = [self.paths[i] for i in keep]
+        out._arrays = [a for i, a in enumerate(self._arrays) if i not in drop]  # in memory (else empty)
+        out._index = [e for i, e in enumerate(self._index) if i not in drop]  # memory-mapped (else empty)
+        out.enlarged = [p for p in self.enlarged if p in set(out.paths)]
+        return out
 
     def shape(self, i: int) -> tuple[int, ...]:
         """(H, W, C) of the i-th kept image."""
