@@ -304,3 +304,19 @@ def test_a_resume_with_another_network_or_fewer_stages_is_one_line_and_keeps_the
         assert main(["fit", "--config", str(QUICK), *args]) == 2
         assert error_line(capsys).startswith(message)
         assert (run / "config.yaml").read_bytes() == saved  # the run's config still describes its checkpoints
+
+
+def test_lit_sr_sweep_starts_without_importing_lightning(tmp_path):
+    """The sweep command's process stays light (about 5 s of imports less); its trials import Lightning in theirs."""
+    import importlib.metadata
+
+    code = "import sys; from lit_sr.__main__ import main; print(main(sys.argv[1:]), 'lightning' in sys.modules)"
+    for argv in (["sweep", "nowhere.yaml"], ["--debug", "sweep", "nowhere.yaml"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "LIT_SR_DEBUG": "0"})
+        if argv[0] == "--debug":  # the traceback, as `lit-sr --debug` gives for every command
+            assert "SweepError: sweep file not found: nowhere.yaml" in out.stderr, out.stderr[-2000:]
+        else:
+            assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
+            assert out.stderr.strip() == "lit-sr: error: sweep file not found: nowhere.yaml"
+    assert importlib.metadata.entry_points(group="console_scripts")["lit-sr"].value == "lit_sr.__main__:main"

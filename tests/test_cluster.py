@@ -107,8 +107,8 @@ def _options_of_help(capsys, argv: list[str]) -> set[str]:
 def _lit_sr_calls(text: str) -> list[tuple[str, list[str]]]:
     calls = []
     for line in _logical_lines(text):
-        if "-m lit_sr.cli" in line and not line.lstrip().startswith("#"):
-            words = line.split("-m lit_sr.cli", 1)[1].split()
+        if (m := re.search(r"-m lit_sr(\.cli)? ", line)) and not line.lstrip().startswith("#"):
+            words = line[m.end() :].split()
             calls.append((words[0], [w.split("=")[0] for w in words if w.startswith("--")]))
     return calls
 

@@ -41,7 +41,7 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
     url = sqlite_url(root)
     args = [str(path), "--root", str(root), "--no-report"]
     with sweep_env(data_root):
-        parent = subprocess.Popen([sys.executable, "-m", "lit_sr.cli", "sweep", *args],
+        parent = subprocess.Popen([sys.executable, "-m", "lit_sr", "sweep", *args],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ckpt = root / "kill" / "trial-0" / "checkpoints" / "last.ckpt"
