@@ -54,8 +54,8 @@ def _gaussian_1d(device: torch.device, size: int = 11, sigma: float = 1.5) -> Te
 def _valid_filter(x: Tensor, taps: Tensor, dim: int) -> Tensor:
     """``x`` correlated with the 1-D ``taps`` along ``dim``, valid region only, as a sum of shifted slices.
 
-    The 11x11 Gaussian is separable, so SSIM's window is two such passes. Float64 ``conv2d`` on the CPU
-    is about 17x slower than this (``bench/bench_eval.py``); the result equals the 2-D window within 1e-12
+    The 11x11 Gaussian is separable, so SSIM's window is two such passes. Two float64 ``conv2d`` passes on the
+    CPU are about 11x slower than this (``bench/bench_eval.py``); the result equals the 2-D window within 1e-12
     (tests/test_protocol.py).
     """
     weights, size = taps.tolist(), x.shape[dim] - taps.numel() + 1

@@ -313,7 +313,8 @@ class ImageCache:
         out.paths = [self.paths[i] for i in keep]
         out._arrays = [a for i, a in enumerate(self._arrays) if i not in drop]  # in memory (else empty)
         out._index = [e for i, e in enumerate(self._index) if i not in drop]  # memory-mapped (else empty)
-        out.enlarged = [p for p in self.enlarged if p in set(out.paths)]
+        kept = set(out.paths)
+        out.enlarged = [p for p in self.enlarged if p in kept]
         return out
 
     def shape(self, i: int) -> tuple[int, ...]:
