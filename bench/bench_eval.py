@@ -18,41 +18,25 @@ import torch
 import torch.nn.functional as F
 from common import emit, machine, table
 
-from lit_sr.data.color import to_y
-from lit_sr.data.images import list_images, read_image
+from lit_sr.data.datasets import BenchmarkSet
 from lit_sr.data.resize import imresize
-from lit_sr.metrics import _gaussian_1d, _prepare, ssim_y
-from lit_sr.paths import data_root
+from lit_sr.metrics import _gaussian_1d, _prepare, ssim_of_moments, ssim_y
 
 SCALE = 4
 
 
-def _ssim_by_conv(sr_y: torch.Tensor, hr_y: torch.Tensor, separable: bool) -> torch.Tensor:
-    """SSIM (variant ssim_index) with the window applied by float64 ``conv2d``."""
-    sr, hr = _prepare(sr_y, hr_y, SCALE)
-    g = _gaussian_1d(sr.device)
-    moments = torch.cat([sr, hr, sr * sr, hr * hr, sr * hr])
+def _conv_window(separable: bool):
+    """The Gaussian window applied by float64 ``conv2d``: 2-D, or one column then one row pass."""
+    g = _gaussian_1d(torch.device("cpu"))
     if separable:
-        filtered = F.conv2d(F.conv2d(moments, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
-    else:
-        filtered = F.conv2d(moments, (g[:, None] * g[None, :])[None, None])
-    mu_x, mu_y, xx, yy, xy = filtered.split(sr.shape[0])
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    sxx, syy, sxy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return ssim_map.flatten(1).mean(1)
+        return lambda m: F.conv2d(F.conv2d(m, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+    return lambda m: F.conv2d(m, (g[:, None] * g[None, :])[None, None])
 
 
 def pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(bicubic x4 SR, HR) Y pairs of every Set5 and Set14 image, modcropped to the scale."""
-    out = []
-    for name in ("Set5", "Set14"):
-        for path in list_images(data_root() / name):
-            img = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)[None].double() / 255
-            h, w = (s - s % SCALE for s in img.shape[-2:])
-            hr_y = to_y(img[..., :h, :w])
-            out.append((imresize(imresize(hr_y, 1 / SCALE), SCALE), hr_y))
-    return out
+    """(bicubic x4 SR, HR) Y of every Set5 and Set14 image, as ``lit-sr benchmark bicubic`` makes them."""
+    items = [item for name in ("Set5", "Set14") for item in BenchmarkSet.from_source(name, SCALE)]
+    return [(imresize(it["lr_y"], SCALE)[None], it["hr_y"][None]) for it in items]
 
 
 def main() -> None:
@@ -62,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     images = pairs()
     ways = {
-        "2-D window, conv2d": lambda sr, hr: _ssim_by_conv(sr, hr, separable=False),
-        "separable, two conv2d": lambda sr, hr: _ssim_by_conv(sr, hr, separable=True),
+        "2-D window, conv2d": lambda sr, hr: ssim_of_moments(_conv_window(False), *_prepare(sr, hr, SCALE)),
+        "separable, two conv2d": lambda sr, hr: ssim_of_moments(_conv_window(True), *_prepare(sr, hr, SCALE)),
         "ssim_y (shifted sums)": lambda sr, hr: ssim_y(sr, hr, SCALE),
     }
     seconds, values = {}, {}

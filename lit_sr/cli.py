@@ -44,7 +44,7 @@ from lit_sr.cluster import (
     with_cluster_environment,
 )
 from lit_sr.data.datamodule import SRDataModule
-from lit_sr.errors import DEBUG_VAR, ConfigError, UserError, run_reporting_errors
+from lit_sr.errors import DEBUG_VAR, ConfigError, UserError, run_reporting_errors, take_debug_flag
 from lit_sr.loggers import SRWandbLogger, wandb_run_id
 from lit_sr.methods import SRMethod, registered_methods
 from lit_sr.paths import writable_folder
@@ -449,10 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``lit-sr``: a user mistake prints one line ``lit-sr: error: ...`` and returns 2 (``--debug``: traceback)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:
-        os.environ[DEBUG_VAR] = "1"  # DDP ranks re-run the command line: they inherit it
-        argv = [a for a in argv if a != "--debug"]
+    argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
     return run_reporting_errors(_main, argv, argv=argv, debug=os.environ.get(DEBUG_VAR) == "1")
 
 

@@ -8,6 +8,7 @@ This module imports nothing of lit_sr: every layer may raise these.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -116,6 +117,14 @@ def _direct_message(err: BaseException, argv: Sequence[str]) -> str | None:
             "that the database server runs and accepts connections from this machine"
         )
     return None
+
+
+def take_debug_flag(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--debug``; if it was there, set :data:`DEBUG_VAR` (DDP ranks and trials inherit it)."""
+    rest = [a for a in argv if a != "--debug"]
+    if len(rest) < len(argv):
+        os.environ[DEBUG_VAR] = "1"
+    return rest
 
 
 def run_reporting_errors(

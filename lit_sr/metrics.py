@@ -10,6 +10,7 @@ The states are per-image lists concatenated across ranks, so DDP counts each ima
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -74,10 +75,14 @@ def ssim_y(sr_y: Tensor, hr_y: Tensor, shave: int, variant: SSIMVariant = "ssim_
         sr, hr = (F.pad(t, (pad,) * 4, mode="replicate") for t in (sr, hr))
     elif variant != "ssim_index":
         raise ValueError(f"unknown SSIM variant {variant!r}; use 'ssim_index' or 'matlab'")
+    return ssim_of_moments(lambda m: _valid_filter(_valid_filter(m, g, -2), g, -1), sr, hr)
+
+
+def ssim_of_moments(window: Callable[[Tensor], Tensor], sr: Tensor, hr: Tensor) -> Tensor:
+    """Per-image mean SSIM map of 8-bit grey levels, ``window`` applying the Gaussian window to the five
+    moments (x, y, x^2, y^2, xy) stacked in one batch."""
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    moments = torch.cat([sr, hr, sr * sr, hr * hr, sr * hr])  # all five in one batch
-    filtered = _valid_filter(_valid_filter(moments, g, -2), g, -1)
-    mu_x, mu_y, xx, yy, xy = filtered.split(sr.shape[0])
+    mu_x, mu_y, xx, yy, xy = window(torch.cat([sr, hr, sr * sr, hr * hr, sr * hr])).split(sr.shape[0])
     sxx, syy, sxy = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return ssim_map.flatten(1).mean(1)
