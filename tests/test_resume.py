@@ -147,6 +147,24 @@ def test_sigkill_mid_epoch_then_resume_last_gives_the_uninterrupted_weights(tmp_
         assert torch.equal(a[key], b[key]), f"{key} differs after the resume {note}"
 
 
+def test_a_resume_from_an_epoch_end_checkpoint_continues_with_the_next_epochs_patches(tmp_path, data_root):
+    # Lightning hands a loader its saved state only when the saved epoch is unfinished; a run stopped at an epoch's
+    # end (max_epochs here; a requeue or a kill between epochs alike) must still draw the next epoch's patches.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(RESUME_CONFIG))
+    with like_a_fit_process(tmp_path):
+        assert main(fit_args(config, tmp_path / "full")) == 0
+        assert main(fit_args(config, tmp_path / "stopped", "--trainer.max_epochs", "2")) == 0
+        last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        assert saved["global_step"] == 2 * STEPS and saved["lit_sr_stage_index"] == 1
+        assert main(fit_args(config, tmp_path / "stopped", "--ckpt_path", "last")) == 0
+    a, b = weights(tmp_path / "full" / "checkpoints" / "last.ckpt"), weights(last)
+    assert torch.load(last, weights_only=True)["global_step"] == 3 * STEPS
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after the resume from the end of epoch 1"
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -2,9 +2,10 @@
 
 Lightning saves the ``state_dict`` of a training DataLoader that has one in every checkpoint (under
 ``loops.fit_loop.state_dict.combined_loader``) and hands it back to ``load_state_dict`` before the first
-iteration of a resumed fit. The state is the stream's seed, the epoch, and the number of batches the training
-loop has finished in that epoch (read from the trainer, not from this loader, which prefetches ahead), so a
-run resumed from a mid-epoch checkpoint draws exactly the batches the uninterrupted run would have drawn.
+iteration of a resumed fit, when the saved epoch was unfinished (after a complete one the next epoch is the
+trainer's). The state is the stream's seed, the epoch, and the number of batches the training loop has finished
+in that epoch (read from the trainer, not from this loader, which prefetches ahead), so a resumed run draws
+exactly the batches the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
@@ -30,11 +31,19 @@ class ResumableLoader(DataLoader):
         self._resume: tuple[int, int] | None = None
 
     def __iter__(self):
-        epoch, start = self._resume if self._resume is not None else (self._epoch + 1, 0)
+        epoch, start = self._resume if self._resume is not None else (self._next_epoch(), 0)
         self._resume = None
         self._epoch = epoch
         self.dataset.set_position(epoch, start)
         return super().__iter__()
+
+    def _next_epoch(self) -> int:
+        """The trainer's epoch: Lightning hands back no state when the saved epoch was complete (a run stopped or
+        checkpointed at an epoch's end), and this loader's own count would start over at the saved epoch."""
+        try:
+            return int(self._trainer.fit_loop.epoch_progress.current.processed)
+        except AttributeError:  # no trainer: the epochs this loader has run
+            return self._epoch + 1
 
     def _batches_done(self) -> int:
         try:
