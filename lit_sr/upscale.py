@@ -4,12 +4,15 @@ RGB in, RGB out. A Y-only network (``channels == "y"``, the default) super-resol
 takes Cb/Cr from MATLAB bicubic (:func:`lit_sr.inference.y_to_rgb_sr`); an RGB network (``channels ==
 "rgb"``) sees all three channels. Grayscale stays grayscale. An alpha channel is resized with MATLAB bicubic
 and kept; 16-bit PNG/TIFF input is read and written with 16 bits (8-bit input gives 8-bit output).
-Large images run tiled (``tile`` LR pixels, ``overlap`` on each side; 0 disables tiling) so peak memory
-depends on the tile, not on the image; ``self_ensemble`` averages the 8 flips/rotations (8x the time).
+Large images run tiled (``tile`` LR pixels, ``overlap`` on each side; 0 disables tiling) so the network's
+memory depends on the tile, not on the image (the output and its Cb/Cr and alpha are whole-image arrays);
+``self_ensemble`` averages the 8 flips/rotations (8x the time). Outputs are written atomically and never
+over an input.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,7 +23,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
@@ -29,6 +32,8 @@ from lit_sr.errors import ConfigError, UserError
 from lit_sr.inference import min_tile, self_ensemble, tiled_forward
 from lit_sr.methods.base import SRMethod
 from lit_sr.paths import writable_folder
+
+_BAD_INPUT_FIX = "re-export or re-download it, or remove it from the inputs"
 
 
 class OutputExistsError(UserError, FileExistsError):
@@ -52,33 +57,72 @@ def _picture(arr: np.ndarray, bits: int) -> Picture:
     return Picture(np.ascontiguousarray(arr[..., :-1] if alpha is not None else arr), alpha, bits)
 
 
-def _read_as_stored(path: Path) -> Picture | None:
-    """A grey or RGB(A) TIFF (tifffile) or a 16-bit PNG (OpenCV), pixels as stored; None for anything else.
+def _read_tiff(path: Path) -> tuple[Picture, int] | None:
+    """A grey (either photometric), RGB, palette or CMYK TIFF, alpha kept, read by tifffile as stored, and its
+    orientation tag; None for anything else (Pillow reads it).
 
-    Pillow truncates 16-bit colour and scrambles RGBA TIFFs of orientations 5-8; OpenCV 5.0 turns TIFFs by their
-    orientation in some reads, not in others, and fails on 5-8. The caller turns the result upright.
+    Pillow truncates 16-bit colour and cannot open 16-bit grey + alpha; for orientations other than 1 its libtiff
+    decoder applies 2-4 while reading and scrambles 5-8. OpenCV 5.0 turns TIFFs by their orientation in some
+    reads, not in others. The caller turns the result upright.
     """
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    import tifffile
 
+    kind = tifffile.PHOTOMETRIC
+    try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            if page.photometric not in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.MINISBLACK):
-                return None  # palette, CMYK, YCbCr, ...: Pillow converts them
+            photometric, colormap = page.photometric, page.colormap
             arr = page.asarray()
             if arr.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
                 arr = np.moveaxis(arr, 0, -1)
-    else:
-        import cv2
-
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if arr is None or arr.dtype != np.uint16:
-            return None
-        if arr.ndim == 3 and arr.shape[2] in (3, 4):
-            arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)  # BGR(A) -> RGB(A)
-    if arr.dtype not in (np.uint8, np.uint16) or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] <= 4)):
+            tag = page.tags.get("Orientation")
+            orientation = int(tag.value) if tag is not None else 1
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads (a codec it lacks, a broken file): Pillow decides
         return None
-    return _picture(arr, 16 if arr.dtype == np.uint16 else 8)
+    if arr.dtype not in (np.uint8, np.uint16):
+        return None
+    if photometric == kind.PALETTE and colormap is not None and arr.ndim == 2:
+        arr = np.moveaxis(np.round(colormap[:, arr] / 257), 0, -1).astype(np.uint8)  # 16-bit entries of 8-bit colours
+    elif photometric == kind.SEPARATED and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 4:
+        arr = np.asarray(Image.fromarray(arr, "CMYK").convert("RGB"))  # Pillow's conversion, as for a CMYK JPEG
+    elif photometric == kind.MINISWHITE:  # 0 is white: as viewers show it
+        grey = arr if arr.ndim == 2 else arr[..., :1]
+        grey[...] = np.iinfo(arr.dtype).max - grey
+    elif photometric not in (kind.RGB, kind.MINISBLACK):
+        return None
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] <= 4)):
+        return None
+    return _picture(arr, 16 if arr.dtype == np.uint16 else 8), orientation
+
+
+def _read_16bit_png(path: Path) -> Picture | None:
+    """A 16-bit PNG with its 16 bits (Pillow keeps them for grey only), alpha kept; None for 8-bit PNGs."""
+    import cv2
+
+    arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)  # not imread: any path encoding
+    if arr is None or arr.dtype != np.uint16:
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)  # BGR(A) -> RGB(A)
+    return _picture(arr, 16)
+
+
+def _from_pillow(im: Image.Image, path: Path) -> Picture:
+    """A loaded Pillow image as a Picture: 16-bit grey keeps 16 bits, other modes become L, LA, RGB or RGBA."""
+    mode = im.mode
+    if mode == "F":
+        raise ImageError(f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG")
+    if mode.startswith("I"):  # I;16 / I;16B / I (32-bit): 16-bit grey
+        return _picture(np.clip(np.asarray(im), 0, 65535).astype(np.uint16), 16)
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, ...
+    return _picture(np.asarray(im), 8)
 
 
 #: EXIF orientation -> the transform of an (H, W, ...) array that shows it upright (as ``ImageOps.exif_transpose``)
@@ -112,35 +156,26 @@ def _orient(picture: Picture, orientation: int) -> Picture:
 
 def read_picture(path: str | Path) -> Picture:
     """Read an image file for upscaling: colour, alpha and bit depth kept, turned upright by its EXIF orientation
-    (a phone's JPEG). Bad files raise :class:`ImageError`."""
+    (a phone's JPEG) or TIFF orientation tag. Bad files raise :class:`ImageError`."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not an image file" if path.is_dir() else "does not exist"
         raise ImageError(f"image file {path} {what}; check the path")
-    with decoding(path, "re-export or re-download it, or remove it from the inputs"):
-        with Image.open(path) as im:
-            orientation = _exif_orientation(im)  # before load, which drops a TIFF's tags
-            im.load()
-            mode = im.mode
-            deep = mode.startswith("I") or any(";16" in str(t.args) for t in getattr(im, "tile", []) or [])
-            picture = None
-            if deep or path.suffix.lower() in (".png", ".tif", ".tiff"):
-                picture = _read_as_stored(path)
-            if picture is not None:
-                picture = _orient(picture, orientation)
-            elif mode == "F":
-                raise ImageError(f"image {path} holds floating-point pixels (mode F); save it as an 8- or 16-bit PNG")
-            else:
-                im = ImageOps.exif_transpose(im)  # a camera's EXIF rotation (a JPEG's), as viewers show the photo
-                if mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                elif mode == "PA":
-                    im = im.convert("RGBA")
-                elif mode == "1":
-                    im = im.convert("L")
-                elif mode not in ("L", "LA", "RGB", "RGBA"):
-                    im = im.convert("RGB")  # CMYK, YCbCr, ...
-                picture = _picture(np.asarray(im), 8)
+    with decoding(path, _BAD_INPUT_FIX):
+        stored = _read_tiff(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        if stored is not None:
+            picture, orientation = stored
+        else:
+            if path.suffix.lower() == ".png":  # Pillow decodes a PNG that lost its last chunks; verify reads their CRCs
+                with Image.open(path) as im:
+                    im.verify()
+            with Image.open(path) as im:
+                orientation = _exif_orientation(im)  # before load, which drops a TIFF's tags
+                im.load()
+                picture = _read_16bit_png(path) if path.suffix.lower() == ".png" else None
+                if picture is None:
+                    picture = _from_pillow(im, path)
+    picture = _orient(picture, orientation)
     height, width = picture.pixels.shape[:2]
     if min(height, width) < 2:
         raise ImageError(f"image {path} is {width}x{height} pixels; upscaling needs at least 2x2")
@@ -148,11 +183,13 @@ def read_picture(path: str | Path) -> Picture:
 
 
 def write_picture(path: str | Path, picture: Picture) -> None:
-    """Write a PNG with the picture's bit depth; 16-bit grey + alpha is written as 16-bit RGBA."""
+    """Write a PNG with the picture's bit depth (16-bit grey + alpha as 16-bit RGBA), atomically: an interrupted
+    write leaves no truncated file and keeps the file it would have replaced."""
+    path = Path(path)
     pixels = np.clip(picture.pixels, 0.0, 1.0)
     if picture.alpha is not None:
         pixels = np.concatenate([pixels, np.clip(picture.alpha, 0.0, 1.0)[..., None]], axis=2)
-    if picture.bits == 16:
+    if picture.bits == 16:  # Pillow writes 16 bits for grey only
         import cv2
 
         arr = np.round(pixels * 65535.0).astype(np.uint16)
@@ -164,11 +201,21 @@ def write_picture(path: str | Path, picture: Picture) -> None:
             arr = arr[..., ::-1]
         else:
             arr = arr[..., [2, 1, 0, 3]]
-        if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
-            raise OSError(f"could not write {path}")
-        return
-    arr = np.round(pixels * 255.0).astype(np.uint8)
-    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(arr))
+        if not ok:
+            raise OSError(f"could not encode {path} as a 16-bit PNG")
+        data = png.tobytes()
+    else:
+        arr = np.round(pixels * 255.0).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- the network pass --------------------------------------------------------------------------------------
@@ -313,15 +360,17 @@ def check_device(device: str | torch.device) -> torch.device:
 # ---- files and folders -------------------------------------------------------------------------------------
 def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
     """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
-    ``out``); targets are ``<stem>_x<scale>.png``. Two inputs with the same target are an error."""
+    ``out``, which is never walked); targets are ``<stem>_x<scale>.png``. Two inputs with the same target, or a
+    target that is an input, are an error."""
     out = Path(out)
+    skip = out.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
             found = []
-            for root, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for root, dirs, files in os.walk(item):  # not into -o: a rerun would upscale its own outputs
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
                 for name in sorted(files):
                     if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
                         found.append(Path(root) / name)
@@ -334,8 +383,12 @@ def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) ->
             pairs.append((item, out / f"{item.stem}_x{scale}.png"))
         else:
             raise ImageError(f"input {item} does not exist; give image files or folders of images")
+    sources = {src.resolve(): src for src, _ in pairs}
     seen: dict[Path, Path] = {}
     for src, target in pairs:
+        if (clash := sources.get(target.resolve())) is not None:
+            raise ImageError(f"{target} is an input ({clash}): writing it would overwrite that image; choose an -o "
+                             "folder apart from the inputs")
         if target in seen:
             raise ImageError(
                 f"{seen[target]} and {src} would both be written to {target}; rename one or upscale them separately"
@@ -376,9 +429,8 @@ def upscale_files(
             f"output {existing[0]} already exists{more}; pass --force to overwrite or choose another -o folder"
         )
     writable_folder(out, "-o")
-    for src, _ in pairs:  # a broken file stops the command before any output is written (headers and checksums)
-        with decoding(src, "re-export or re-download it, or remove it from the inputs"), Image.open(src) as im:
-            im.verify()
+    for src, _ in pairs:  # decoded once in full first: a broken or too small file stops it before any output
+        read_picture(src)
     method.eval()
     written = []
     for src, target in track(pairs, description=f"upscaling x{scale}", disable=not progress):

@@ -168,10 +168,45 @@ def test_an_unreadable_input_stops_the_command_before_any_output_is_written(tmp_
     good = folder / "b.png"
     Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(good)
     good.write_bytes(good.read_bytes()[:-20])  # truncated: its last chunks and checksum are gone
-    for broken in ("z.png", "b.png"):
-        with pytest.raises(ImageError, match=rf"cannot read image .*{broken}"):
+    Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(folder / "c.jpg")
+    (folder / "c.jpg").write_bytes((folder / "c.jpg").read_bytes()[:1100])  # its header is whole, its pixels not
+    Image.fromarray(np.zeros((1, 50, 3), np.uint8)).save(folder / "line.png")
+    for broken, message in [("z.png", "cannot read image"), ("b.png", "cannot read image"),
+                            ("c.jpg", "cannot read image"), ("line.png", "is 50x1 pixels")]:  # fmt: skip
+        with pytest.raises(ImageError, match=rf"{message} .*{broken}|{broken} {message}"):
             upscale_files(Bicubic(), [folder / "a.png", folder / broken], tmp_path / "out", 2, progress=False)
         assert not (tmp_path / "out" / "a_x2.png").exists()  # nothing written: the fixed rerun needs no --force
+
+
+def test_outputs_never_overwrite_inputs_and_a_rerun_does_not_upscale_its_own_outputs(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "a_x2.png"):  # the user's own a_x2.png is an input too
+        Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(photos / name)
+    kept = (photos / "a_x2.png").read_bytes()
+    with pytest.raises(ImageError, match=rf"{photos / 'a_x2.png'} is an input .*choose an -o folder apart"):
+        upscale_files(Bicubic(), [photos], photos, 2, force=True, progress=False)
+    assert (photos / "a_x2.png").read_bytes() == kept
+    out = photos / "sr"  # -o inside the input folder: a rerun walks past it
+    for _ in range(2):
+        written = upscale_files(Bicubic(), [photos], out, 2, force=True, progress=False)
+        assert sorted(p.name for p in written) == ["a_x2.png", "a_x2_x2.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a_x2.png", "a_x2_x2.png"]
+
+
+def test_an_output_write_that_fails_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    (old,) = upscale_files(Bicubic(), [tmp_path / "a.png"], tmp_path / "out", 2, progress=False)
+    before = old.read_bytes()
+    Image.fromarray(np.full((8, 10, 3), 200, np.uint8)).save(tmp_path / "a.png")
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("lit_sr.upscale.os.replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        upscale_files(Bicubic(), [tmp_path / "a.png"], tmp_path / "out", 2, force=True, progress=False)
+    assert old.read_bytes() == before and [p.name for p in old.parent.iterdir()] == ["a_x2.png"]
 
 
 def test_folders_are_walked_and_mirrored(tmp_path):
@@ -340,6 +375,54 @@ def test_a_tiff_is_turned_upright_by_its_orientation_tag_and_keeps_its_bits(tmp_
     assert picture.bits == bits and picture.pixels.shape == (*upright.shape[:2], 3)
     assert np.array_equal(picture.pixels, upright[..., :3])
     assert (picture.alpha is None) if channels == 3 else np.array_equal(picture.alpha, upright[..., 3])
+
+
+def test_16_bit_grey_tiffs_keep_16_bits_whatever_their_photometric_and_alpha(tmp_path):
+    import tifffile
+
+    grey = (np.arange(6 * 10, dtype=np.uint16).reshape(6, 10) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "white.tif", grey, photometric="miniswhite")  # 0 is white
+    picture = read_picture(tmp_path / "white.tif")
+    assert picture.bits == 16 and np.array_equal(picture.pixels[..., 0], (65535 - grey) / 65535)
+    alpha = np.full_like(grey, 40000)
+    tifffile.imwrite(tmp_path / "ga.tif", np.stack([grey, alpha], -1), photometric="minisblack", extrasamples=[2])
+    picture = read_picture(tmp_path / "ga.tif")  # Pillow cannot open this one
+    assert picture.bits == 16 and np.array_equal(picture.pixels[..., 0], grey / 65535)
+    assert np.array_equal(picture.alpha, alpha / 65535)
+
+
+def test_16_bit_grey_that_only_pillow_decodes_keeps_16_bits(tmp_path, monkeypatch):
+    grey = (np.arange(6 * 10, dtype=np.uint16).reshape(6, 10) * 1000).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: None)  # OpenCV cannot decode it: Pillow reads it
+    picture = read_picture(tmp_path / "g.png")
+    assert picture.bits == 16 and np.array_equal(picture.pixels[..., 0], grey / 65535)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["palette", "cmyk"])
+def test_a_palette_or_cmyk_tiff_is_turned_upright_by_its_orientation_tag(tmp_path, kind, orientation):
+    import tifffile
+
+    from lit_sr.upscale import _UPRIGHT
+
+    red = np.zeros((12, 20), bool)
+    red[:4, :6] = True  # a red block top-left as stored: where it lands shows the turn
+    tag = [(274, "H", 1, orientation, True)]
+    if kind == "palette":
+        colormap = np.zeros((3, 256), np.uint16)
+        colormap[:, 1] = (65535, 0, 0)
+        tifffile.imwrite(tmp_path / "scan.tif", red.astype(np.uint8), photometric="palette", colormap=colormap,
+                         extratags=tag)  # fmt: skip
+    else:
+        ink = np.zeros((12, 20, 4), np.uint8)
+        ink[red] = (0, 255, 255, 0)  # no cyan, full magenta and yellow: red
+        tifffile.imwrite(tmp_path / "scan.tif", ink, photometric="separated", extratags=tag)
+    picture = read_picture(tmp_path / "scan.tif")
+    upright = _UPRIGHT.get(orientation, lambda a: a)(red)
+    expected = np.stack([np.ones_like(upright), ~upright, ~upright], -1) if kind == "cmyk" else upright[..., None]
+    assert picture.pixels.shape == (*upright.shape, 3)
+    assert np.array_equal(picture.pixels[..., :1] if kind == "palette" else picture.pixels, expected)
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
