@@ -142,14 +142,14 @@ def _exportable(method: SRMethod, scale: int, example: Tensor) -> bool:
 
 def exportable_scales(method: SRMethod, example_size: tuple[int, int] = (24, 32)) -> list[int]:
     """The supported scales ``method`` can be exported at (a pyramid's x3, an x4 output resized down, cannot)."""
-    example = torch.rand(1, method_channels(method), *example_size)
+    example = torch.rand(1, method_channels(method), *example_size, device=method.device)
     return [s for s in method.supported_scales if _exportable(method, s, example)]
 
 
 def check_exportable(method: SRMethod, scale: int, example_size: tuple[int, int] = (24, 32)) -> int:
     """``scale`` if ``method`` supports and can export it; otherwise a one-line error naming the scales it can."""
     scale = method.check_scale(scale)
-    if _exportable(method, scale, torch.rand(1, method_channels(method), *example_size)):
+    if _exportable(method, scale, torch.rand(1, method_channels(method), *example_size, device=method.device)):
         return scale
     name = type(method).__name__
     can = [f"--scale {s}" for s in exportable_scales(method, example_size)]
