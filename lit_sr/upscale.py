@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding
+from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding, grey_palette_as_grey
 from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
 from lit_sr.inference import min_tile, self_ensemble, tiled_forward
@@ -83,6 +83,7 @@ def _read_tiff(path: Path) -> tuple[Picture, int] | None:
         return None
     if photometric == kind.PALETTE and colormap is not None and arr.ndim == 2:
         arr = np.moveaxis(np.round(colormap[:, arr] / 257), 0, -1).astype(np.uint8)  # 16-bit entries of 8-bit colours
+        arr = grey_palette_as_grey(arr)
     elif photometric == kind.SEPARATED and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 4:
         arr = np.asarray(Image.fromarray(arr, "CMYK").convert("RGB"))  # Pillow's conversion, as for a CMYK JPEG
     elif photometric == kind.MINISWHITE:  # 0 is white: as viewers show it
@@ -122,7 +123,7 @@ def _from_pillow(im: Image.Image, path: Path) -> Picture:
         im = im.convert("L")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, ...
-    return _picture(np.asarray(im), 8)
+    return _picture(grey_palette_as_grey(np.asarray(im)) if mode == "P" else np.asarray(im), 8)
 
 
 #: EXIF orientation -> the transform of an (H, W, ...) array that shows it upright (as ``ImageOps.exif_transpose``)

@@ -391,6 +391,13 @@ def test_16_bit_grey_tiffs_keep_16_bits_whatever_their_photometric_and_alpha(tmp
     assert np.array_equal(picture.alpha, alpha / 65535)
 
 
+def test_a_grey_palette_picture_stays_grey(tmp_path):
+    grey = (np.arange(8 * 10) * 3).astype(np.uint8).reshape(8, 10)
+    Image.fromarray(grey).convert("P").save(tmp_path / "g.png")
+    (out,) = upscale_files(Bicubic(), [tmp_path / "g.png"], tmp_path / "out", 2, progress=False)
+    assert Image.open(out).mode == "L" and Image.open(out).size == (20, 16)
+
+
 def test_16_bit_grey_that_only_pillow_decodes_keeps_16_bits(tmp_path, monkeypatch):
     grey = (np.arange(6 * 10, dtype=np.uint16).reshape(6, 10) * 1000).astype(np.uint16)
     cv2.imwrite(str(tmp_path / "g.png"), grey)

@@ -98,11 +98,19 @@ def read_image(path: str | Path) -> np.ndarray:
                     )
                 im = im.convert("RGB")  # palette, CMYK, YCbCr, ...
             arr = np.asarray(im, dtype=np.uint8)
+            if mode == "P":
+                arr = grey_palette_as_grey(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"image {path} is empty ({arr.shape[1]}x{arr.shape[0]} pixels); {_BAD_FILE_FIX}")
     return np.ascontiguousarray(arr)
+
+
+def grey_palette_as_grey(rgb: np.ndarray) -> np.ndarray:
+    """A palette picture converted to HxWx3, as HxWx1 when every pixel is grey: then it is its own Y, as a grey
+    file is (as RGB its Y would be compressed to 16-235, about 1.3 dB more PSNR)."""
+    return rgb[..., :1] if rgb.ndim == 3 and rgb.shape[2] == 3 and (rgb == rgb[..., :1]).all() else rgb
 
 
 def list_images(folder: str | Path) -> list[Path]:
