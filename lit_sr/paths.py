@@ -12,6 +12,9 @@ from lit_sr.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
+BENCHMARKS = ("Set5", "Set14")  # reported only: never validation, nor a checkpoint's or a sweep's choice
+
+
 def data_root() -> Path:
     """``$LIT_SR_DATA`` if set, else ``<repo>/../shared/data``."""
     env = os.environ.get("LIT_SR_DATA")

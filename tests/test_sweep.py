@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 import sys
 import time
@@ -148,6 +149,14 @@ def test_a_sweep_file_may_not_bring_its_own_model_checkpoint(tmp_path):
     own = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val/ssim_y"}}
     path = write_sweep(tmp_path, "own", fixed={**TINY_FIXED, "trainer.callbacks": [own]})
     with pytest.raises(SweepError, match=r"trainer.callbacks may not hold a ModelCheckpoint: the sweep chooses"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize("fixed", [{"data.val_sets": ["Set14"]}, {"data.allow_selection_on_test": True}])
+def test_a_sweep_may_not_choose_on_a_benchmark(tmp_path, fixed):
+    path = write_sweep(tmp_path, "bench", fixed={**TINY_FIXED, **fixed})
+    what = "['Set14']" if "data.val_sets" in fixed else "data.allow_selection_on_test"
+    with pytest.raises(SweepError, match=rf"a sweep chooses on validation only, and {re.escape(what)} would choose"):
         load_sweep(path)
 
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from lit_sr.data.images import ImageError, list_images
-from lit_sr.paths import data_root
+from lit_sr.paths import BENCHMARKS, data_root
 
 BUILTIN_SOURCES: dict[str, tuple[str, ...]] = {
     "builtin": (
@@ -85,4 +85,4 @@ def resolve_images(source: str) -> tuple[str, list[Path]]:
 
 def default_test_sets() -> list[str]:
     """The reported benchmarks present under the data root: Set5 and Set14 (none without data)."""
-    return [name for name in ("Set5", "Set14") if (data_root() / name).is_dir()]
+    return [name for name in BENCHMARKS if (data_root() / name).is_dir()]

@@ -24,6 +24,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from lit_sr.errors import ConfigError
+from lit_sr.paths import BENCHMARKS
 from lit_sr.presets import preset_names, sweep_path
 from lit_sr.presets import preset_path as find_preset
 from lit_sr.typed import check_typed, type_hints
@@ -308,6 +309,12 @@ def load_sweep(
             set_path(base, key, copy.deepcopy(value), create=True)
         except KeyError as err:
             raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
+    data = base.get("data") or {}
+    chosen_on = {str(v) for v in data.get("val_sets") or []} & {*BENCHMARKS, *map(str, data.get("test_sets") or [])}
+    if data.get("allow_selection_on_test") or chosen_on:
+        what = sorted(chosen_on) or "data.allow_selection_on_test"
+        raise SweepError(f"{path}: a sweep chooses on validation only, and {what} would choose on a benchmark; leave "
+                         "data.val_sets unset (a hold-out of the training images)")
     held = (base.get("trainer") or {}).get("callbacks") or []
     if any(str(c.get("class_path") if isinstance(c, dict) else c).endswith(("ModelCheckpoint", "RunCheckpoint"))
            for c in held):

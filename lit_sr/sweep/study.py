@@ -108,7 +108,11 @@ def create_study(sweep: Sweep) -> optuna.Study:
                              f"{dist} ({err}): use another --study-name") from err
     study.set_user_attr("sweep", sweep.settings())
     if sweep.study.enqueue_preset and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(sweep.preset_values())
+        values = sweep.preset_values()
+        if missing := sorted(set(sweep.spec.params) - set(values)):  # e.g. CMSC's alpha: null (= 1/(S+1))
+            print(f"study.enqueue_preset: the preset's {', '.join(missing)} is no value of its distribution; trial 0 "
+                  "samples it", flush=True)
+        study.enqueue_trial(values, skip_if_exists=True)  # machines starting together on an empty study
     return study
 
 
@@ -218,14 +222,17 @@ def run_worker(sweep: Sweep, index: int = 0) -> int:
     # Seed + 1000 x worker index + trials so far: local workers, and machines joining later, draw different params.
     study.sampler = sweep.sampler(1000 * index + len(trials))
     if full(study, sweep.study.n_trials):
-        print(f"study {sweep.study_name} holds {len(trials)} of n_trials={sweep.study.n_trials}: nothing to run",
-              flush=True)
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        wait = (f"; trial(s) {running} are RUNNING: if their worker died, run this again {sweep.study.grace_period} s "
+                "after it did to retry them") if running else ""
+        print(f"study {sweep.study_name} holds its n_trials={sweep.study.n_trials}: nothing to run{wait}", flush=True)
         return 0
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = trial.state == TrialState.COMPLETE  # a PRUNED trial has a value too: its last report
         value = f"{sweep.study.metric} {trial.value:.4f}" if done else trial.user_attrs.get("reason")
         print(f"trial {trial.number} {trial.state.name}: {value}", flush=True)
+        fail_stale_trials(study)  # a dead worker's trial is retried before this worker counts it as running
         if full(study, sweep.study.n_trials):
             study.stop()
 
