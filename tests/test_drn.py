@@ -223,3 +223,13 @@ def test_skip_factor_must_exceed_one():
     with pytest.raises(ValueError) as err:
         DRN(variant="drn_small_x4", skip_factor=1)
     assert str(err.value) == "model.init_args.skip_factor must be a number > 1 (1e6 in the 2020 code), got 1"
+
+
+def test_the_gsl_loss_is_fp32_under_bf16_autocast():
+    method = DRN(variant="drn_small_x4")
+    pred, target = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    fp32, parts = method.final_loss(pred, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the quick preset's bf16-mixed
+        mixed, mixed_parts = method.final_loss(pred, target)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, fp32)  # its Sobel convolutions ran in fp32 too
+    assert all(torch.equal(mixed_parts[k], parts[k]) for k in parts)

@@ -269,13 +269,14 @@ class DRN(SRMethod):
     Optimizer: the stage's one optimizer over ``self.net``, i.e. primal and dual parameters together. The 2020
     code steps one Adam for the primal and one per dual with identical settings; Adam is per-parameter, so
     with equal hyper-parameters one Adam over all parameters gives the same updates, and it keeps Lightning's
-    automatic optimisation (needed to skip a batch by returning None) and the stage engine. Separate
+    automatic optimisation and the stage engine. Separate
     optimizers would only matter when sweeping dual-specific hyper-parameters, which the spec does not.
 
     Exploding batches: a batch whose loss exceeds ``skip_factor`` (1e6, the 2020 ``skip_threshold``) times
-    the previous epoch's mean training loss, or is not finite, is skipped (no backward, no step), counted in
-    ``train/skipped_batches`` and warned about; more than ``max_consecutive_skips`` in a row is an error.
-    Under DDP the decision is shared, so every rank skips together.
+    the previous epoch's mean training loss, or is not finite, is skipped (its gradients are dropped after the
+    backward, so the optimizer changes no weight or state), counted in ``train/skipped_batches`` and warned
+    about; more than ``max_consecutive_skips`` in a row is an error. Under DDP the decision is shared, so every
+    rank skips together, and every rank still runs its backward (the gradient all-reduce).
 
     ``channels``: ``rgb`` (the paper's; metrics are Y of the 8-bit RGB output) or ``y`` (the network sees and
     returns Y, built with one colour channel).
@@ -351,6 +352,7 @@ class DRN(SRMethod):
         self.previous_epoch_loss: float | None = None
         self._epoch_loss_sum, self._epoch_batches = 0.0, 0
         self._skipped_total, self._skipped_in_a_row = 0, 0
+        self._drop_gradients = False
 
     @property
     def supported_scales(self) -> list[int]:
@@ -360,11 +362,13 @@ class DRN(SRMethod):
         return self.net(lr)[-1]
 
     def final_loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The final output's loss (GSL or L1) in fp32, with the GSL's parts."""
+        """The final output's loss (GSL or L1) in fp32, with the GSL's parts (autocast off: its Sobel convolutions
+        would otherwise run in bf16, as the reference loss does not)."""
         pred, target = pred.float(), target.float()
         if self.loss == "l1":
             return F.l1_loss(pred, target), {}
-        total, parts = gradient_sensitive_loss(pred, target, **self.gsl_options)
+        with torch.autocast(pred.device.type, enabled=False):
+            total, parts = gradient_sensitive_loss(pred, target, **self.gsl_options)
         return total, {f"gsl_{k}": v for k, v in parts.items()}
 
     def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -391,7 +395,7 @@ class DRN(SRMethod):
         return {"bicubic": self.bicubic_loss(groups, lambda p, t: self.final_loss(p, t)[0])}
 
     # ---- skipping exploding batches -------------------------------------------------------------------
-    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
         value = float(total.detach())
         limit = math.inf if self.previous_epoch_loss is None else self.skip_factor * self.previous_epoch_loss
@@ -410,12 +414,21 @@ class DRN(SRMethod):
                     f"DRN: {self._skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
                     f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)"
                 )
-            return None
+            # Not None, which Lightning refuses under DDP: every rank runs its backward (the gradient all-reduce),
+            # then on_after_backward drops the gradients, and an optimizer leaves a parameter without one alone.
+            self._drop_gradients = True
+            return total * 0.0
         self._skipped_in_a_row = 0
         self._epoch_loss_sum += value
         self._epoch_batches += 1
         self.log_loss(batch, total, parts)
         return total
+
+    def on_after_backward(self) -> None:
+        if self._drop_gradients:  # a skipped batch: no weight, momentum or step count changes
+            for p in self.parameters():
+                p.grad = None
+            self._drop_gradients = False
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_batches:
