@@ -125,8 +125,9 @@ def save_last(trainer: Any, filename: str = "last.ckpt") -> Path:
 
 
 def _at_step_boundary(trainer: Any, batch_idx: int) -> bool:
-    """After an optimizer step (not inside gradient accumulation)."""
-    return (batch_idx + 1) % max(1, int(trainer.accumulate_grad_batches)) == 0
+    """After an optimizer step (not inside gradient accumulation; an epoch's last batch always steps)."""
+    last = batch_idx + 1 == trainer.num_training_batches
+    return last or (batch_idx + 1) % max(1, int(trainer.accumulate_grad_batches)) == 0
 
 
 class StepCheckpoint(Callback):

@@ -44,6 +44,21 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class NaNBatchOnRank(Callback):
+    """Turn the training batch of ``step`` into NaNs on global rank ``rank`` only (a bad batch on one GPU)."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            for group in batch:  # the float groups degrade made: lr or ilr, hr, pyramid levels
+                for value in group.values():
+                    for t in value if isinstance(value, list) else [value]:
+                        if hasattr(t, "is_floating_point") and t.is_floating_point():
+                            t.fill_(float("nan"))
+
+
 class OptimizerStateAtStart(Callback):
     """Keep a copy of the optimizer's ``state_dict`` when training starts (after a resume restored it)."""
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import wandb
 import yaml
 from wandb_offline import read_finished
@@ -76,3 +77,42 @@ def test_ddp_validation_counts_each_image_once(tmp_path, data_root):
         }
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def _ddp_fit(tmp_path, preset: str, override: dict) -> subprocess.CompletedProcess:
+    """``lit-sr fit`` of ``experiments/<preset>`` with ``override`` on two gloo ranks, rank 1's step-1 batch NaN."""
+    config = tmp_path / "override.yaml"
+    config.write_text(yaml.safe_dump(override))
+    cmd = [sys.executable, "-m", "lit_sr.cli", "fit", "--config", str(REPO / "experiments" / preset), "--config",
+           str(config), "--run_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", "false", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+           "--trainer.accelerator", "cpu", "--trainer.callbacks+=cluster_helpers.NaNBatchOnRank",
+           "--trainer.callbacks.step=1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+TINY_DATA = {"train_sources": ["builtin"], "batches_per_epoch": 3, "batch_size": 2, "num_workers": 0,
+             "val_max_images": 2, "test_sets": [], "scales": [2], "scale_mode": "per_batch", "val_scales": [2]}
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_message(tmp_path, data_root):
+    stages = [{"name": "s", "steps": 3, "optimizer": {"name": "adam", "lr": 1e-3}}]
+    done = _ddp_fit(tmp_path, "vdsr/quick.yaml", {
+        "model": {"init_args": {"net": {"depth": 3, "width": 8}, "stages": stages}},
+        "data": TINY_DATA, "trainer": {"precision": "32-true"}})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]  # the user error's code, not a crashed peer's 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("lit-sr: error: ")]
+    assert lines and all("non-finite training loss" in line and "at step 1" in line for line in lines), lines
+
+
+def test_drn_skips_a_batch_that_explodes_on_one_rank(tmp_path, data_root):
+    stages = [{"name": "train", "steps": 3, "optimizer": {"name": "adam", "lr": 1e-3}}]
+    done = _ddp_fit(tmp_path, "drn/quick.yaml", {
+        "model": {"init_args": {"variant": "drn_small_x4", "net": {"n_blocks": 1, "n_feats": 4}, "stages": stages}},
+        "data": {**TINY_DATA, "scales": [4], "val_scales": [4], "patch_size": 32},
+        "trainer": {"precision": "32-true"}})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]  # Lightning refuses a skipped (None) step under DDP
+    assert "DRN: skipped the batch at step 1" in done.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())

@@ -242,3 +242,20 @@ def test_resume_from_the_middle_of_stage_1_continues_at_the_right_level_and_step
     # the stage schedule continues too: lr 0.1 x0.1 after the level's first epoch would show here (constant: 0.1)
     assert second.rows[0]["grad_bounds"][0][0] == pytest.approx(0.1)
     assert resumed.trainer.global_step == 10
+
+
+def test_greedy_pretraining_trains_on_two_ddp_processes(tmp_path, data_root):
+    import subprocess
+    import sys
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(override(stages(level_steps=2, finetune_steps=2))))
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    cmd = [sys.executable, "-m", "lit_sr.cli", "fit", "--config", str(REPO / "experiments/irlapsrn/quick.yaml"),
+           "--config", str(config), "--run_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+           "--trainer.logger", "false", "--data.val_max_images", "2", *ddp]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]  # frozen levels: DDP must expect parameters without gradients
+    assert "MEMBER: 2/2" in done.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 6 and saved["lit_sr_stage_index"] == 2

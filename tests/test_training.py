@@ -261,3 +261,39 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     assert checkpoint_roles(str(ckpt), ["Set5"])["checked_for_overlap"] == []
     with pytest.warns(UserWarning, match=r"was chosen on \['Sun80'\] \(data.val_sets of its run\): these rows are not"):
         assert checkpoint_roles(str(ckpt), ["Set5", "Sun80"])["selection_on_test"] is True
+
+
+def test_a_schedule_ending_mid_epoch_validates_its_last_step(tmp_path, data_root):
+    model = {**TINY, "stages": [{"name": "short", "steps": 7, "optimizer": {"name": "adam", "lr": 1e-3}}]}
+    cli = fit(tmp_path, "mid", model, {**TINY_DATA, "batches_per_epoch": 5}, {"logger": False})
+    assert cli.trainer.global_step == 7
+    best = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    assert best["global_step"] == 7  # validated on the step that ended the schedule (epoch 1 of 5 batches: step 5)
+
+
+def test_with_gradient_accumulation_an_epoch_of_5_batches_is_3_steps(tmp_path, data_root):
+    # Lightning steps the optimizer after batches 2, 4 and on the epoch's last batch 5
+    model = {**TINY, "stages": [{"name": "a", "epochs": 1, "optimizer": {"name": "adam", "lr": 1e-3}},
+                                {"name": "b", "epochs": 1, "optimizer": {"name": "sgd", "lr": 1e-3}}]}  # fmt: skip
+    data = {**TINY_DATA, "batches_per_epoch": 5}
+    cli = fit(tmp_path, "acc", model, data, {"logger": False, "accumulate_grad_batches": 2})
+    assert (cli.trainer.global_step, cli.trainer.current_epoch, cli.model.stage_index) == (6, 2, 1)
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.SGD)
+
+
+def test_image_panels_follow_validations_not_epochs():
+    from types import SimpleNamespace
+
+    from lit_sr.callbacks import ImagePanels
+
+    logged = []
+    trainer = SimpleNamespace(sanity_checking=False, global_step=0, is_global_zero=True,
+                              logger=SimpleNamespace(log_image=lambda **kw: logged.append(kw["key"])))  # fmt: skip
+    batch = {"lr": torch.rand(1, 1, 8, 8), "hr": torch.rand(1, 1, 16, 16), "scale": torch.tensor([2]), "set": ["s"]}
+    panels = ImagePanels(every_n_epochs=2)
+    for epoch in (9, 19, 29):  # trainer.check_val_every_n_epoch 10: validations at epochs 9, 19, 29
+        trainer.current_epoch = epoch
+        panels.on_validation_batch_end(trainer, None, torch.rand(1, 1, 16, 16), batch, 0)
+        panels.on_validation_epoch_end(trainer, None)
+    assert logged == ["images/s/x2", "images/s/x2"]  # validations 0 and 2
+    assert panels.state_dict() == {"validations": 3}

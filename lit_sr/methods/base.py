@@ -324,6 +324,13 @@ class SRMethod(L.LightningModule):
             )
         return batch
 
+    def configure_model(self) -> None:
+        """Before DDP wraps the network: a stage that freezes parameters (``trainable``, IRLapSRN's pretraining)
+        leaves them without gradients, which DDP must be told to expect (else the second step fails)."""
+        ddp_kwargs = getattr(getattr(self._trainer, "strategy", None), "_ddp_kwargs", None)  # DDPStrategy(**kwargs)
+        if isinstance(ddp_kwargs, dict) and any(stage.trainable is not None for stage in self.stages):
+            ddp_kwargs.setdefault("find_unused_parameters", True)
+
     def on_fit_start(self) -> None:
         """Fail before training when the data cannot train this method; log the network's config and size."""
         dm = self.trainer.datamodule
@@ -350,10 +357,13 @@ class SRMethod(L.LightningModule):
 
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
-        if not torch.isfinite(total):
+        finite = bool(torch.isfinite(total))
+        # every rank stops together: one left behind would wait in the gradient all-reduce
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+            loss = f"{total.item()}" if not finite else "on another rank"
             raise DivergedError(
-                f"non-finite training loss {total.item()} at step {self.global_step} (stage "
+                f"non-finite training loss {loss} at step {self.global_step} (stage "
                 f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
             )
         self.log_loss(batch, total, parts)
@@ -379,14 +389,15 @@ class SRMethod(L.LightningModule):
         stage engine's automatic optimization). ``log_every_n_steps: 0`` logs no step.
         """
         trainer, every = self.trainer, self.trainer.log_every_n_steps
-        return every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+        last = trainer.should_stop or self._ends_mid_epoch(trainer.global_step + 1)  # Lightning logs a stop's step
+        return every > 0 and ((trainer.global_step + 1) % every == 0 or last)
 
     # ---- the stage engine ---------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
         batches = self.trainer.num_training_batches
         if not np.isfinite(batches) or batches < 1:
             raise ValueError("the training DataLoader must have a length (data.batches_per_epoch)")
-        return max(1, int(batches) // self.trainer.accumulate_grad_batches)
+        return max(1, -(-int(batches) // self.trainer.accumulate_grad_batches))  # an epoch's last batch steps too
 
     def plan(self) -> StagePlan:
         if self._plan is None:
@@ -406,6 +417,15 @@ class SRMethod(L.LightningModule):
         loop = self.trainer.fit_loop
         if loop.max_epochs is None or loop.max_epochs < 0 or loop.max_epochs > needed:
             loop.max_epochs = needed
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._ends_mid_epoch(self.global_step):  # stop on this batch, so that Lightning validates it
+            self.trainer.should_stop = True
+
+    def _ends_mid_epoch(self, steps_done: int) -> bool:
+        """The schedule ends after ``steps_done`` steps, inside an epoch (at an epoch's end max_epochs stops it)."""
+        plan = self.plan()
+        return steps_done == plan.total_steps and steps_done % plan.steps_per_epoch != 0
 
     def on_train_batch_start(self, batch, batch_idx: int):
         located = self.plan().locate(self.global_step)
