@@ -71,7 +71,8 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file and rename it into place: a killed run never leaves a torn file."""
+    """Write each checkpoint to a temporary file, fsync it and rename it into place: a killed run or a crashed node
+    never leaves a torn file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
@@ -79,7 +80,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb+") as written:  # on disk before the rename: a crashed node keeps a whole file
+                os.fsync(written.fileno())
             os.replace(tmp, path)
+            if hasattr(os, "O_DIRECTORY"):  # the rename itself (POSIX)
+                folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -104,15 +113,27 @@ class ImagePanels(Callback):
         args = check_arguments(ImagePanels.__init__, locals(), "ImagePanels.")
         self.every_n_epochs: int = args["every_n_epochs"]
         self._panels: dict[str, np.ndarray] = {}
+        self._validations = 0  # finished validations (not the sanity check): validations run at epochs N-1, 2N-1, ...
+
+    def state_dict(self) -> dict[str, int]:
+        return {"validations": self._validations}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._validations = int(state.get("validations", 0))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
         every = self.every_n_epochs
-        if batch_idx == 0 and every and trainer.current_epoch % every == 0 and isinstance(outputs, Tensor):
+        due = every and self._validations % every == 0 and not trainer.sanity_checking
+        if batch_idx == 0 and due and isinstance(outputs, Tensor):
             scale = int(batch["scale"][0])
             self._panels[f"images/{batch['set'][0]}/x{scale}"] = panel(batch, outputs, scale)
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._validations += not trainer.sanity_checking
+        self._log_panels(trainer)
+
+    @rank_zero_only
+    def _log_panels(self, trainer) -> None:
         panels, self._panels = self._panels, {}
         log_image = getattr(trainer.logger, "log_image", None)
         if log_image is not None and not trainer.sanity_checking:
