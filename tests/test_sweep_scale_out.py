@@ -149,6 +149,30 @@ def test_ctrl_c_queues_the_running_trial_again_for_the_next_run(tmp_path, data_r
 
 
 @pytest.mark.slow
+def test_a_trial_stopped_by_sigterm_is_retried_by_its_worker_from_its_checkpoint(tmp_path, data_root):
+    every_10 = {"class_path": "lit_sr.cluster.StepCheckpoint", "init_args": {"every_n_steps": 10}}
+    fixed = {**TINY_FIXED, "data.batches_per_epoch": 40, "trainer.callbacks": [every_10]}
+    path = write_sweep(tmp_path, "term", study={"n_trials": 1}, fixed=fixed)
+    root = tmp_path / "runs"
+    ckpt = root / "term" / "trial-0" / "checkpoints" / "last.ckpt"
+    with sweep_env(data_root):
+        cmd = [sys.executable, "-m", "lit_sr.sweep.cli", str(path), "--root", str(root), "--no-report"]
+        worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            trial = wait_for(lambda: ckpt.is_file() and child_pid(worker.pid), 120, "trial 0's first checkpoint")
+            os.kill(trial, signal.SIGTERM)  # the trial alone (a user's kill, a node agent): its worker goes on
+            out = worker.communicate(timeout=300)[0]
+        finally:
+            worker.kill()
+    assert worker.returncode == 0, out[-3000:]
+    stopped, retry = load(sqlite_url(root), "term").get_trials()
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"].startswith("stopped by a signal after ")
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]
+    assert retry.user_attrs["resumed_from"] == str(ckpt.resolve())
+
+
+@pytest.mark.slow
 def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
     pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
     path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})

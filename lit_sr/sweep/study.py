@@ -136,6 +136,12 @@ def _resume_checkpoint(sweep: Sweep, study: optuna.Study, number: int) -> Path |
     return None
 
 
+def _queue_again(trial: optuna.Trial, reason: str) -> None:
+    """Queue a retry of ``trial`` with its params (it resumes from the trial's ``last.ckpt``); ``trial`` ends FAIL."""
+    trial.set_user_attr("reason", reason)
+    RetryHeartbeatStaleTrialCallback()(trial.study, _frozen(trial.study, trial.number))
+
+
 def objective(sweep: Sweep):
     """The objective: one child ``lit-sr fit`` per trial; returns its best ``study.metric``."""
 
@@ -172,8 +178,7 @@ def objective(sweep: Sweep):
         except BaseException as stop:  # e.g. Ctrl-C: never leave a trial training behind
             child.kill()
             if isinstance(stop, KeyboardInterrupt):  # queued again: the next run resumes it from its last.ckpt
-                trial.set_user_attr("reason", "interrupted (Ctrl-C); retried as a new trial by the next run")
-                RetryHeartbeatStaleTrialCallback()(trial.study, _frozen(trial.study, trial.number))
+                _queue_again(trial, "interrupted (Ctrl-C); retried as a new trial by the next run")
             raise
         out = json.loads(result.read_text()) if result.is_file() else {"state": "fail", "reason": None}
         for key in RESULT_ATTRS:
@@ -183,6 +188,9 @@ def objective(sweep: Sweep):
             return out["value"]
         if out["state"] == "pruned":
             raise optuna.TrialPruned(out["reason"])
+        if out["state"] == "interrupted":  # the trial alone got SIGTERM (its worker did not): this worker retries it
+            _queue_again(trial, out["reason"])
+            raise TrialFailed(out["reason"])
         lines = (run_dir / "trial.log").read_text(errors="replace").strip().splitlines()[-5:]
         reason = out["reason"] or f"trial process exited with code {code}: " + " | ".join(lines)
         trial.set_user_attr("reason", reason)

@@ -5,7 +5,7 @@ in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's ``PyTorchLightningPr
 metric (``check_pruned()`` after fit, as its DDP mode needs); logs the knob values to the run's logger;
 prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the score of the checkpoint
 the sweep chose on the metric (its best value), ``pruned`` (pruner, size, or a diverging run:
-``FloatingPointError``) or ``fail``, with the reason.
+``FloatingPointError``), ``interrupted`` (SIGTERM, checkpoint saved: retried) or ``fail``, with the reason.
 Outside a worker's trial process (``LIT_SR_SWEEP_WORKER_PID`` unset: a trial's config re-run by hand) it
 does nothing.
 """
@@ -26,7 +26,7 @@ import optuna
 from lightning.pytorch.loggers import WandbLogger
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lit_sr.errors import ConfigError
+from lit_sr.errors import ConfigError, RunInterrupted
 from lit_sr.sweep.config import parse
 from lit_sr.sweep.study import STORAGE_ENV, WORKER_ENV, make_storage
 
@@ -91,7 +91,10 @@ class OptunaTrialCallback(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.pruning is None or isinstance(exception, ConfigError):  # no result: the worker stops the sweep
             return
-        if isinstance(exception, optuna.TrialPruned):
+        if isinstance(exception, RunInterrupted):  # SIGTERM after a saved checkpoint: the worker queues it again
+            self._write(trainer, "interrupted", reason=f"stopped by a signal after saving {exception.checkpoint}; "
+                        "retried as a new trial that resumes from it")
+        elif isinstance(exception, optuna.TrialPruned):
             self._write(trainer, "pruned", reason=f"pruned: {exception}")
         elif isinstance(exception, FloatingPointError):
             self._write(trainer, "pruned", reason=f"diverged: {exception}")
