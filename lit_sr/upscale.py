@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding, grey_palette_as_grey
+from lit_sr.data.images import IMAGE_EXTENSIONS, ImageError, decoding, grey_palette_as_grey, read_16bit
 from lit_sr.data.resize import imresize
 from lit_sr.errors import ConfigError, UserError
 from lit_sr.inference import min_tile, self_ensemble, tiled_forward
@@ -96,18 +96,6 @@ def _read_tiff(path: Path) -> tuple[Picture, int] | None:
     return _picture(arr, 16 if arr.dtype == np.uint16 else 8), orientation
 
 
-def _read_16bit_png(path: Path) -> Picture | None:
-    """A 16-bit PNG with its 16 bits (Pillow keeps them for grey only), alpha kept; None for 8-bit PNGs."""
-    import cv2
-
-    arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)  # not imread: any path encoding
-    if arr is None or arr.dtype != np.uint16:
-        return None
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)  # BGR(A) -> RGB(A)
-    return _picture(arr, 16)
-
-
 def _from_pillow(im: Image.Image, path: Path) -> Picture:
     """A loaded Pillow image as a Picture: 16-bit grey keeps 16 bits, other modes become L, LA, RGB or RGBA."""
     mode = im.mode
@@ -171,11 +159,12 @@ def read_picture(path: str | Path) -> Picture:
                 with Image.open(path) as im:
                     im.verify()
             with Image.open(path) as im:
-                orientation = _exif_orientation(im)  # before load, which drops a TIFF's tags
-                im.load()
-                picture = _read_16bit_png(path) if path.suffix.lower() == ".png" else None
-                if picture is None:
-                    picture = _from_pillow(im, path)
+                deep = im.mode.startswith("I") or any(";16" in str(t.args) for t in im.tile or [])  # before any load
+                orientation = _exif_orientation(im)  # before load, which drops a TIFF's tags (a PNG's loads here)
+                stored = read_16bit(path) if deep and path.suffix.lower() == ".png" else None  # Pillow: 8-bit colour
+                if stored is None:
+                    im.load()
+                picture = _picture(stored, 16) if stored is not None else _from_pillow(im, path)
     picture = _orient(picture, orientation)
     height, width = picture.pixels.shape[:2]
     if min(height, width) < 2:

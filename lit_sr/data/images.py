@@ -39,16 +39,27 @@ def _to_uint8_16bit(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
 
 
-def _read_16bit_color(path: Path) -> np.ndarray | None:
-    """Pillow truncates 16-bit RGB to 8 bits; read it with OpenCV instead (None if OpenCV cannot)."""
+def read_16bit(path: Path) -> np.ndarray | None:
+    """A 16-bit image as stored, uint16 HxW or HxWx3/4 in RGB(A) order, by OpenCV (Pillow truncates 16-bit
+    colour to 8 bits); None when it is not 16-bit or OpenCV cannot decode it."""
     import cv2
 
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+    arr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)  # not imread: any path encoding
+    if arr is None or arr.dtype != np.uint16:
+        return None
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2)  # BGR(A) -> RGB(A)
+    return arr
+
+
+def _read_16bit_color(path: Path) -> np.ndarray | None:
+    """16-bit RGB(A) as 8-bit RGB (None if OpenCV cannot read it)."""
+    arr = read_16bit(path)
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
     if arr.shape[2] == 4:
         warnings.warn(f"{path}: alpha channel dropped (lit_sr uses RGB only)", stacklevel=3)
-    return _to_uint8_16bit(arr[..., 2::-1])
+    return _to_uint8_16bit(arr[..., :3])
 
 
 @contextlib.contextmanager

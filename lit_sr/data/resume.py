@@ -20,14 +20,15 @@ from lit_sr.data.datasets import TrainPatches
 class ResumableLoader(DataLoader):
     """``DataLoader(TrainPatches, batch_size=None, ...)`` that numbers its epochs and can restart mid-epoch.
 
-    ``trainer`` (optional) is the Lightning Trainer whose progress ``state_dict`` reports; its current epoch is
-    also the first epoch, so a loader rebuilt by ``reload_dataloaders_every_n_epochs`` continues the numbering.
+    ``trainer`` (optional) is the Lightning Trainer whose progress ``state_dict`` reports and whose epoch each
+    iteration draws, so a loader rebuilt by ``reload_dataloaders_every_n_epochs`` continues the numbering;
+    without one the loader counts its own epochs.
     """
 
     def __init__(self, dataset: TrainPatches, *args: Any, trainer: Any = None, **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self._trainer = trainer
-        self._epoch = int(getattr(trainer, "current_epoch", 0) or 0) - 1
+        self._epoch = int(getattr(trainer, "current_epoch", 0) or 0) - 1  # the last epoch iterated
         self._resume: tuple[int, int] | None = None
 
     def __iter__(self):

@@ -362,8 +362,8 @@ class DRN(SRMethod):
         return self.net(lr)[-1]
 
     def final_loss(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The final output's loss (GSL or L1) in fp32, with the GSL's parts (autocast off: its Sobel convolutions
-        would otherwise run in bf16, as the reference loss does not)."""
+        """The final output's loss (GSL or L1) in fp32, with the GSL's parts. Autocast is off, so that under
+        bf16-mixed its Sobel convolutions run in fp32, as they do for the bicubic reference loss."""
         pred, target = pred.float(), target.float()
         if self.loss == "l1":
             return F.l1_loss(pred, target), {}
