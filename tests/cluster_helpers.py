@@ -3,7 +3,8 @@
 ``python tests/cluster_helpers.py OUT [lit-sr train device keys] [LightningCLI args]`` runs ``lit-sr fit`` in
 this process and writes this rank's final weights (``rank<R>.pt``) and validation results (``rank<R>.json``).
 ``KillAtStep`` SIGKILLs its own process in the middle of a training step (after backward, before the
-optimizer step): nothing is flushed or saved, as with a node failure.
+optimizer step): nothing is flushed or saved, as with a node failure. ``HangAtStep`` stops making progress
+(a deadlocked collective, say).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -42,6 +44,32 @@ class KillAtStep(Callback):
             sys.stderr.write(f"KillAtStep: SIGKILL at global_step {trainer.global_step}\n")
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def session_processes(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+class HangAtStep(Callback):
+    """At ``global_step == step``, write the live processes of this session (this one, its DataLoader workers)
+    to ``out`` as JSON, then sleep for an hour in the training loop."""
+
+    def __init__(self, step: int, out: str) -> None:
+        self.step, self.out = step, Path(out)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            self.out.write_text(json.dumps(session_processes(os.getsid(0))))
+            time.sleep(3600)
 
 
 class NaNBatchOnRank(Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cluster_helpers import subprocess_env
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sweep_helpers import TINY_FIXED, alive, child_pid, load, sqlite_url, sweep_env, wait_for, write_sweep
@@ -80,6 +82,25 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint_pruned_and_a_reru
         assert max(t.intermediate_values) == 1
     logged = read_finished(new.user_attrs["wandb_run"]).series("val/psnr_y")
     assert new.intermediate_values == pytest.approx({0: logged[0], 1: logged[1]})
+
+
+@pytest.mark.slow
+def test_a_hung_trial_is_killed_with_every_process_it_started_after_study_stall_timeout(tmp_path, data_root, capsys):
+    hung = tmp_path / "hung.json"
+    hang = {"class_path": "cluster_helpers.HangAtStep", "init_args": {"step": 2, "out": str(hung)}}
+    fixed = {**TINY_FIXED, "data.num_workers": 1, "trainer.callbacks": [hang]}  # a DataLoader worker process
+    path = write_sweep(tmp_path, "hang", study={"n_trials": 1, "stall_timeout": 15}, fixed=fixed)
+    root = tmp_path / "runs"
+    with sweep_env(data_root), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", subprocess_env()["PYTHONPATH"])  # the trial imports cluster_helpers
+        assert main([str(path), "--root", str(root), "--no-report"]) == 0  # the study is full: the sweep ends
+    (trial,) = load(sqlite_url(root), "hang").get_trials()
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"].startswith("no training or validation batch for 15 s (study.stall_timeout)")
+    assert f"trial 0 FAIL: {trial.user_attrs['reason']}" in capsys.readouterr().out
+    processes = json.loads(hung.read_text())  # while it hung: the trial (leading its session) and its loader worker
+    assert trial.user_attrs["trial_pid"] in processes and len(processes) >= 2
+    wait_for(lambda: not any(alive(p) for p in processes), 2, "every process of the trial to be gone")
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------

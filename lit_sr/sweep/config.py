@@ -90,6 +90,7 @@ class Study:
     heartbeat_interval: PositiveInt = 10  # seconds; a trial silent for grace_period is failed and retried
     grace_period: PositiveInt = 30
     max_retry: NonNegativeInt = 2
+    stall_timeout: PositiveInt | None = 1800  # seconds without a batch (from its start): the trial is killed, FAIL
     top_k: PositiveInt = 5
 
     def __post_init__(self) -> None:  # plain ints: jsonargparse's PositiveInt is an int subclass YAML cannot write

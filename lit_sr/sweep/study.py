@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,11 +35,16 @@ from lit_sr.sweep.config import STORAGE_ENV, Sweep, SweepError
 
 WORKER_ENV = "LIT_SR_SWEEP_WORKER_PID"
 RESULT_ATTRS = ("checkpoint", "wandb_run", "n_params", "reason")  # result.json -> user attributes
+ALIVE = "alive"  # touched by the trial at every batch (lit_sr.sweep.trial); its mtime tells a hung trial
 NOT_COUNTED = "not_counted"  # a trial stopped by a user error: it does not use up n_trials
 
 
 class TrialFailed(RuntimeError):
     """A trial's child ended without a result (config error, crash): the trial is FAIL, the worker goes on."""
+
+
+class TrialStalled(RuntimeError):
+    """A trial made no progress for ``study.stall_timeout`` seconds: it is killed and ends FAIL."""
 
 
 def make_storage(url: str, sweep: Sweep | None = None, create_tables: bool = False) -> RDBStorage:
@@ -136,6 +142,35 @@ def _resume_checkpoint(sweep: Sweep, study: optuna.Study, number: int) -> Path |
     return None
 
 
+def _wait(child: subprocess.Popen, alive: Path, limit: int | None) -> int:
+    """The trial's exit code; ``TrialStalled`` once ``alive`` (touched by the trial at every batch) has not
+    changed for ``limit`` seconds, from the trial's start. Only its mtimes are compared (a shared disk's clock
+    may differ from this one)."""
+    seen, since = None, time.monotonic()
+    while True:
+        try:
+            return child.wait(timeout=None if limit is None else max(1.0, min(10.0, limit / 4)))
+        except subprocess.TimeoutExpired:
+            mtime = alive.stat().st_mtime_ns if alive.exists() else None
+            if mtime != seen:
+                seen, since = mtime, time.monotonic()
+            elif time.monotonic() - since > limit:
+                raise TrialStalled(f"no training or validation batch for {limit} s (study.stall_timeout): killed as "
+                                   "hung, with every process it started; trial.log ends where it stopped") from None
+
+
+def _kill(child: subprocess.Popen) -> None:
+    """SIGKILL a trial and what it started (DDP ranks, DataLoader workers): the process group it leads."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            child.kill()
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
 def _queue_again(trial: optuna.Trial, reason: str) -> None:
     """Queue a retry of ``trial`` with its params (it resumes from the trial's ``last.ckpt``); ``trial`` ends FAIL."""
     trial.set_user_attr("reason", reason)
@@ -170,13 +205,17 @@ def objective(sweep: Sweep):
         for key, value in {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}.items():
             trial.set_user_attr(key, value)
         env = {**os.environ, STORAGE_ENV: sweep.storage_url, WORKER_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        with open(run_dir / "trial.log", "wb") as log:
-            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        with open(run_dir / "trial.log", "wb") as log:  # its own session: _kill reaches DDP ranks, loader workers
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=True)
         try:
             trial.set_user_attr("trial_pid", child.pid)
-            code = child.wait()
-        except BaseException as stop:  # e.g. Ctrl-C: never leave a trial training behind
-            child.kill()
+            code = _wait(child, run_dir / ALIVE, sweep.study.stall_timeout)
+        except BaseException as stop:  # a hung trial, Ctrl-C: never leave a trial training behind
+            _kill(child)
+            if isinstance(stop, TrialStalled):
+                trial.set_user_attr("reason", str(stop))
+                raise TrialFailed(str(stop)) from None
             if isinstance(stop, KeyboardInterrupt):  # queued again: the next run resumes it from its last.ckpt
                 _queue_again(trial, "interrupted (Ctrl-C); retried as a new trial by the next run")
             raise

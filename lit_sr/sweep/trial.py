@@ -2,9 +2,10 @@
 
 In the child it: dies with its worker (PR_SET_PDEATHSIG), rebuilds the Optuna trial from the storage (URL
 in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's ``PyTorchLightningPruningCallback`` on the
-metric (``check_pruned()`` after fit, as its DDP mode needs); logs the knob values to the run's logger;
-prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the score of the checkpoint
-the sweep chose on the metric (its best value), ``pruned`` (pruner, size, or a diverging run:
+metric (``check_pruned()`` after fit, as its DDP mode needs); touches ``alive`` in the run dir at every batch
+(at most once a second: the worker kills a trial silent for ``study.stall_timeout``); logs the knob values to
+the run's logger; prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the score
+of the checkpoint the sweep chose on the metric (its best value), ``pruned`` (pruner, size, or a diverging run:
 ``FloatingPointError``), ``interrupted`` (SIGTERM, checkpoint saved: retried) or ``fail``, with the reason.
 Outside a worker's trial process (``LIT_SR_SWEEP_WORKER_PID`` unset: a trial's config re-run by hand) it
 does nothing.
@@ -18,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from lit_sr.errors import ConfigError, RunInterrupted
 from lit_sr.sweep.config import parse
-from lit_sr.sweep.study import STORAGE_ENV, WORKER_ENV, make_storage
+from lit_sr.sweep.study import ALIVE, STORAGE_ENV, WORKER_ENV, make_storage
 
 
 class OptunaTrialCallback(pl.Callback):
@@ -40,6 +42,7 @@ class OptunaTrialCallback(pl.Callback):
         self.metric, self.result, self.max_params = metric, Path(result), max_params
         self.info: dict[str, Any] = {"study": study, "trial": trial}
         self.pruning: PyTorchLightningPruningCallback | None = None
+        self.alive, self.touched = self.result.with_name(ALIVE), 0.0
         url = os.environ.get(STORAGE_ENV)
         if url is None or WORKER_ENV not in os.environ:  # not a sweep worker's child: a trial re-run by hand
             return
@@ -53,6 +56,19 @@ class OptunaTrialCallback(pl.Callback):
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), trial)
         self.trial = optuna.Trial(loaded, trial_id)
         self.pruning = PyTorchLightningPruningCallback(self.trial, monitor=metric)
+        self._touch()
+
+    def _touch(self) -> None:
+        rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+        if self.pruning is not None and rank_zero and time.monotonic() > self.touched + 1:
+            self.alive.touch()
+            self.touched = time.monotonic()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._touch()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        self._touch()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.info["n_params"] = sum(p.numel() for p in pl_module.parameters())
