@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,28 @@ def test_exploding_batches_are_skipped_counted_and_do_not_change_the_weights(tmp
     assert snap.real_mean is not None and snap.real_mean > 0  # epoch 0's mean loss set the threshold
     run = cli.trainer.logger
     assert run.series("train/skipped_batches")[-1] == 4.0  # the 4 batches of epoch 1
+
+
+def test_the_exploding_batch_rule_goes_on_from_a_mid_epoch_checkpoint():
+    trained = tiny()
+    trained.previous_epoch_loss, trained.epoch_loss_sum, trained.epoch_batches = 0.02, 0.09, 3
+    trained.skipped_total, trained.skipped_in_a_row = 5, 2
+    checkpoint: dict = {}
+    trained.on_save_checkpoint(checkpoint)
+    resumed = tiny()
+    resumed.on_load_checkpoint(torch.load(_saved(checkpoint), weights_only=True))
+    for method in (trained, resumed):
+        method.on_train_epoch_end()
+    # the epoch's mean counts the batches before the checkpoint; the in-a-row count goes on
+    assert resumed.previous_epoch_loss == trained.previous_epoch_loss == pytest.approx(0.03)
+    assert (resumed.skipped_total, resumed.skipped_in_a_row) == (5, 2)
+
+
+def _saved(checkpoint: dict):
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def _with_callback(original, callback):

@@ -39,6 +39,9 @@ from lit_sr.methods.base import SRMethod
 from lit_sr.metrics import quantize
 from lit_sr.registry import register_model
 
+SKIP_RULE_KEY = "drn_skip_rule"  # checkpoint key of DRN's exploding-batch rule state
+SKIP_RULE_STATE = ("previous_epoch_loss", "epoch_loss_sum", "epoch_batches", "skipped_total", "skipped_in_a_row")
+
 __all__ = ["DRN", "DRNDual", "DRNNet", "DRNPrimal", "RCAB", "edge_psnr_y"]
 
 #: DIV2K RGB mean of the 2020 code (in [0, 1]); the Y value is its BT.601 studio-range luma.
@@ -348,10 +351,11 @@ class DRN(SRMethod):
             "grad_form": grad_form,
         }
         self.skip_factor, self.max_consecutive_skips = float(skip_factor), int(max_consecutive_skips)
-        #: mean loss of the last epoch (saved in checkpoints): a batch over skip_factor x this is skipped
+        # The exploding-batch rule's state, all saved in checkpoints (a resume mid-epoch goes on with the same rule):
+        #: mean loss of the last epoch: a batch over skip_factor x this is skipped
         self.previous_epoch_loss: float | None = None
-        self._epoch_loss_sum, self._epoch_batches = 0.0, 0
-        self._skipped_total, self._skipped_in_a_row = 0, 0
+        self.epoch_loss_sum, self.epoch_batches = 0.0, 0  # of this epoch's kept batches
+        self.skipped_total, self.skipped_in_a_row = 0, 0
         self._drop_gradients = False
 
     @property
@@ -401,26 +405,26 @@ class DRN(SRMethod):
         limit = math.inf if self.previous_epoch_loss is None else self.skip_factor * self.previous_epoch_loss
         skip = self.trainer.strategy.reduce_boolean_decision(not (value <= limit), all=False)
         if skip:
-            self._skipped_total += 1
-            self._skipped_in_a_row += 1
-            self.log("train/skipped_batches", float(self._skipped_total), on_step=True, on_epoch=False)
+            self.skipped_total += 1
+            self.skipped_in_a_row += 1
+            self.log("train/skipped_batches", float(self.skipped_total), on_step=True, on_epoch=False)
             rank_zero_warn(
                 f"DRN: skipped the batch at step {self.global_step}: loss {value:.4g} exceeds "
                 f"{self.skip_factor:g} x the previous epoch's mean {self.previous_epoch_loss} or is not finite "
-                f"({self._skipped_total} skipped so far)"
+                f"({self.skipped_total} skipped so far)"
             )
-            if self._skipped_in_a_row > self.max_consecutive_skips:
+            if self.skipped_in_a_row > self.max_consecutive_skips:
                 raise FloatingPointError(
-                    f"DRN: {self._skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
+                    f"DRN: {self.skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
                     f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)"
                 )
             # Not None, which Lightning refuses under DDP: every rank runs its backward (the gradient all-reduce),
             # then on_after_backward drops the gradients, and an optimizer leaves a parameter without one alone.
             self._drop_gradients = True
             return total * 0.0
-        self._skipped_in_a_row = 0
-        self._epoch_loss_sum += value
-        self._epoch_batches += 1
+        self.skipped_in_a_row = 0
+        self.epoch_loss_sum += value
+        self.epoch_batches += 1
         self.log_loss(batch, total, parts)
         return total
 
@@ -431,16 +435,18 @@ class DRN(SRMethod):
             self._drop_gradients = False
 
     def on_train_epoch_end(self) -> None:
-        if self._epoch_batches:
-            self.previous_epoch_loss = self._epoch_loss_sum / self._epoch_batches
-        self._epoch_loss_sum, self._epoch_batches = 0.0, 0
+        if self.epoch_batches:
+            self.previous_epoch_loss = self.epoch_loss_sum / self.epoch_batches
+        self.epoch_loss_sum, self.epoch_batches = 0.0, 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["drn_previous_epoch_loss"] = self.previous_epoch_loss
-        checkpoint["drn_skipped_batches"] = self._skipped_total
+        checkpoint[SKIP_RULE_KEY] = {key: getattr(self, key) for key in SKIP_RULE_STATE}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.previous_epoch_loss = checkpoint.get("drn_previous_epoch_loss")
-        self._skipped_total = int(checkpoint.get("drn_skipped_batches", 0))
+        state = checkpoint.get(SKIP_RULE_KEY) or {  # a checkpoint of lit_sr before 2026-12 kept two of them
+            "previous_epoch_loss": checkpoint.get("drn_previous_epoch_loss"),
+            "skipped_total": checkpoint.get("drn_skipped_batches", 0)}
+        for key, value in state.items():
+            setattr(self, key, value)
