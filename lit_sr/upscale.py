@@ -351,7 +351,7 @@ def check_device(device: str | torch.device) -> torch.device:
 def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) -> list[tuple[Path, Path]]:
     """(source, target) pairs: files as given, folders walked recursively (their subfolders mirrored under
     ``out``, which is never walked); targets are ``<stem>_x<scale>.png``. Two inputs with the same target, or a
-    target that is an input, are an error."""
+    target that is an input, are an error, also where the names differ only in case."""
     out = Path(out)
     skip = out.resolve()
     pairs: list[tuple[Path, Path]] = []
@@ -373,17 +373,17 @@ def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) ->
             pairs.append((item, out / f"{item.stem}_x{scale}.png"))
         else:
             raise ImageError(f"input {item} does not exist; give image files or folders of images")
-    sources = {src.resolve(): src for src, _ in pairs}
-    seen: dict[Path, Path] = {}
+    # by case-folded path: on macOS's and Windows' file systems A_x2.png and a_x2.png are one file
+    key = lambda path: str(path.resolve()).casefold()  # noqa: E731
+    sources = {key(src): src for src, _ in pairs}
+    seen: dict[str, Path] = {}
     for src, target in pairs:
-        if (clash := sources.get(target.resolve())) is not None:
+        if (clash := sources.get(key(target))) is not None:
             raise ImageError(f"{target} is an input ({clash}): writing it would overwrite that image; choose an -o "
                              "folder apart from the inputs")
-        if target in seen:
-            raise ImageError(
-                f"{seen[target]} and {src} would both be written to {target}; rename one or upscale them separately"
-            )
-        seen[target] = src
+        if (first := seen.setdefault(key(target), src)) is not src:
+            raise ImageError(f"{first} and {src} would both be written to {target} (names that differ only in case "
+                             "are one file on macOS and Windows); rename one or upscale them separately")
     return pairs
 
 

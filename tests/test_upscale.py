@@ -194,6 +194,17 @@ def test_outputs_never_overwrite_inputs_and_a_rerun_does_not_upscale_its_own_out
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a_x2.png", "a_x2_x2.png"]
 
 
+@pytest.mark.parametrize("names", [("a.png", "a.jpg"), ("photo.png", "Photo.PNG")])
+def test_two_inputs_with_one_output_name_are_refused_before_anything_is_written(tmp_path, names):
+    for name in names:
+        Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(tmp_path / name, format="PNG")
+    first, second = sorted(tmp_path / n for n in names)
+    target = tmp_path / "out" / f"{second.stem}_x2.png"
+    with pytest.raises(ImageError, match="^" + re.escape(f"{first} and {second} would both be written to {target} ")):
+        upscale_files(Bicubic(), [first, second], tmp_path / "out", 2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_write_that_fails_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
     Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(tmp_path / "a.png")
     (old,) = upscale_files(Bicubic(), [tmp_path / "a.png"], tmp_path / "out", 2, progress=False)
