@@ -60,15 +60,18 @@ def session_processes(sid: int) -> list[int]:
 
 
 class HangAtStep(Callback):
-    """At ``global_step == step``, write the live processes of this session (this one, its DataLoader workers)
-    to ``out`` as JSON, then sleep for an hour in the training loop."""
+    """At ``global_step == step``, every rank sleeps for an hour in the training loop; rank 0 first writes the
+    live processes of this session (its DDP ranks, DataLoader workers) to ``out`` as JSON."""
 
     def __init__(self, step: int, out: str) -> None:
         self.step, self.out = step, Path(out)
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
-            self.out.write_text(json.dumps(session_processes(os.getsid(0))))
+            if trainer.is_global_zero:
+                tmp = self.out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(session_processes(os.getsid(0))))
+                tmp.replace(self.out)
             time.sleep(3600)
 
 

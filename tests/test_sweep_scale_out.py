@@ -103,6 +103,32 @@ def test_a_hung_trial_is_killed_with_every_process_it_started_after_study_stall_
     wait_for(lambda: not any(alive(p) for p in processes), 2, "every process of the trial to be gone")
 
 
+@pytest.mark.slow
+def test_a_killed_workers_ddp_trial_dies_with_every_rank(tmp_path, data_root):
+    hung = tmp_path / "hung.json"
+    hang = {"class_path": "cluster_helpers.HangAtStep", "init_args": {"step": 1, "out": str(hung)}}
+    fixed = {**TINY_FIXED, "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.accelerator": "cpu",
+             "data.val_max_images": 2, "trainer.callbacks": [hang]}  # an image for each rank
+    path = write_sweep(tmp_path, "ddp_kill", study={"n_trials": 1}, fixed=fixed)
+    with sweep_env(data_root):
+        worker = subprocess.Popen([sys.executable, "-m", "lit_sr", "sweep", str(path), "--root", str(tmp_path / "runs"),
+                                   "--no-report"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            processes = wait_for(lambda: json.loads(hung.read_text()), 120, "the DDP trial to train")
+            assert len(processes) >= 2  # rank 0 and rank 1, which rank 0 started
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=60)
+        finally:
+            worker.kill()
+    # rank 0 dies with its worker, rank 1 with rank 0: none is left holding its device and memory
+    try:
+        wait_for(lambda: not any(alive(p) for p in processes), 10, "every rank to die with the worker")
+    finally:
+        for pid in filter(alive, processes):  # a failed check leaves no rank asleep behind
+            os.kill(pid, signal.SIGKILL)
+
+
 # ---- PostgreSQL ----------------------------------------------------------------------------------------
 @pytest.fixture
 def postgres_url() -> Iterator[str]:

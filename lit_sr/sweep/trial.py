@@ -1,12 +1,13 @@
 """The trial side of a sweep: a Lightning callback in the trial's ``lit-sr fit`` config (see ``study``).
 
-In the child it: dies with its worker (PR_SET_PDEATHSIG), rebuilds the Optuna trial from the storage (URL
-in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's ``PyTorchLightningPruningCallback`` on the
-metric (``check_pruned()`` after fit, as its DDP mode needs); touches ``alive`` in the run dir at every batch
-(at most once a second: the worker kills a trial silent for ``study.stall_timeout``); logs the knob values to
-the run's logger; prunes networks over ``max_params``; and writes ``result.json``: ``complete`` with the score
-of the checkpoint the sweep chose on the metric (its best value), ``pruned`` (pruner, size, or a diverging run:
-``FloatingPointError``), ``interrupted`` (SIGTERM, checkpoint saved: retried) or ``fail``, with the reason.
+In the child it: dies with its worker (PR_SET_PDEATHSIG; DDP ranks > 0 with rank 0), rebuilds the Optuna
+trial from the storage (URL in ``LIT_SR_SWEEP_STORAGE``) and wraps optuna-integration's
+``PyTorchLightningPruningCallback`` on the metric (``check_pruned()`` after fit, as its DDP mode needs);
+touches ``alive`` in the run dir at every batch (at most once a second: the worker kills a trial silent for
+``study.stall_timeout``); logs the knob values to the run's logger; prunes networks over ``max_params``; and
+writes ``result.json``: ``complete`` with the score of the checkpoint the sweep chose on the metric (its best
+value), ``pruned`` (pruner, size, or a diverging run: ``FloatingPointError``), ``interrupted`` (SIGTERM,
+checkpoint saved: retried) or ``fail``, with the reason.
 Outside a worker's trial process (``LIT_SR_SWEEP_WORKER_PID`` unset: a trial's config re-run by hand) it
 does nothing.
 """
@@ -46,10 +47,11 @@ class OptunaTrialCallback(pl.Callback):
         url = os.environ.get(STORAGE_ENV)
         if url is None or WORKER_ENV not in os.environ:  # not a sweep worker's child: a trial re-run by hand
             return
-        if sys.platform.startswith("linux") and os.environ.get("LOCAL_RANK", "0") == "0":  # ranks > 0: rank 0's
-            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG: die with the worker
-            if str(os.getppid()) != os.environ[WORKER_ENV]:
-                os.kill(os.getpid(), signal.SIGKILL)  # the worker died before prctl
+        if sys.platform.startswith("linux"):  # die with the worker; DDP ranks > 0 with rank 0, which started them
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+            rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+            if str(os.getppid()) != os.environ[WORKER_ENV] if rank_zero else os.getppid() == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # the parent died before prctl
         storage = make_storage(url)
         pruner_obj = parse(optuna.pruners.BasePruner, pruner, "study.pruner")
         loaded = optuna.load_study(study_name=study, storage=storage, pruner=pruner_obj)
