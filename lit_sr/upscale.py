@@ -373,8 +373,9 @@ def collect_inputs(inputs: Sequence[str | Path], out: str | Path, scale: int) ->
             pairs.append((item, out / f"{item.stem}_x{scale}.png"))
         else:
             raise ImageError(f"input {item} does not exist; give image files or folders of images")
-    # by case-folded path: on macOS's and Windows' file systems A_x2.png and a_x2.png are one file
-    key = lambda path: str(path.resolve()).casefold()  # noqa: E731
+    def key(path: Path) -> str:  # on macOS's and Windows' file systems A_x2.png and a_x2.png are one file
+        return str(path.resolve()).casefold()
+
     sources = {key(src): src for src, _ in pairs}
     seen: dict[str, Path] = {}
     for src, target in pairs:

@@ -39,10 +39,10 @@ from lit_sr.methods.base import SRMethod
 from lit_sr.metrics import quantize
 from lit_sr.registry import register_model
 
+__all__ = ["DRN", "DRNDual", "DRNNet", "DRNPrimal", "RCAB", "edge_psnr_y"]
+
 SKIP_RULE_KEY = "drn_skip_rule"  # checkpoint key of DRN's exploding-batch rule state
 SKIP_RULE_STATE = ("previous_epoch_loss", "epoch_loss_sum", "epoch_batches", "skipped_total", "skipped_in_a_row")
-
-__all__ = ["DRN", "DRNDual", "DRNNet", "DRNPrimal", "RCAB", "edge_psnr_y"]
 
 #: DIV2K RGB mean of the 2020 code (in [0, 1]); the Y value is its BT.601 studio-range luma.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)

@@ -43,26 +43,29 @@ class OptunaTrialCallback(pl.Callback):
         self.metric, self.result, self.max_params = metric, Path(result), max_params
         self.info: dict[str, Any] = {"study": study, "trial": trial}
         self.pruning: PyTorchLightningPruningCallback | None = None
-        self.alive, self.touched = self.result.with_name(ALIVE), 0.0
+        self.alive: Path | None = None  # rank 0 of a worker's trial touches it
+        self.touched = 0.0
         url = os.environ.get(STORAGE_ENV)
         if url is None or WORKER_ENV not in os.environ:  # not a sweep worker's child: a trial re-run by hand
             return
+        rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
         if sys.platform.startswith("linux"):  # die with the worker; DDP ranks > 0 with rank 0, which started them
             ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-            rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-            if str(os.getppid()) != os.environ[WORKER_ENV] if rank_zero else os.getppid() == 1:
-                os.kill(os.getpid(), signal.SIGKILL)  # the parent died before prctl
+            parent_died = str(os.getppid()) != os.environ[WORKER_ENV] if rank_zero else os.getppid() == 1
+            if parent_died:  # before prctl
+                os.kill(os.getpid(), signal.SIGKILL)
         storage = make_storage(url)
         pruner_obj = parse(optuna.pruners.BasePruner, pruner, "study.pruner")
         loaded = optuna.load_study(study_name=study, storage=storage, pruner=pruner_obj)
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), trial)
         self.trial = optuna.Trial(loaded, trial_id)
         self.pruning = PyTorchLightningPruningCallback(self.trial, monitor=metric)
-        self._touch()
+        if rank_zero:
+            self.alive = self.result.with_name(ALIVE)
+            self._touch()
 
     def _touch(self) -> None:
-        rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
-        if self.pruning is not None and rank_zero and time.monotonic() > self.touched + 1:
+        if self.alive is not None and time.monotonic() > self.touched + 1:
             self.alive.touch()
             self.touched = time.monotonic()
 
