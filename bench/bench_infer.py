@@ -18,7 +18,7 @@ from common import Clock, available_methods, build_method, emit, peak_memory, ta
 
 from lit_sr.data.images import list_images, read_image
 from lit_sr.data.resize import imresize
-from lit_sr.inference import _tile_spans
+from lit_sr.inference import tile_spans
 from lit_sr.paths import data_root
 from lit_sr.upscale import Picture, upscale_picture
 
@@ -63,8 +63,8 @@ def main() -> None:
                 print(f"{model:10s} {size:5d}^2 tile {tile:4d}: {wall:6.2f} s wall {cpu:6.1f} s cpu, "
                       f"peak {mem['mib']:6.0f} MiB", flush=True)
             lr = size // SCALE
-            work = sum((t1 - t0) * (u1 - u0) for t0, t1, *_ in _tile_spans(lr, args.tile, args.overlap)
-                       for u0, u1, *_ in _tile_spans(lr, args.tile, args.overlap)) / lr**2
+            work = sum((t1 - t0) * (u1 - u0) for t0, t1, *_ in tile_spans(lr, args.tile, args.overlap)
+                       for u0, u1, *_ in tile_spans(lr, args.tile, args.overlap)) / lr**2
             rows.append([model, variant, f"{size}²", *cells, f"{work:.2f}x"])
     text = (
         f"x{SCALE}, output sizes as listed (LR = size / {SCALE}), RGB through `upscale_picture` (network on Y, "
