@@ -5,7 +5,8 @@ takes Cb/Cr from MATLAB bicubic (:func:`lit_sr.inference.y_to_rgb_sr`); an RGB n
 "rgb"``) sees all three channels. Grayscale stays grayscale. An alpha channel is resized with MATLAB bicubic
 and kept; 16-bit PNG/TIFF input is read and written with 16 bits (8-bit input gives 8-bit output).
 Large images run tiled (``tile`` LR pixels, ``overlap`` on each side; 0 disables tiling) so the network's
-memory depends on the tile, not on the image (the output and its Cb/Cr and alpha are whole-image arrays);
+memory depends on the tile, not on the image; the colour step (Cb/Cr, alpha, rounding) runs in bands, so the
+image costs its network output (a float per pixel and channel) and its samples (1 or 2 bytes each);
 ``self_ensemble`` averages the 8 flips/rotations (8x the time). Outputs are written atomically and never
 over an input.
 """
@@ -17,7 +18,6 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -42,11 +42,27 @@ class OutputExistsError(UserError, FileExistsError):
 
 @dataclass
 class Picture:
-    """A decoded image: ``pixels`` float64 HxWxC in [0, 1] (C = 1 or 3), ``alpha`` HxW or None, ``bits`` 8/16."""
+    """An image: ``pixels`` HxWxC (C = 1 or 3), ``alpha`` HxW or None, ``bits`` 8/16. Decoded, they are float64
+    in [0, 1]; upscaled, they are the integer samples of ``bits`` (uint8 or uint16)."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None
     bits: int
+
+
+#: output pixels per band of :func:`upscale_picture`'s colour step; it bounds the band's float arrays
+BAND_PIXELS = 2**19
+#: LR rows of context on each side of a band: MATLAB bicubic upscaling reads 2 LR pixels on each side
+BAND_MARGIN = 4
+
+
+def samples(values: np.ndarray, bits: int) -> np.ndarray:
+    """Values in [0, 1] as the integer samples of ``bits`` (clipped and rounded, as saving does); samples as given."""
+    if values.dtype.kind in "ui":
+        return values
+    levels = np.clip(values, 0.0, 1.0)  # the one float copy
+    levels *= 2**bits - 1
+    return np.round(levels, out=levels).astype(np.uint16 if bits == 16 else np.uint8)
 
 
 # ---- reading and writing, keeping alpha and 16 bits ------------------------------------------------------
@@ -176,13 +192,12 @@ def write_picture(path: str | Path, picture: Picture) -> None:
     """Write a PNG with the picture's bit depth (16-bit grey + alpha as 16-bit RGBA), atomically: an interrupted
     write leaves no truncated file and keeps the file it would have replaced."""
     path = Path(path)
-    pixels = np.clip(picture.pixels, 0.0, 1.0)
+    arr = samples(picture.pixels, picture.bits)
     if picture.alpha is not None:
-        pixels = np.concatenate([pixels, np.clip(picture.alpha, 0.0, 1.0)[..., None]], axis=2)
+        arr = np.concatenate([arr, samples(picture.alpha, picture.bits)[..., None]], axis=2)
     if picture.bits == 16:  # Pillow writes 16 bits for grey only
         import cv2
 
-        arr = np.round(pixels * 65535.0).astype(np.uint16)
         if arr.shape[2] == 2:
             arr = arr[..., [0, 0, 0, 1]]
         if arr.shape[2] == 1:
@@ -196,7 +211,6 @@ def write_picture(path: str | Path, picture: Picture) -> None:
             raise OSError(f"could not encode {path} as a 16-bit PNG")
         data = png.tobytes()
     else:
-        arr = np.round(pixels * 255.0).astype(np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -301,18 +315,29 @@ def super_resolve_tiled(
 
 def upscale_picture(method: SRMethod, picture: Picture, scale: int, *, tile: int = 256, overlap: int | None = None,
                     ensemble: bool = False) -> Picture:  # fmt: skip
-    """Super-resolve a decoded picture by ``scale`` through ``method.upscale_rgb`` (Y network + bicubic Cb/Cr,
-    or an RGB network), with :func:`super_resolve_tiled`'s tile / ensemble options; alpha by MATLAB bicubic;
-    bit depth kept."""
+    """Super-resolve a decoded picture by ``scale``, bit depth kept; the result holds integer samples.
+
+    The network runs once over the image (:func:`super_resolve_tiled`'s tile / ensemble options). Its output
+    becomes the picture (``method.to_rgb``: a Y network's Cb/Cr by MATLAB bicubic), and alpha is resized by MATLAB
+    bicubic, in bands of about :data:`BAND_PIXELS` output pixels. Memory is then the network's output (one float
+    plane per channel it has), the result's samples and one band, not several float64 copies of the image.
+    """
     lr = torch.from_numpy(picture.pixels).permute(2, 0, 1)[None]  # float64 (1, C, h, w)
-    # ``upscale_rgb`` calls ``method.super_resolve``: within the block, with these tile / ensemble options
-    tiled = partial(super_resolve_tiled, method, tile=tile, overlap=overlap, ensemble=ensemble)
-    with torch.no_grad(), mock.patch.object(method, "super_resolve", tiled):
-        sr = method.upscale_rgb(lr, scale).double().cpu().clamp(0, 1)
-    alpha = None
-    if picture.alpha is not None:
-        alpha = imresize(torch.from_numpy(picture.alpha), scale).clamp(0, 1).numpy()
-    return Picture(sr[0].permute(1, 2, 0).numpy(), alpha, picture.bits)
+    sr = super_resolve_tiled(method, method.network_input(lr), scale, tile=tile, overlap=overlap, ensemble=ensemble)
+    h, w, channels = picture.pixels.shape
+    pixels = np.empty((h * scale, w * scale, channels), np.uint16 if picture.bits == 16 else np.uint8)
+    alpha = None if picture.alpha is None else np.empty(pixels.shape[:2], pixels.dtype)
+    rows = max(16, BAND_PIXELS // (w * scale * scale))  # 16: margins add at most half of the work
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        m0, m1 = max(0, r0 - BAND_MARGIN), min(h, r1 + BAND_MARGIN)  # the band with its context
+        inner, band = slice((r0 - m0) * scale, (r1 - m0) * scale), slice(r0 * scale, r1 * scale)
+        with torch.no_grad():
+            rgb = method.to_rgb(sr[..., m0 * scale : m1 * scale, :], lr[..., m0:m1, :], scale)
+        pixels[band] = samples(rgb[0, :, inner].permute(1, 2, 0).double().cpu().numpy(), picture.bits)
+        if alpha is not None:
+            alpha[band] = samples(imresize(torch.from_numpy(picture.alpha[m0:m1]), scale)[inner].numpy(), picture.bits)
+    return Picture(pixels, alpha, picture.bits)
 
 
 # ---- the device ---------------------------------------------------------------------------------------------

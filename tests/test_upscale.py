@@ -12,6 +12,7 @@ import wandb
 import yaml
 from PIL import Image
 
+from lit_sr import upscale
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI, main
 from lit_sr.data.color import to_y
@@ -22,11 +23,13 @@ from lit_sr.methods.bicubic import Bicubic
 from lit_sr.metrics import psnr_y
 from lit_sr.paths import REPO, writable_folder
 from lit_sr.upscale import (
+    Picture,
     TilingWarning,
     check_device,
     read_picture,
     super_resolve_tiled,
     upscale_files,
+    upscale_picture,
 )
 
 
@@ -86,6 +89,32 @@ def test_tiled_output_equals_untiled_within_one_level(trained, data_root, tmp_pa
     assert np.abs(whole - tiled).max() <= 1
     bicubic = np.asarray(Image.open(tmp_path / "butterfly.png").resize((256, 256), Image.BICUBIC)).astype(int)
     assert np.abs(whole - bicubic).mean() > 1  # the network did change the image
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_the_colour_step_in_bands_gives_the_one_band_result_exactly(trained, data_root, bits, monkeypatch):
+    """Cb/Cr, alpha and rounding run in bands of ``BAND_PIXELS`` output pixels with ``BAND_MARGIN`` LR rows of
+    context (memory: the network's output plane and the samples, not float64 copies of the whole image)."""
+    method = load_method(str(trained)).eval()
+    hr = torch.from_numpy(modcrop(read_image(data_root / "Set5" / "butterfly.png"), 2).copy()).permute(2, 0, 1)
+    lr = imresize(hr.double() / 255, 1 / 2).clamp(0, 1).permute(1, 2, 0).numpy()  # 128 x 128
+    alpha = np.linspace(0, 1, lr.shape[1])[None].repeat(lr.shape[0], 0) ** 2
+    picture = Picture(np.round(lr * (2**bits - 1)) / (2**bits - 1), alpha, bits)
+    one = upscale_picture(method, picture, 2, tile=48)
+    assert one.pixels.dtype == (np.uint16 if bits == 16 else np.uint8) and one.pixels.shape == (256, 256, 3)
+    rows = []
+    to_rgb = method.to_rgb
+    monkeypatch.setattr(method, "to_rgb", lambda sr, lr, scale: rows.append(lr.shape[-2]) or to_rgb(sr, lr, scale))
+    monkeypatch.setattr(upscale, "BAND_PIXELS", 1)  # the smallest bands: 16 LR rows
+    many = upscale_picture(method, picture, 2, tile=48)
+    assert len(rows) == 8 and max(rows) == 16 + 2 * upscale.BAND_MARGIN
+    assert np.array_equal(many.pixels, one.pixels) and np.array_equal(many.alpha, one.alpha)
+
+    def psnr(out: Picture) -> float:
+        rgb = torch.from_numpy(out.pixels.astype(np.float64) / (2**bits - 1)).permute(2, 0, 1)[None]
+        return psnr_y(to_y(rgb), to_y(hr[None].double() / 255), 2).item()
+
+    assert psnr(one) > psnr(upscale_picture(Bicubic(), picture, 2)) + 0.5  # the network's Y, not bicubic's
 
 
 def test_self_ensemble_is_not_worse_than_one_pass_on_set5(trained, data_root):

@@ -294,19 +294,24 @@ class SRMethod(L.LightningModule):
     def forward(self, lr: Tensor, scale: int) -> Tensor:
         return self.super_resolve(lr, scale)
 
-    def _network_input(self, lr: Tensor) -> Tensor:
-        """An LR image (N, 1 or 3, h, w) in the channels the network sees."""
+    def network_input(self, lr: Tensor) -> Tensor:
+        """An LR image (N, 1 or 3, h, w) in the channels the network sees, on its device and in its dtype."""
+        lr = lr.to(self.device, self.compute_dtype)
         if self.channels == "y":
             return to_y(lr)
         return lr.expand(-1, 3, -1, -1) if lr.shape[1] == 1 else lr
 
-    def upscale_rgb(self, lr: Tensor, scale: int) -> Tensor:
-        """LR image (N, C, h, w), C = 1 or 3 -> SR image of the same C; a Y network's Cb/Cr come from bicubic."""
-        lr = lr.to(self.device, self.compute_dtype)
-        sr = self.super_resolve(self._network_input(lr), scale)
+    def to_rgb(self, sr: Tensor, lr: Tensor, scale: int) -> Tensor:
+        """The network's output ``sr`` for ``lr`` (N, C, h, w), C = 1 or 3, as an image of C channels in [0, 1]:
+        a Y network's Cb/Cr come from MATLAB bicubic of ``lr``."""
         if self.channels == "y":
-            return y_to_rgb_sr(sr, lr.to(sr.dtype), scale)
+            return y_to_rgb_sr(sr, lr.to(sr.device, sr.dtype), scale)
         return sr.mean(1, keepdim=True).clamp(0, 1) if lr.shape[1] == 1 else sr.clamp(0, 1)
+
+    def upscale_rgb(self, lr: Tensor, scale: int) -> Tensor:
+        """LR image (N, C, h, w), C = 1 or 3 -> SR image of the same C (the network, then :meth:`to_rgb`)."""
+        lr = lr.to(self.device, self.compute_dtype)
+        return self.to_rgb(self.super_resolve(self.network_input(lr), scale), lr, scale)
 
     def sr_y(self, batch: dict, scale: int) -> Tensor:
         """The evaluated Y of a validation/test batch: the network's Y, or Y of the 8-bit RGB output."""
