@@ -29,7 +29,15 @@ class ConfigError(UserError, ValueError):
 
 
 class DivergedError(UserError, FloatingPointError):
-    """The training loss became NaN/inf; the message gives step, stage and lr (a sweep prunes the trial)."""
+    """The training loss became NaN/inf; the message gives step, stage and lr (a sweep prunes the trial).
+
+    Every DDP rank raises it together; ``quiet`` ones (ranks > 0) exit with status 2 but leave the message to
+    rank 0, which names the ranks that diverged (one line, not one per rank).
+    """
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 class RunInterrupted(Exception):
@@ -140,5 +148,6 @@ def run_reporting_errors(
         message = None if debug else user_error_message(err, argv)
         if message is None:
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        if not getattr(err, "quiet", False):
+            print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         return 2

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from memory_logger import logger
 
 from lit_sr.checkpoint import load_method
-from lit_sr.cli import SRCLI
+from lit_sr.cli import SRCLI, main
 from lit_sr.data.color import rgb_to_y
 from lit_sr.data.images import list_images, modcrop, read_image
 from lit_sr.data.resize import imresize
@@ -173,6 +173,22 @@ def test_exploding_batches_are_skipped_counted_and_do_not_change_the_weights(tmp
     assert snap.real_mean is not None and snap.real_mean > 0  # epoch 0's mean loss set the threshold
     run = cli.trainer.logger
     assert run.series("train/skipped_batches")[-1] == 4.0  # the 4 batches of epoch 1
+
+
+def test_too_many_exploding_batches_in_a_row_stop_the_run_with_one_line(tmp_path, data_root, capsys):
+    model = {"variant": "drn_small_x4", "net": TINY_NET, "max_consecutive_skips": 1,
+             "stages": [{"name": "hot", "steps": 8, "optimizer": {"name": "sgd", "lr": 1e12}}]}  # fmt: skip
+    override = {"model": {"init_args": model}, "data": TINY_DATA, "trainer": {**TINY_TRAINER, "logger": False}}
+    path = tmp_path / "hot.yaml"
+    path.write_text(yaml.safe_dump(override))
+    args = ["fit", "--config", str(REPO / "experiments/drn/quick.yaml"), "--config", str(path), "--run_dir",
+            str(tmp_path / "hot"), "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 2  # a user error (lower the lr), not a crash
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lit-sr")]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("lit-sr: error: DRN: 2 batches in a row had exploding or non-finite losses")
+    assert lines[0].endswith("lower the lr (stages.0.optimizer.lr)")
 
 
 def test_the_exploding_batch_rule_goes_on_from_a_mid_epoch_checkpoint():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -362,14 +363,15 @@ class SRMethod(L.LightningModule):
 
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
-        finite = bool(torch.isfinite(total))
-        # every rank stops together: one left behind would wait in the gradient all-reduce
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+        # every rank stops together (one left behind would wait in the gradient all-reduce); rank 0 says why
+        losses = self.all_gather(total.detach().float()).reshape(-1).tolist()
+        if bad := [rank for rank, value in enumerate(losses) if not math.isfinite(value)]:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-            loss = f"{total.item()}" if not finite else "on another rank"
+            ranks = f" on rank {', '.join(map(str, bad))} of {len(losses)}" if len(losses) > 1 else ""
             raise DivergedError(
-                f"non-finite training loss {loss} at step {self.global_step} (stage "
-                f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping"
+                f"non-finite training loss {losses[bad[0]]}{ranks} at step {self.global_step} (stage "
+                f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping",
+                quiet=self.global_rank != 0,
             )
         self.log_loss(batch, total, parts)
         return total

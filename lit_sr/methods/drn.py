@@ -34,6 +34,7 @@ from jsonargparse.typing import NonNegativeFloat, OpenUnitInterval, PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lit_sr.errors import DivergedError
 from lit_sr.losses import GradForm, MaskMode, gradient_mask, gradient_sensitive_loss
 from lit_sr.methods.base import SRMethod
 from lit_sr.metrics import quantize
@@ -414,9 +415,10 @@ class DRN(SRMethod):
                 f"({self.skipped_total} skipped so far)"
             )
             if self.skipped_in_a_row > self.max_consecutive_skips:
-                raise FloatingPointError(
+                raise DivergedError(  # on every rank at once (the decision above is shared): rank 0 prints it
                     f"DRN: {self.skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
-                    f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)"
+                    f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)",
+                    quiet=self.global_rank != 0,
                 )
             # Not None, which Lightning refuses under DDP: every rank runs its backward (the gradient all-reduce),
             # then on_after_backward drops the gradients, and an optimizer leaves a parameter without one alone.
