@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lit_sr.data.resize import imresize
+from lit_sr.errors import ConfigError
 from lit_sr.inference import y_to_rgb_sr
 from lit_sr.typed import check_arguments
 
@@ -45,6 +46,8 @@ class RunCheckpoint(ModelCheckpoint):
     ``carry_best``: a run resumed from another folder's checkpoint keeps that run's best score and checkpoint
     (Lightning drops them when the folder changes), so that one training split over folders (a sweep's retried
     trial) has one best. A new best is written here; the old folder's files are never removed.
+    ``from_stage``: only validations in this stage of the method's schedule, or a later one, compete for the
+    best (IRLapSRN's sweep objective is the PSNR after stage 2, not during its pretraining).
     """
 
     def __init__(
@@ -55,10 +58,17 @@ class RunCheckpoint(ModelCheckpoint):
         mode: str = "max",
         save_last: bool = True,
         carry_best: bool = False,
+        from_stage: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, mode=mode, save_last=save_last, **kwargs)
-        self.carry_best = carry_best
+        self.carry_best, self.from_stage = carry_best, from_stage
+        self._first_stage: int | None = None  # the index of from_stage in the method's stages
+
+    def check_monitor_top_k(self, trainer, current: Tensor | None = None) -> bool:
+        if self._first_stage is not None and trainer.lightning_module.stage_index < self._first_stage:
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         carried = self.carry_best and state_dict.get("monitor") == self.monitor
@@ -67,6 +77,12 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        if self.from_stage is not None:
+            names = [s.name for s in getattr(pl_module, "stages", [])]
+            if self.from_stage not in names:
+                raise ConfigError(f"RunCheckpoint.from_stage {self.from_stage!r} is no stage of this run's "
+                                  f"model.init_args.stages {names}: name one of them")
+            self._first_stage = names.index(self.from_stage)
         super().setup(trainer, pl_module, stage)
 
 

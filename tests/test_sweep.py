@@ -135,7 +135,7 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpo
     # the file's callbacks as written, then the sweep's: a checkpoint chosen on study.metric, the Optuna callback
     checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint",
                   "init_args": {"dirpath": str(tmp_path / "t" / "checkpoints"), "monitor": "val/psnr_y", "mode": "max",
-                                "carry_best": True}}  # a retried trial keeps its dead original's best
+                                "carry_best": True, "from_stage": None}}  # a retry keeps its dead original's best
     assert cfg["trainer"]["callbacks"] == [early, checkpoint, callback]
     yaml.safe_dump(cfg)  # what the worker writes as trial.yaml
     assert sweep.base["model"]["init_args"]["net"] == {"depth": 3, "width": 8}  # the base is untouched
@@ -143,6 +143,9 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpo
     other = load_sweep(write_sweep(tmp_path, "ssim", study=ssim))
     init = other.trial_config({"lr": 1e-4}, tmp_path / "s", 0, callback)["trainer"]["callbacks"][-2]["init_args"]
     assert (init["monitor"], init["mode"]) == ("val/holdout/x2/ssim_y", "min")
+    late = load_sweep(write_sweep(tmp_path, "late", study={"score_from_stage": "main"}))
+    assert late.trial_config({"lr": 1e-4}, tmp_path / "l", 0, callback)["trainer"]["callbacks"][-2]["init_args"][
+        "from_stage"] == "main"  # only its validations and later ones score
 
 
 def test_a_sweep_file_may_not_bring_its_own_model_checkpoint(tmp_path):

@@ -15,6 +15,7 @@ import torch
 import wandb
 import yaml
 from conftest import TWO_STAGES
+from lightning.pytorch import Callback
 from memory_logger import logger
 from PIL import Image
 from wandb_offline import read_finished
@@ -22,6 +23,7 @@ from wandb_offline import read_finished
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI, checkpoint_roles, main
 from lit_sr.data.sources import resolve_images
+from lit_sr.errors import ConfigError
 from lit_sr.evaluate import run_benchmark
 from lit_sr.methods.base import STAGE_KEY
 from lit_sr.methods.bicubic import Bicubic
@@ -297,3 +299,32 @@ def test_image_panels_follow_validations_not_epochs():
         panels.on_validation_epoch_end(trainer, None)
     assert logged == ["images/s/x2", "images/s/x2"]  # validations 0 and 2
     assert panels.state_dict() == {"validations": 3}
+
+
+class LogsByEpoch(Callback):
+    """Logs ``val/fake`` = ``values[epoch]`` at every validation: a metric whose best is known."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = values
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("val/fake", float(self.values[trainer.current_epoch]))
+
+
+def test_a_checkpoint_from_a_stage_ignores_the_validations_of_the_stages_before_it(tmp_path, data_root):
+    def callbacks(from_stage: str) -> dict:
+        checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {
+            "monitor": "val/fake", "from_stage": from_stage, "dirpath": str(tmp_path / from_stage)}}  # fmt: skip
+        values = {"class_path": "test_training.LogsByEpoch", "init_args": {"values": [100.0, 1.0, 2.0]}}
+        return {"logger": False, "callbacks": [values, checkpoint]}
+
+    data = {**TINY_DATA, "batches_per_epoch": 2, "test_sets": []}
+    cli = fit(tmp_path, "late", TINY, data, callbacks("main"))  # warm: epoch 0 (100), main: epochs 1, 2 (1, 2)
+    chosen = cli.trainer.checkpoint_callback
+    assert chosen.best_model_score.item() == 2.0  # not epoch 0's 100
+    saved = torch.load(chosen.best_model_path, map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 2 and saved[STAGE_KEY] == 1
+    with pytest.raises(ConfigError, match=r"RunCheckpoint.from_stage 'cool' is no stage of this run's "
+                       r"model.init_args.stages \['warm', 'main'\]: name one of them"):
+        fit(tmp_path, "bad", TINY, data, callbacks("cool"))

@@ -91,6 +91,7 @@ class Study:
     grace_period: PositiveInt = 30
     max_retry: NonNegativeInt = 2
     stall_timeout: PositiveInt | None = 1800  # seconds without a batch (from its start): the trial is killed, FAIL
+    score_from_stage: str | None = None  # a trial's value: its best metric in this stage or a later one
     top_k: PositiveInt = 5
 
     def __post_init__(self) -> None:  # plain ints: jsonargparse's PositiveInt is an int subclass YAML cannot write
@@ -227,7 +228,8 @@ class Sweep:
         }
         checkpoint = {"class_path": "lit_sr.callbacks.RunCheckpoint", "init_args": {
             "dirpath": str(run_dir / "checkpoints"), "monitor": self.study.metric,
-            "mode": "max" if self.study.direction == "maximize" else "min", "carry_best": True}}  # over retries
+            "mode": "max" if self.study.direction == "maximize" else "min", "carry_best": True,  # over retries
+            "from_stage": self.study.score_from_stage}}
         trainer["callbacks"] = [*(trainer.get("callbacks") or []), checkpoint, callback]
         return cfg
 

@@ -105,7 +105,7 @@ class OptunaTrialCallback(pl.Callback):
         score = None if score is None else float(score)
         if score is None or not math.isfinite(score):
             self._write(trainer, "fail", reason=f"{self.metric} was never logged with a finite value ({score}): "
-                        "does the budget reach a validation (trainer.check_val_every_n_epoch)?")
+                        "does the budget reach a validation (trainer.check_val_every_n_epoch, study.score_from_stage)?")
             return
         self._write(trainer, "complete", value=score)
 
