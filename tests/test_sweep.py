@@ -101,6 +101,26 @@ def test_categorical_choices_are_kept_as_written(tmp_path):
     assert sweep.distributions()["w"].choices == ("16", "off", 8, None)  # jsonargparse alone made 16, False
 
 
+def test_a_categorical_of_pairs_samples_each_pair_and_the_trials_network_is_built_with_it(tmp_path):
+    from lit_sr.methods.cmsc import CMSC
+
+    sweep = load_sweep(REPO / "sweeps" / "cmsc.yaml", preset="paper", root=tmp_path)
+    dist = sweep.distributions()["branch_kernels"]
+    assert dist.choices == ("[3, 3]", "[3, 5]", "[3, 7]", "[1, 3]")  # Optuna holds scalars only
+    assert sweep.preset_values()["branch_kernels"] == "[3, 5]"  # the preset's own pair: enqueue_preset runs it
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(16):
+        trial = study.ask({"branch_kernels": dist})
+        init = sweep.trial_config(trial.params, tmp_path / "t", trial.number, {})["model"]["init_args"]
+        seen.add(tuple(init["net"]["branch_kernels"]))
+        study.tell(trial, 0.0)
+    assert seen == {(3, 3), (3, 5), (3, 7), (1, 3)}
+    net = CMSC(**init).net
+    sizes = {m.kernel_size[0] for m in net.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert set(init["net"]["branch_kernels"]) <= sizes
+
+
 def test_a_study_run_again_must_search_the_same_metric_and_knob_kinds(tmp_path):
     root = tmp_path / "runs"
     study = create_study(load_sweep(write_sweep(tmp_path, "same"), root=root))

@@ -10,6 +10,7 @@ a ``fixed`` path may add new keys (``model.init_args.net.depth`` in a preset wit
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -54,7 +55,7 @@ class Param:
     def distribution(self) -> BaseDistribution:
         """Optuna's distribution of this knob (its own checks raise ``ValueError`` on bad bounds)."""
         if self.type == "categorical":
-            return CategoricalDistribution(self.choices or [])
+            return CategoricalDistribution([encode(c) for c in self.choices or []])
         if self.low is None or self.high is None:
             raise ValueError(f"type {self.type} needs low and high")
         if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
@@ -66,6 +67,15 @@ class Param:
 
     def __post_init__(self) -> None:
         self.distribution()  # a bad bound fails the parse, which names params.<knob>
+
+    def value(self, sampled: Any) -> Any:
+        """The config value of a sampled value: a list or mapping choice (CMSC's branch_kernels [3, 5]) as written."""
+        return {encode(c): c for c in self.choices or []}.get(sampled, sampled) if self.choices else sampled
+
+
+def encode(choice: Any) -> Any:
+    """A categorical choice as Optuna holds it: a list or mapping as its JSON text ("[3, 5]"), a scalar as it is."""
+    return json.dumps(choice) if isinstance(choice, (list, dict)) else choice
 
 
 @dataclass
@@ -198,6 +208,7 @@ class Sweep:
         for name, dist in self.distributions().items():
             value = get_path(self.base, self.spec.params[name].paths[0])
             if isinstance(dist, CategoricalDistribution):
+                value = encode(value)
                 ok = value in dist.choices
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high
@@ -217,7 +228,7 @@ class Sweep:
         cfg = copy.deepcopy(self.base)
         for name, value in values.items():
             for path in self.spec.params[name].paths:
-                set_path(cfg, path, copy.deepcopy(value))
+                set_path(cfg, path, copy.deepcopy(self.spec.params[name].value(value)))
         cfg["run_dir"] = str(run_dir)
         trainer = cfg.setdefault("trainer", {})
         trainer["enable_progress_bar"] = False  # trial logs are files
