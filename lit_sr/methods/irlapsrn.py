@@ -16,6 +16,7 @@ Everything beyond the paper's abstract is a [proposal] of the spec and an option
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -119,6 +120,8 @@ class IRLapSRNNet(PerLevelPyramid):
 # a scale in the variant's name is passed outside them, so overriding it is an error.
 
 IRLAPSRN_SMALL = dict(irb_per_level=2, channels=32, branch_width=16)
+RANK_WEIGHT = 0.1  # lambda_rank where a stage's loss_weights leave it out
+SMALL_TAU = 0.01  # below it the rank loss's gradients near ties are very large: clipping stays on (spec gotcha)
 
 
 @register_model  # IRLapSRN x2: 1 level, B = 8, branch width 32 (396,625 parameters)
@@ -169,6 +172,7 @@ class IRLapSRN(PyramidMethod):
         rank_window: int = 3,
         rank_tau: PositiveFloat = 0.02,
         stage1_mode: Literal["greedy", "joint"] = "greedy",
+        small_tau_clip: bool = True,
         **kwargs: Any,
     ) -> None:
         """
@@ -179,6 +183,9 @@ class IRLapSRN(PyramidMethod):
             rank_window: k of the k x k local-rank neighbourhood (3 or 5).
             rank_tau: temperature of the soft rank (0.02 for intensities in [0, 1]).
             stage1_mode: ``greedy`` (one stage per level, as written) or ``joint`` (see the class docstring).
+            small_tau_clip: with ``rank_tau`` < 0.01, a stage without clipping whose rank weight is not 0 (the
+                finetune) clips as the first clipped stage does: small tau gives very large gradients near ties
+                (spec gotcha: keep clipping on in stage 2 then) [proposal: how it clips].
             kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
 
         The typed arguments are checked by jsonargparse (a config) or ``SRMethod`` (a Python call).
@@ -190,6 +197,11 @@ class IRLapSRN(PyramidMethod):
         super().__init__(variant=variant, eps=eps, reduction=reduction, **kwargs)
         self.rank_window, self.rank_tau, self.stage1_mode = rank_window, float(rank_tau), stage1_mode
         self._check_stage_levels()
+        clipped = [stage.clip for stage in self.stages if stage.clip.mode != "none"]
+        if small_tau_clip and self.rank_tau < SMALL_TAU and clipped:
+            ranked = [s.name for s in self.stages if s.loss_weights.get("rank", RANK_WEIGHT)]
+            self.stages = [replace(s, clip=clipped[0]) if s.name in ranked and s.clip.mode == "none" else s
+                           for s in self.stages]  # fmt: skip
         if stage1_mode == "joint":
             level_stages = [s.name for s in self.stages if (s.targets or "").startswith("level_")]
             if level_stages:
@@ -235,11 +247,11 @@ class IRLapSRN(PyramidMethod):
 
     def _weighted_level_loss(self, pred: Tensor, target: Tensor) -> Tensor:
         image, rank = self.level_loss(pred, target)
-        return self.loss_weight("image", 1.0) * image + self.loss_weight("rank", 0.1) * rank
+        return self.loss_weight("image", 1.0) * image + self.loss_weight("rank", RANK_WEIGHT) * rank
 
     def compute_loss(self, groups: list[dict]) -> tuple[Tensor, dict[str, Tensor]]:
         run, weights = self.supervised_levels()
-        w_image, w_rank = self.loss_weight("image", 1.0), self.loss_weight("rank", 0.1)
+        w_image, w_rank = self.loss_weight("image", 1.0), self.loss_weight("rank", RANK_WEIGHT)
         n_total = sum(int(g["hr"].shape[0]) for g in groups)
         image = rank = torch.zeros((), device=groups[0]["hr"].device)
         agreement = []
