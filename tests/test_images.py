@@ -228,3 +228,11 @@ def test_sources_builtin_and_unknown(tmp_path, monkeypatch):
         resolve_images("Set99")
     with pytest.raises(ImageError, match=rf"^image source {tmp_path / 'nope'}: no such folder; check the path$"):
         resolve_images(str(tmp_path / "nope"))  # an absolute path is a folder, not a set name under LIT_SR_DATA
+    here = tmp_path / "here"  # a relative path is that folder, never the data root's set of the same name
+    (here / "Set5").mkdir(parents=True)
+    _folder(here / "Set5", [(32, 32), (40, 40)])
+    monkeypatch.chdir(here)
+    assert [p.resolve().parent for p in resolve_images("./Set5")[1]] == [here / "Set5"] * 2
+    assert len(resolve_images("Set5")[1]) == 1  # a bare name: the data root's
+    with pytest.raises(ImageError, match=r"^image source ./Set99: no such folder; check the path$"):
+        resolve_images("./Set99")

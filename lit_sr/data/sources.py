@@ -69,16 +69,18 @@ def resolve_images(source: str) -> tuple[str, list[Path]]:
             )
         return source, paths
     root = data_root()
-    candidates = [root / source, Path(source).expanduser()]
+    # a path ("./Set5", "/data/Set5", "~/x") is that folder only: root / "./Set5" would be the data root's Set5
+    path_like = source.startswith((".", "~")) or any(sep in source for sep in {"/", os.sep})
+    candidates = [Path(source).expanduser()] if path_like else [root / source, Path(source)]
     for folder in candidates:
         if folder.is_dir():
             return folder.resolve().name, list_images(folder)
-    if Path(source).expanduser().is_absolute():
+    if path_like:
         raise ImageError(f"image source {source}: no such folder; check the path")
     origin = "LIT_SR_DATA" if os.environ.get("LIT_SR_DATA") else "the default <repo>/../shared/data"
     raise ImageError(
         f"unknown image source {source!r}: not a built-in name ({', '.join(BUILTIN_SOURCES)}), "
-        f"no folder {candidates[0]} (data root from {origin}) and no folder {candidates[1].resolve()}; "
+        f"no folder {candidates[0]} (data root from {origin}) and no folder {candidates[-1].resolve()}; "
         f"set LIT_SR_DATA to the folder holding the sets, or give a folder path"
     )
 
