@@ -319,39 +319,57 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
-    """What the checkpoint's run trained and chose on (its DataModule's arguments), for a benchmark's ``meta``;
-    warns when a benchmarked set is one the checkpoint was chosen on, or holds a copy of one of its training images.
-    Its run compared its training images with its val and test sets; the other benchmarked sets are compared here."""
+    """What the checkpoint's run trained and chose on, for a benchmark's ``meta``; warns when a benchmarked set
+    holds images the checkpoint was chosen on (its validation images, or copies of them) or copies of its training
+    images. The image files come from the checkpoint (``SRDataModule.state_dict``), or, in older checkpoints, from
+    its DataModule's arguments resolved here. Its run compared its training images with its val and test sets; any
+    other image benchmarked is compared here."""
     from lit_sr.checkpoint import read_checkpoint
+    from lit_sr.data.datamodule import SRDataModule
     from lit_sr.data.images import ImageError
     from lit_sr.data.overlap import copies_among
     from lit_sr.data.sources import default_test_sets, resolve_images
 
-    data = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
-    chosen_on = data.get("val_sets") or []  # None: a hold-out of training images
-    reused = sorted(set(sets) & set(chosen_on))
-    if reused:
-        warnings.warn(f"{ckpt} was chosen on {reused} (data.val_sets of its run): these rows are not test numbers",
-                      stacklevel=2)
-    tested = data.get("test_sets") if data.get("test_sets") is not None else default_test_sets()
-    resolved = dict(resolve_images(s) for s in sets)
-    new = [n for n in resolved if n not in {*tested, *chosen_on}]
-    copies, unchecked = [], []
+    state = read_checkpoint(ckpt)
+    data = state.get("datamodule_hyper_parameters") or {}
+    files = (state.get(SRDataModule.__qualname__) or {}).get("images")
+    if files is None:  # before the images were recorded
+        named = lambda sources: {s: [str(p.resolve()) for p in resolve_images(s)[1]] for s in sources or []}  # noqa: E731
+        tested = data.get("test_sets") if data.get("test_sets") is not None else default_test_sets()
+        files = {"val": named(data.get("val_sets")), "test": named(tested), "train": data.get("train_sources") or []}
+        try:
+            files["train"] = [p for ps in named(files["train"]).values() for p in ps]
+        except ImageError as err:
+            files["train"] = err
+    chosen = {p: name for name, paths in files["val"].items() for p in paths}
+    compared = {*chosen, *(p for paths in files["test"].values() for p in paths)}
+    evaluated = {name: [str(p.resolve()) for p in paths] for name, paths in map(resolve_images, sets)}
+    reused = {name for name, paths in evaluated.items() if chosen.keys() & set(paths)}
+    new = [name for name, paths in evaluated.items() if not set(paths) <= compared]
+    copies, unchecked, train = [], [], files["train"]
     if new:
         try:
-            train = [p for source in data.get("train_sources") or [] for p in resolve_images(source)[1]]
-            copies = copies_among(train, [p for n in new for p in resolved[n]])
+            if isinstance(train, ImageError):
+                raise train
+            copies = copies_among([Path(p) for p in [*train, *chosen]], [Path(p) for n in new for p in evaluated[n]])
         except ImageError as err:  # e.g. trained on another machine's folders
             unchecked = new
             warnings.warn(f"{ckpt}: its training images cannot be compared with {new} here ({err}): a copy of one "
                           "of them in training would inflate these rows", stacklevel=2)
-    for train_image, image, corr in copies:
-        warnings.warn(f"{image} is a copy of {train_image} (correlation {corr:.3f}), a training image of {ckpt}: "
-                      "its rows are not test numbers", stacklevel=2)
+    for source, image, corr in copies:
+        role = f"a validation image ({chosen[str(source)]}) {ckpt} was chosen on" if str(source) in chosen else (
+            f"a training image of {ckpt}")
+        warnings.warn(f"{image} is a copy of {source} (correlation {corr:.3f}), {role}: its rows are not test numbers",
+                      stacklevel=2)
+        reused |= {n for n in new if str(source) in chosen and str(image) in evaluated[n]}
+    if reused:
+        warnings.warn(f"{ckpt} was chosen on images of {sorted(reused)} (its validation sets: {sorted(files['val'])}): "
+                      "these rows are not test numbers", stacklevel=2)
     return {"train_sources": data.get("train_sources"), "val_sets": data.get("val_sets"),
             "selection_on_test": bool(reused), "checked_for_overlap": [n for n in new if n not in unchecked],
             "unchecked_for_overlap": unchecked,
-            "training_copies": [[str(t), str(e), round(c, 4)] for t, e, c in copies]}
+            "training_copies": [[str(t), str(e), round(c, 4)] for t, e, c in copies if str(t) not in chosen],
+            "selection_copies": [[str(t), str(e), round(c, 4)] for t, e, c in copies if str(t) in chosen]}
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ real W&B, read back offline: the training side's one W&B smoke test.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from wandb_offline import read_finished
 
 from lit_sr.checkpoint import load_method
 from lit_sr.cli import SRCLI, checkpoint_roles, main
+from lit_sr.data.datamodule import SRDataModule
 from lit_sr.data.sources import resolve_images
 from lit_sr.errors import ConfigError
 from lit_sr.evaluate import run_benchmark
@@ -203,24 +205,51 @@ def test_fit_validates_on_val_only_and_the_chosen_checkpoint_beats_bicubic_on_te
 
 def test_benchmarking_a_set_that_holds_a_training_image_warns_and_records_it(learned_run, tmp_path):
     """Its run compared its training images (the 291) with Sun80 and Set5 only: a set of other images is compared
-    by the benchmark, which finds a rotated copy and a 0.8x downscaled copy of training images, and names them."""
+    by the benchmark, which finds two rotated copies and a 0.8x downscaled copy of training images, and a copy of a
+    validation image the checkpoint was chosen on, and names them. The image files are the checkpoint's own record,
+    not its data names resolved again (``auto`` may mean other images on another data root)."""
     tmp, _ = learned_run
     ckpt = str(tmp / "learn" / "checkpoints" / "last.ckpt")
     train = resolve_images("291")[1]
     rotated, small = train[3], train[100]
     Image.open(rotated).rotate(90, expand=True).save(tmp_path / "a.png")
+    Image.open(rotated).rotate(180).save(tmp_path / "a2.png")  # a second copy of the same training image
     img = Image.open(small)
     img.resize((round(img.width * 0.8), round(img.height * 0.8)), Image.BICUBIC).save(tmp_path / "b.png")
-    Image.open(resolve_images("Sun80")[1][5]).save(tmp_path / "c.png")  # no copy in training
-    with pytest.warns(UserWarning, match=rf"a.png is a copy of {rotated} \(correlation 1.000\), a training image of "):
-        roles = checkpoint_roles(ckpt, [str(tmp_path)])
-    assert roles["checked_for_overlap"] == [tmp_path.name] and roles["unchecked_for_overlap"] == []
-    found = {Path(e).name: (t, c) for t, e, c in roles["training_copies"]}
-    assert set(found) == {"a.png", "b.png"} and found["a.png"] == (str(rotated), 1.0)
-    assert found["b.png"][0] == str(small) and found["b.png"][1] >= 0.95  # its thumbnails: 0.9999 and more
-    bad = tmp_path / "moved.ckpt"  # trained on folders this machine does not have
+    sun80 = resolve_images("Sun80")[1]
+    Image.open(sun80[5]).save(tmp_path / "c.png")  # no copy in training, and not one of the 2 validation images
+    Image.open(sun80[0]).save(tmp_path / "d.png")  # a validation image: the checkpoint was chosen on it
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state["datamodule_hyper_parameters"]["train_sources"] = [str(tmp_path / "no-such-folder")]
+    state["datamodule_hyper_parameters"]["train_sources"] = ["builtin"]  # what `auto` means on a root without 291
+    renamed = tmp_path / "renamed.ckpt"
+    torch.save(state, renamed)
+    for checkpoint in (ckpt, str(renamed)):
+        with pytest.warns(UserWarning) as caught:
+            roles = checkpoint_roles(checkpoint, [str(tmp_path)])
+        said = [str(w.message) for w in caught]
+        assert any(re.match(rf"{tmp_path / 'a.png'} is a copy of {rotated} \(correlation 1.000\), a training image "
+                            "of ", m) for m in said), said
+        assert any(m.startswith(f"{tmp_path / 'd.png'} is a copy of {sun80[0]} (correlation 1.000), a validation "
+                                "image (Sun80)") for m in said), said
+        assert roles["checked_for_overlap"] == [tmp_path.name] and roles["unchecked_for_overlap"] == []
+        found = {Path(e).name: (t, c) for t, e, c in roles["training_copies"]}
+        assert set(found) == {"a.png", "a2.png", "b.png"} and found["a.png"] == found["a2.png"] == (str(rotated), 1.0)
+        assert found["b.png"][0] == str(small) and found["b.png"][1] >= 0.95  # its thumbnails: 0.9999 and more
+        assert roles["selection_copies"] == [[str(sun80[0]), str(tmp_path / "d.png"), 1.0]]
+        assert roles["selection_on_test"]
+    held = SRDataModule(train_sources=["291"], val_holdout=10)  # a run that chose on 10 of the 291
+    image = held.eval_paths("holdout")[4]
+    state["SRDataModule"] = held.state_dict()
+    torch.save(state, renamed)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(image).save(other / "e.png")
+    with pytest.warns(UserWarning, match=rf"e.png is a copy of {image} \(correlation 1.000\), a validation image "
+                                         r"\(holdout\) .* was chosen on: its rows are not test numbers"):
+        roles = checkpoint_roles(str(renamed), [str(other)])
+    assert roles["training_copies"] == [] and roles["selection_on_test"]  # chosen on it, never trained on it
+    bad = tmp_path / "moved.ckpt"  # trained on folders this machine does not have
+    state["SRDataModule"]["images"]["train"] = [str(tmp_path / "no-such-folder" / "x.png")]
     torch.save(state, bad)
     with pytest.warns(UserWarning, match=r"its training images cannot be compared with \['" + tmp_path.name):
         roles = checkpoint_roles(str(bad), [str(tmp_path)])
@@ -245,7 +274,8 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
     two.mkdir()
     for path in resolve_images("Sun80")[1][:2]:
         (two / path.name).symlink_to(path)
-    assert main(["benchmark", str(ckpt), "--data", str(two), "--scales", "2", "--out", str(tmp / "bench")]) == 0
+    with pytest.warns(UserWarning, match=r"was chosen on images of \['two'\] \(its validation sets: \['Sun80'\]\)"):
+        assert main(["benchmark", str(ckpt), "--data", str(two), "--scales", "2", "--out", str(tmp / "bench")]) == 0
     written = json.loads((tmp / "bench" / "results.json").read_text())
     assert written["meta"]["ssim_variant"] == "matlab"
     assert written["results"]["two"]["x2"]["ssim_y"] == pytest.approx(logged_ssim, abs=1e-6)
@@ -257,11 +287,12 @@ def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learn
         "x2", "x3", "x4"}
     meta = written["meta"]  # traced to the run's own config, with the data roles of the checkpoint's run
     assert meta["config"] == str(tmp / "learn" / "config.yaml") and (tmp / "learn" / "config.yaml").is_file()
-    assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], False)
-    # its run compared its training images with Sun80 and Set5; `two` (folder name) is compared by the benchmark
-    assert (meta["checked_for_overlap"], meta["training_copies"], meta["unchecked_for_overlap"]) == (["two"], [], [])
+    # the folder holds the two Sun80 images it was chosen on (as links): recorded as a selection on them
+    assert (meta["train_sources"], meta["val_sets"], meta["selection_on_test"]) == (["auto"], ["Sun80"], True)
+    # its run compared its training images with those two and with Set5: the benchmark compares no image again
+    assert (meta["checked_for_overlap"], meta["training_copies"], meta["unchecked_for_overlap"]) == ([], [], [])
     assert checkpoint_roles(str(ckpt), ["Set5"])["checked_for_overlap"] == []
-    with pytest.warns(UserWarning, match=r"was chosen on \['Sun80'\] \(data.val_sets of its run\): these rows are not"):
+    with pytest.warns(UserWarning, match=r"was chosen on images of \['Sun80'\] \(its validation sets: \['Sun80'\]\)"):
         assert checkpoint_roles(str(ckpt), ["Set5", "Sun80"])["selection_on_test"] is True
 
 

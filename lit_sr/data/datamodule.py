@@ -327,6 +327,19 @@ class SRDataModule(pl.LightningDataModule):
             "selection_on_test": self.selection_on_test,
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the image files this run trained, validated (chose) and tested on, which
+        ``lit-sr benchmark CKPT`` compares with what it evaluates (a name resolved later, such as ``auto`` or a
+        folder path, may mean other images; a hold-out is training images the run chose on, not trained on)."""
+        train = self._train_cache.paths if self._train_cache is not None else self._train_paths
+        files = lambda paths: [str(Path(p).resolve()) for p in paths]  # noqa: E731
+        return {"images": {"train": files(train),
+                           "val": {n: files(self.eval_paths(n)[: self.val_max_images]) for n in self.val_sets},
+                           "test": {n: files(self.eval_paths(n)) for n in self.test_sets}}}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: a resumed run rebuilds its images from its config."""
+
     def setup(self, stage: str | None = None) -> None:
         """Decode the images of the stage up front, so errors name the file before any worker starts."""
         world_size = self._rank()[1]

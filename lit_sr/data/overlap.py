@@ -88,10 +88,12 @@ def d4_hashes(images: Sequence[np.ndarray]) -> dict[str, int]:
 
 
 def copies_among(train: Sequence[Path], evaluated: Sequence[Path]) -> list[tuple[Path, Path, float]]:
-    """``(training image, evaluated image, correlation)`` for each training image that is an evaluated one, or a
-    flip/rotation of it (correlation 1.0), or a near-copy (:func:`near_duplicates`)."""
+    """``(training image, evaluated image, correlation)`` for each pair where the evaluated image is the training
+    image, or a flip/rotation of it (correlation 1.0), or a near-copy (:func:`near_duplicates`); two copies of one
+    training image are two pairs."""
     a, b = [read_image(p) for p in train], [read_image(p) for p in evaluated]
     hashes = d4_hashes(b)
-    found = {i: (hashes[h], 1.0) for i, img in enumerate(a) if (h := pixel_hash(img)) in hashes}
-    found |= {i: (j, c) for i, j, c in near_duplicates(a, b) if i not in found}
-    return [(train[i], evaluated[j], c) for i, (j, c) in sorted(found.items())]
+    found = {(i, hashes[h]): 1.0 for i, img in enumerate(a) if (h := pixel_hash(img)) in hashes}
+    for i, j, c in near_duplicates(a, b):
+        found.setdefault((i, j), c)
+    return [(train[i], evaluated[j], c) for (i, j), c in sorted(found.items())]
