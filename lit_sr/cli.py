@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import sys
@@ -373,12 +374,25 @@ def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from lit_sr.data.sources import resolve_images
     from lit_sr.evaluate import format_table, resolve_method, run_benchmark, write_results
 
     method, ckpt = resolve_method(args.method, args.ssim)
     writable_folder(args.out, "--out")  # before the evaluation, not after it
+    written = Path(args.out) / "results.json"
+    try:
+        previous = json.loads(written.read_text()).get("meta") or {}
+    except (OSError, ValueError, AttributeError):  # none or unreadable: nothing a run wrote is lost
+        previous = {}
+    if "selection" in previous and not args.force:
+        raise ConfigError(f"--out {args.out} holds the test table its training run wrote ({written}: with its "
+                          "selection, data and timing); pass --force to replace it, or choose another --out")
     if len(set(args.data)) < len(args.data):
         raise ConfigError(f"--data {' '.join(args.data)} names a set twice; give each once")
+    names = [resolve_images(source)[0] for source in args.data]  # a set's name is its folder's
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"--data {' '.join(args.data)} holds two sets named {twice[0]!r} (a set is named after its "
+                          "folder): rename one folder")
     scales = args.scales or method.supported_scales
     meta, config = {}, None
     if ckpt is not None:
@@ -414,6 +428,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lit_sr.export import export_onnx
 
     method, _ = resolve_method(args.checkpoint)
+    writable_folder(Path(args.onnx).parent, "--onnx", "choose a file in a folder you can write")  # before the export
     scale = args.scale or max(method.supported_scales)
     path = export_onnx(method, scale, args.onnx)
     print(f"wrote {path} (x{scale}, input 'lr' float32 (N, C, h, w) in [0, 1], output 'sr')")
@@ -439,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", nargs="+", type=int, default=None,
                    help="default: the scales the method supports (bicubic: 2 3 4 8)")
     p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--force", action="store_true", help="replace a training run's own results.json in --out")
     p.add_argument("--ssim", default=None, choices=["ssim_index", "matlab"],
                    help="SSIM variant (default: the checkpoint's own; ssim_index for bicubic)")
     p = sub.add_parser("compare", help="one table of trained runs (their benchmark/results.json)")

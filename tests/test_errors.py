@@ -3,6 +3,7 @@ checkpoints load with ``weights_only=True`` and only ever build a registered lit
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -208,12 +209,33 @@ def test_benchmark_messages_name_its_own_options(tmp_path, capsys):
     out = ["--out", str(tmp_path / "b")]
     assert main(["benchmark", "bicubic", "--data", "Set5", "Set5", *out]) == 2
     assert error_line(capsys) == "lit-sr: error: --data Set5 Set5 names a set twice; give each once"
+    other = tmp_path / "other" / "Set5"
+    other.mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(other / "a.png")
+    assert main(["benchmark", "bicubic", "--data", "Set5", str(other), *out]) == 2
+    assert error_line(capsys) == (f"lit-sr: error: --data Set5 {other} holds two sets named 'Set5' (a set is named "
+                                  "after its folder): rename one folder")
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tiny / "small.png")
     assert main(["benchmark", "bicubic", "--data", str(tiny), "--scales", "2", *out]) == 2
     assert error_line(capsys).endswith("smaller than the 17x17 needed (evaluation at x2); remove it from the set or "
                                        "evaluate at a smaller scale")
+
+
+def test_benchmark_never_replaces_a_training_runs_own_test_table_unless_forced(tmp_path, capsys, data_root):
+    run = tmp_path / "benchmark"
+    run.mkdir()
+    table = json.dumps({"meta": {"selection": {"metric": "val/psnr_y"}, "data": {}}, "results": {}})
+    (run / "results.json").write_text(table)  # what `lit-sr train` writes in <run>/benchmark
+    args = ["benchmark", "bicubic", "--data", "Set5", "--scales", "2", "--out", str(run)]
+    assert main(args) == 2
+    assert error_line(capsys) == (f"lit-sr: error: --out {run} holds the test table its training run wrote ({run}/"
+                                  "results.json: with its selection, data and timing); pass --force to replace it, or "
+                                  "choose another --out")
+    assert (run / "results.json").read_text() == table
+    assert main([*args, "--force"]) == 0 and "Set5" in json.loads((run / "results.json").read_text())["results"]
+    assert main(args) == 0  # a benchmark's own table is replaced by the next one (make benchmark)
 
 
 def test_compare_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
@@ -367,6 +389,15 @@ def test_an_output_folder_that_is_not_writable(tmp_path, capsys, data_root, monk
     assert f"--out {out}: cannot write there" in error_line(capsys)
     assert main(["fit", "--config", str(QUICK), "--run_dir", str(out)]) == 2
     assert f"--run_dir {out}: cannot write there" in error_line(capsys)
+
+
+def test_an_onnx_path_under_a_file_names_the_onnx_flag(tiny_ckpt, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert main(["export", str(tiny_ckpt), "--onnx", str(afile / "x.onnx")]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"lit-sr: error: --onnx {afile}: cannot write there (") and line.endswith(
+        "choose a file in a folder you can write")
 
 
 def test_a_non_finite_loss_stops_with_step_stage_and_lr(tmp_path, capsys, data_root):
