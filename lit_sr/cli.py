@@ -334,25 +334,40 @@ def checkpoint_roles(ckpt: str, sets: list[str]) -> dict:
     state = read_checkpoint(ckpt)
     data = state.get("datamodule_hyper_parameters") or {}
     files = (state.get(SRDataModule.__qualname__) or {}).get("images")
-    if files is None:  # before the images were recorded
-        named = lambda sources: {s: [str(p.resolve()) for p in resolve_images(s)[1]] for s in sources or []}  # noqa: E731
+    if files is None:  # before the images were recorded: the names, resolved here (a set missing here has none)
+
+        def named(sources: list[str] | None, strict: bool = False) -> dict[str, list[str]]:
+            out = {}
+            for source in sources or []:
+                try:
+                    name, paths = resolve_images(source)
+                except ImageError:
+                    if strict:
+                        raise
+                    name, paths = Path(source).name, []
+                out[name] = [str(p.resolve()) for p in paths]
+            return out
+
         tested = data.get("test_sets") if data.get("test_sets") is not None else default_test_sets()
-        files = {"val": named(data.get("val_sets")), "test": named(tested), "train": data.get("train_sources") or []}
+        files = {"val": named(data.get("val_sets")), "test": named(tested)}
         try:
-            files["train"] = [p for ps in named(files["train"]).values() for p in ps]
+            files["train"] = [p for ps in named(data.get("train_sources"), strict=True).values() for p in ps]
         except ImageError as err:
             files["train"] = err
     chosen = {p: name for name, paths in files["val"].items() for p in paths}
     compared = {*chosen, *(p for paths in files["test"].values() for p in paths)}
     evaluated = {name: [str(p.resolve()) for p in paths] for name, paths in map(resolve_images, sets)}
-    reused = {name for name, paths in evaluated.items() if chosen.keys() & set(paths)}
-    new = [name for name, paths in evaluated.items() if not set(paths) <= compared]
+    # by file, and by name: the run's own sets moved to another data root keep their names
+    reused = {name for name, paths in evaluated.items() if chosen.keys() & set(paths) or name in files["val"]}
+    new = [name for name, paths in evaluated.items()
+           if not set(paths) <= compared and name not in {*files["val"], *files["test"]}]  # fmt: skip
     copies, unchecked, train = [], [], files["train"]
     if new:
         try:
             if isinstance(train, ImageError):
                 raise train
-            copies = copies_among([Path(p) for p in [*train, *chosen]], [Path(p) for n in new for p in evaluated[n]])
+            evaluated_new = [Path(p) for n in new for p in evaluated[n] if p not in chosen]  # not a copy of itself
+            copies = copies_among([Path(p) for p in [*train, *chosen]], evaluated_new)
         except ImageError as err:  # e.g. trained on another machine's folders
             unchecked = new
             warnings.warn(f"{ckpt}: its training images cannot be compared with {new} here ({err}): a copy of one "
@@ -384,7 +399,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         previous = json.loads(written.read_text()).get("meta") or {}
     except (OSError, ValueError, AttributeError):  # none or unreadable: nothing a run wrote is lost
         previous = {}
-    if "selection" in previous and not args.force:
+    if "train_wall_s" in previous and not args.force:
         raise ConfigError(f"--out {args.out} holds the test table its training run wrote ({written}: with its "
                           "selection, data and timing); pass --force to replace it, or choose another --out")
     if len(set(args.data)) < len(args.data):

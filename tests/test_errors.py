@@ -226,7 +226,7 @@ def test_benchmark_messages_name_its_own_options(tmp_path, capsys):
 def test_benchmark_never_replaces_a_training_runs_own_test_table_unless_forced(tmp_path, capsys, data_root):
     run = tmp_path / "benchmark"
     run.mkdir()
-    table = json.dumps({"meta": {"selection": {"metric": "val/psnr_y"}, "data": {}}, "results": {}})
+    table = json.dumps({"meta": {"selection": {"metric": "val/psnr_y"}, "train_wall_s": 60.0}, "results": {}})
     (run / "results.json").write_text(table)  # what `lit-sr train` writes in <run>/benchmark
     args = ["benchmark", "bicubic", "--data", "Set5", "--scales", "2", "--out", str(run)]
     assert main(args) == 2

@@ -234,5 +234,8 @@ def test_sources_builtin_and_unknown(tmp_path, monkeypatch):
     monkeypatch.chdir(here)
     assert [p.resolve().parent for p in resolve_images("./Set5")[1]] == [here / "Set5"] * 2
     assert len(resolve_images("Set5")[1]) == 1  # a bare name: the data root's
+    (tmp_path / "DIV2K" / "valid").mkdir(parents=True)
+    _folder(tmp_path / "DIV2K" / "valid", [(32, 32)])
+    assert resolve_images("DIV2K/valid")[1] == [tmp_path / "DIV2K" / "valid" / "img0.png"]  # a name under the root
     with pytest.raises(ImageError, match=r"^image source ./Set99: no such folder; check the path$"):
         resolve_images("./Set99")

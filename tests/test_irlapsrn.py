@@ -308,17 +308,18 @@ def test_x3_runs_the_x4_pyramid_then_matlab_bicubic_and_says_so(caplog):
 def _stages(**options) -> dict[str, tuple[str, float]]:
     adjustable = {"mode": "adjustable", "theta": 0.02}
     stages = [
-        {"name": "pretrain_level_1", "epochs": 1, "targets": "level_1", "clip": adjustable},
+        {"name": "pretrain_level_1", "epochs": 1, "targets": "level_1", "clip": adjustable,
+         "optimizer": {"name": "sgd", "lr": 0.1}},
         {"name": "finetune", "epochs": 1, "targets": "hr"},
         {"name": "no_rank", "epochs": 1, "targets": "hr", "loss_weights": {"rank": 0.0}},
     ]
     method = IRLapSRN(variant="irlapsrn_x2", net={"irb_per_level": 1}, stages=stages, **options)
-    return {s.name: (s.clip.mode, s.clip.theta) for s in method.stages}
+    return {s.name: (s.clip.mode, s.clip.value if s.clip.mode == "value" else s.clip.theta) for s in method.stages}
 
 
 def test_a_small_tau_keeps_clipping_on_in_the_stages_that_train_the_rank_loss():
     # spec gotcha: small tau gives very large gradients near ties, so clipping stays on in stage 2 if tau < 0.01
-    assert _stages(rank_tau=0.006)["finetune"] == ("adjustable", 0.02)  # as the first clipped stage clips
+    assert _stages(rank_tau=0.006)["finetune"] == ("value", 0.02 / 0.1)  # stage 1's bound at its lr: theta / lr
     assert _stages(rank_tau=0.006)["no_rank"][0] == "none"  # no rank loss, no reason
     assert _stages(rank_tau=0.01)["finetune"][0] == "none"  # the spec's bound: as written from 0.01 on
     assert _stages(rank_tau=0.006, small_tau_clip=False)["finetune"][0] == "none"

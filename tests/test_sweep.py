@@ -119,6 +119,15 @@ def test_a_categorical_of_pairs_samples_each_pair_and_the_trials_network_is_buil
     net = CMSC(**init).net
     sizes = {m.kernel_size[0] for m in net.modules() if isinstance(m, torch.nn.Conv2d)}
     assert set(init["net"]["branch_kernels"]) <= sizes
+    mixed = load_sweep(write_sweep(tmp_path, "mixed", params={"w": {
+        "type": "categorical", "choices": [0, 1, 2, False, [3, 5]], "paths": ["model.init_args.net.width"]}}))
+    knob = mixed.spec.params["w"]
+    assert [knob.value(c) for c in mixed.distributions()["w"].choices] == [0, 1, 2, False, [3, 5]]  # 0 is not False
+    pairs = {"k": {"type": "categorical", "choices": [[3, 5], [3, 7]], "paths": ["model.init_args.net.width"]},
+             "lr": {"type": "float", "low": 1e-4, "high": 1e-3, "paths": [LR]}}
+    with pytest.raises(SweepError, match=r"study.constraints multiplies \['k'\], whose choices are not all numbers"):
+        load_sweep(write_sweep(tmp_path, "prod", params=pairs, study={"constraints": [{"product": ["k", "lr"],
+                                                                                       "max": 1}]}))
 
 
 def test_a_study_run_again_must_search_the_same_metric_and_knob_kinds(tmp_path):
@@ -131,6 +140,9 @@ def test_a_study_run_again_must_search_the_same_metric_and_knob_kinds(tmp_path):
     other_metric = write_sweep(tmp_path, "same", study={"metric": "val/holdout/x2/ssim_y"})
     with pytest.raises(SweepError, match=r"exists with metric val/psnr_y; .* asks val/holdout/x2/ssim_y: use another"):
         create_study(load_sweep(other_metric, root=root))
+    later = write_sweep(tmp_path, "same", study={"score_from_stage": "s"})  # scores from a stage on: other values
+    with pytest.raises(SweepError, match=r"scored its trials with study.score_from_stage None; .* asks s, whose val"):
+        create_study(load_sweep(later, root=root))
     as_choice = {"lr": {"type": "categorical", "choices": [1e-4, 1e-3], "paths": [LR]}}
     with pytest.raises(SweepError, match=r"searched lr as FloatDistribution.*Cannot set different distribution kind"):
         create_study(load_sweep(write_sweep(tmp_path, "same", params=as_choice), root=root))

@@ -254,6 +254,11 @@ def test_benchmarking_a_set_that_holds_a_training_image_warns_and_records_it(lea
     with pytest.warns(UserWarning, match=r"its training images cannot be compared with \['" + tmp_path.name):
         roles = checkpoint_roles(str(bad), [str(tmp_path)])
     assert (roles["checked_for_overlap"], roles["unchecked_for_overlap"]) == ([], [tmp_path.name])
+    state["SRDataModule"]["images"]["val"] = {"Sun80": ["/elsewhere/Sun80/a.png"]}  # its data root moved since
+    torch.save(state, bad)
+    with pytest.warns(UserWarning, match=r"was chosen on images of \['Sun80'\]"):
+        roles = checkpoint_roles(str(bad), ["Sun80"])  # its own validation set, by name
+    assert roles["selection_on_test"] and roles["unchecked_for_overlap"] == []
 
 
 def test_logged_values_read_back_and_equal_the_benchmark_of_the_checkpoint(learned_run):

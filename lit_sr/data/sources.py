@@ -69,8 +69,9 @@ def resolve_images(source: str) -> tuple[str, list[Path]]:
             )
         return source, paths
     root = data_root()
-    # a path ("./Set5", "/data/Set5", "~/x") is that folder only: root / "./Set5" would be the data root's Set5
-    path_like = source.startswith((".", "~")) or any(sep in source for sep in {"/", os.sep})
+    # "./Set5", "/data/Set5", "~/x" are that folder only (root / "./Set5" would be the data root's Set5); a name
+    # with a separator ("DIV2K/DIV2K_valid_HR") is looked up under the data root first
+    path_like = source.startswith((".", "~")) or Path(source).is_absolute()
     candidates = [Path(source).expanduser()] if path_like else [root / source, Path(source)]
     for folder in candidates:
         if folder.is_dir():

@@ -82,6 +82,11 @@ def method_class(name: str) -> type[SRMethod]:
     return _METHODS[name]
 
 
+
+def on_ranks(ranks: list[int], world: int) -> str:
+    """`` on rank 1, 3 of 4`` under DDP, nothing in one process: for messages about some ranks' losses."""
+    return f" on rank {', '.join(map(str, ranks))} of {world}" if world > 1 else ""
+
 class SRMethod(L.LightningModule):
     """Base LightningModule of every lit_sr method (see the module docstring)."""
 
@@ -311,7 +316,6 @@ class SRMethod(L.LightningModule):
 
     def upscale_rgb(self, lr: Tensor, scale: int) -> Tensor:
         """LR image (N, C, h, w), C = 1 or 3 -> SR image of the same C (the network, then :meth:`to_rgb`)."""
-        lr = lr.to(self.device, self.compute_dtype)
         return self.to_rgb(self.super_resolve(self.network_input(lr), scale), lr, scale)
 
     def sr_y(self, batch: dict, scale: int) -> Tensor:
@@ -364,17 +368,20 @@ class SRMethod(L.LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> Tensor:
         total, parts = self.compute_loss(batch)
         # every rank stops together (one left behind would wait in the gradient all-reduce); rank 0 says why
-        losses = self.all_gather(total.detach().float()).reshape(-1).tolist()
+        losses = self.losses_by_rank(total)
         if bad := [rank for rank, value in enumerate(losses) if not math.isfinite(value)]:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
-            ranks = f" on rank {', '.join(map(str, bad))} of {len(losses)}" if len(losses) > 1 else ""
             raise DivergedError(
-                f"non-finite training loss {losses[bad[0]]}{ranks} at step {self.global_step} (stage "
-                f"{self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping",
+                f"non-finite training loss {losses[bad[0]]}{on_ranks(bad, len(losses))} at step {self.global_step} "
+                f"(stage {self.stage.name if self.stage else '?'}, lr {lr:.3g}); lower the lr or tighten clipping",
                 quiet=self.global_rank != 0,
             )
         self.log_loss(batch, total, parts)
         return total
+
+    def losses_by_rank(self, total: Tensor) -> list[float]:
+        """Every DDP rank's loss of this step (one value in one process): decisions all ranks must share."""
+        return self.all_gather(total.detach().float()).reshape(-1).tolist()
 
     def log_loss(self, groups: list[dict], total: Tensor, parts: dict[str, Tensor]) -> None:
         """``train/loss`` and ``train/loss_<part>`` (with the ``reference_loss`` parts) on logging steps, weighted by

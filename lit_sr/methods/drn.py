@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from lit_sr.errors import DivergedError
 from lit_sr.losses import GradForm, MaskMode, gradient_mask, gradient_sensitive_loss
-from lit_sr.methods.base import SRMethod
+from lit_sr.methods.base import SRMethod, on_ranks
 from lit_sr.metrics import quantize
 from lit_sr.registry import register_model
 
@@ -404,20 +404,21 @@ class DRN(SRMethod):
         total, parts = self.compute_loss(batch)
         value = float(total.detach())
         limit = math.inf if self.previous_epoch_loss is None else self.skip_factor * self.previous_epoch_loss
-        skip = self.trainer.strategy.reduce_boolean_decision(not (value <= limit), all=False)
-        if skip:
+        losses = self.losses_by_rank(total)  # every rank skips together: one exploding batch is enough
+        if bad := [rank for rank, loss in enumerate(losses) if not loss <= limit]:
             self.skipped_total += 1
             self.skipped_in_a_row += 1
             self.log("train/skipped_batches", float(self.skipped_total), on_step=True, on_epoch=False)
+            where = f"loss {losses[bad[0]]:.4g}{on_ranks(bad, len(losses))}"
             rank_zero_warn(
-                f"DRN: skipped the batch at step {self.global_step}: loss {value:.4g} exceeds "
-                f"{self.skip_factor:g} x the previous epoch's mean {self.previous_epoch_loss} or is not finite "
-                f"({self.skipped_total} skipped so far)"
+                f"DRN: skipped the batch at step {self.global_step}: {where} exceeds {self.skip_factor:g} x the "
+                f"previous epoch's mean {self.previous_epoch_loss} or is not finite ({self.skipped_total} skipped so "
+                "far)"
             )
             if self.skipped_in_a_row > self.max_consecutive_skips:
-                raise DivergedError(  # on every rank at once (the decision above is shared): rank 0 prints it
+                raise DivergedError(  # on every rank at once: rank 0 prints it
                     f"DRN: {self.skipped_in_a_row} batches in a row had exploding or non-finite losses (last "
-                    f"{value:.4g}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)",
+                    f"{where}) at step {self.global_step}; lower the lr (stages.0.optimizer.lr)",
                     quiet=self.global_rank != 0,
                 )
             # Not None, which Lightning refuses under DDP: every rank runs its backward (the gradient all-reduce),

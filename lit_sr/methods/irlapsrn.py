@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_sr.losses import Reduction, charbonnier, local_rank_loss, rank_agreement
@@ -184,8 +185,9 @@ class IRLapSRN(PyramidMethod):
             rank_tau: temperature of the soft rank (0.02 for intensities in [0, 1]).
             stage1_mode: ``greedy`` (one stage per level, as written) or ``joint`` (see the class docstring).
             small_tau_clip: with ``rank_tau`` < 0.01, a stage without clipping whose rank weight is not 0 (the
-                finetune) clips as the first clipped stage does: small tau gives very large gradients near ties
-                (spec gotcha: keep clipping on in stage 2 then) [proposal: how it clips].
+                finetune) clips each gradient element at the bound the first clipped stage starts with (theta / its
+                lr for adjustable clipping): small tau gives very large gradients near ties (spec gotcha: keep
+                clipping on in stage 2 then) [proposal: how it clips].
             kwargs: ``SRMethod`` arguments (``net``, ``stages``, ``monitor_scales``, ...).
 
         The typed arguments are checked by jsonargparse (a config) or ``SRMethod`` (a Python call).
@@ -197,11 +199,15 @@ class IRLapSRN(PyramidMethod):
         super().__init__(variant=variant, eps=eps, reduction=reduction, **kwargs)
         self.rank_window, self.rank_tau, self.stage1_mode = rank_window, float(rank_tau), stage1_mode
         self._check_stage_levels()
-        clipped = [stage.clip for stage in self.stages if stage.clip.mode != "none"]
-        if small_tau_clip and self.rank_tau < SMALL_TAU and clipped:
-            ranked = [s.name for s in self.stages if s.loss_weights.get("rank", RANK_WEIGHT)]
-            self.stages = [replace(s, clip=clipped[0]) if s.name in ranked and s.clip.mode == "none" else s
-                           for s in self.stages]  # fmt: skip
+        clipped = [stage for stage in self.stages if stage.clip.mode != "none"]
+        unclipped = [s.name for s in self.stages if s.clip.mode == "none" and s.loss_weights.get("rank", RANK_WEIGHT)]
+        if small_tau_clip and self.rank_tau < SMALL_TAU and clipped and unclipped:
+            first = clipped[0]  # an adjustable bound is theta / the current lr: the bound at that stage's lr
+            clip = replace(first.clip, mode="value", value=first.clip.theta / first.optimizer.lr) if (
+                first.clip.mode == "adjustable") else first.clip
+            self.stages = [replace(s, clip=clip) if s.name in unclipped else s for s in self.stages]
+            rank_zero_info(f"IRLapSRN: rank_tau {self.rank_tau:g} < {SMALL_TAU:g}: stage(s) {', '.join(unclipped)} "
+                           f"clip {clip.mode} {clip.value:.3g} (small_tau_clip; stage {first.name} clips)")
         if stage1_mode == "joint":
             level_stages = [s.name for s in self.stages if (s.targets or "").startswith("level_")]
             if level_stages:

@@ -70,7 +70,8 @@ class Param:
 
     def value(self, sampled: Any) -> Any:
         """The config value of a sampled value: a list or mapping choice (CMSC's branch_kernels [3, 5]) as written."""
-        return {encode(c): c for c in self.choices or []}.get(sampled, sampled) if self.choices else sampled
+        same = (c for c in self.choices or [] if type(encode(c)) is type(sampled) and encode(c) == sampled)
+        return next(same, sampled)  # by type too: 1 is not True, 0 not False
 
 
 def encode(choice: Any) -> Any:
@@ -346,6 +347,9 @@ def load_sweep(
     for c in spec.study.constraints:
         if unknown := [n for n in c.product if n not in spec.params]:
             raise SweepError(f"{path}: study.constraints names {unknown}, not knobs in params {sorted(spec.params)}")
+        numbers = lambda knob: all(isinstance(v, (int, float)) for v in knob.choices or [])  # noqa: E731
+        if words := [n for n in c.product if not numbers(spec.params[n])]:
+            raise SweepError(f"{path}: study.constraints multiplies {words}, whose choices are not all numbers")
     if spec.study.grace_period <= spec.study.heartbeat_interval:
         raise SweepError(f"{path}: study.grace_period must exceed study.heartbeat_interval, or live trials get failed")
     root = Path(root) if root is not None else DEFAULT_ROOT

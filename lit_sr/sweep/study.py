@@ -105,6 +105,10 @@ def create_study(sweep: Sweep) -> optuna.Study:
         if was[key] not in (None, value):
             raise SweepError(f"study {sweep.study_name!r} exists with {key} {was[key]}; {sweep.path} asks {value}: "
                              "use another --study-name")
+    if old and (stage := old.get("study", {}).get("score_from_stage")) != sweep.study.score_from_stage:
+        raise SweepError(f"study {sweep.study_name!r} scored its trials with study.score_from_stage {stage}; "
+                         f"{sweep.path} asks {sweep.study.score_from_stage}, whose values would not compare: use "
+                         "another --study-name")
     searched = {name: dist for t in study.get_trials(deepcopy=False) for name, dist in t.distributions.items()}
     for name, dist in sweep.distributions().items():
         try:
