@@ -210,13 +210,13 @@ def test_benchmarking_a_set_that_holds_a_training_image_warns_and_records_it(lea
     not its data names resolved again (``auto`` may mean other images on another data root)."""
     tmp, _ = learned_run
     ckpt = str(tmp / "learn" / "checkpoints" / "last.ckpt")
-    train = resolve_images("291")[1]
+    train = [p.resolve() for p in resolve_images("291")[1]]  # the checkpoint records resolved files
     rotated, small = train[3], train[100]
     Image.open(rotated).rotate(90, expand=True).save(tmp_path / "a.png")
     Image.open(rotated).rotate(180).save(tmp_path / "a2.png")  # a second copy of the same training image
     img = Image.open(small)
     img.resize((round(img.width * 0.8), round(img.height * 0.8)), Image.BICUBIC).save(tmp_path / "b.png")
-    sun80 = resolve_images("Sun80")[1]
+    sun80 = [p.resolve() for p in resolve_images("Sun80")[1]]
     Image.open(sun80[5]).save(tmp_path / "c.png")  # no copy in training, and not one of the 2 validation images
     Image.open(sun80[0]).save(tmp_path / "d.png")  # a validation image: the checkpoint was chosen on it
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -238,7 +238,7 @@ def test_benchmarking_a_set_that_holds_a_training_image_warns_and_records_it(lea
         assert roles["selection_copies"] == [[str(sun80[0]), str(tmp_path / "d.png"), 1.0]]
         assert roles["selection_on_test"]
     held = SRDataModule(train_sources=["291"], val_holdout=10)  # a run that chose on 10 of the 291
-    image = held.eval_paths("holdout")[4]
+    image = held.eval_paths("holdout")[4].resolve()
     state["SRDataModule"] = held.state_dict()
     torch.save(state, renamed)
     other = tmp_path / "other"
