@@ -140,6 +140,9 @@ def test_a_study_run_again_must_search_the_same_metric_and_knob_kinds(tmp_path):
     other_metric = write_sweep(tmp_path, "same", study={"metric": "val/holdout/x2/ssim_y"})
     with pytest.raises(SweepError, match=r"exists with metric val/psnr_y; .* asks val/holdout/x2/ssim_y: use another"):
         create_study(load_sweep(other_metric, root=root))
+    budget = write_sweep(tmp_path, "same", fixed={**TINY_FIXED, "data.val_max_images": 3})  # other values
+    with pytest.raises(SweepError, match=r"ran its trials with other fixed values of \['data.val_max_images'\] than"):
+        create_study(load_sweep(budget, root=root))
     later = write_sweep(tmp_path, "same", study={"score_from_stage": "s"})  # scores from a stage on: other values
     with pytest.raises(SweepError, match=r"scored its trials with study.score_from_stage None; .* asks s, whose val"):
         create_study(load_sweep(later, root=root))
@@ -187,10 +190,11 @@ def test_a_sweep_file_may_not_bring_its_own_model_checkpoint(tmp_path):
         load_sweep(path)
 
 
-@pytest.mark.parametrize("fixed", [{"data.val_sets": ["Set14"]}, {"data.allow_selection_on_test": True}])
+@pytest.mark.parametrize("fixed", [{"data.val_sets": ["Set14"]}, {"data.val_sets": ["/data/sets/Set14"]},
+                                   {"data.allow_selection_on_test": True}])
 def test_a_sweep_may_not_choose_on_a_benchmark(tmp_path, fixed):
     path = write_sweep(tmp_path, "bench", fixed={**TINY_FIXED, **fixed})
-    what = "['Set14']" if "data.val_sets" in fixed else "data.allow_selection_on_test"
+    what = str(fixed["data.val_sets"]) if "data.val_sets" in fixed else "data.allow_selection_on_test"
     with pytest.raises(SweepError, match=rf"a sweep chooses on validation only, and {re.escape(what)} would choose"):
         load_sweep(path)
 
@@ -370,8 +374,8 @@ def test_a_user_error_in_a_trial_stops_the_sweep_with_its_message(tmp_path, data
     err = captured.err.strip().splitlines()
     assert err[-1].startswith("lit-sr: error: trial 0 of study typo stopped the sweep: ") and len(err) == 1, err
     assert named in err[-1] and err[-1].count("lit-sr: error:") == 1, err[-1]
-    assert err[-1].endswith(f"fix {path} and run it again (with another --study-name if the fix changes a knob's "
-                            "choices)")
+    assert err[-1].endswith(f"fix {path} and run it again (with another --study-name if the fix changes "
+                            "study.metric, direction or a knob's choices)")
     stopped, queued = load(sqlite_url(root), "typo").trials  # trials 1 and 2 never started
     assert stopped.state == TrialState.FAIL and named in stopped.user_attrs["reason"]
     # It does not use up n_trials, and the preset's values (an enqueued trial) run first when the fixed file runs.
@@ -424,3 +428,20 @@ def test_constraints_and_max_params_prune_before_training_and_trial_0_runs_the_p
     assert preset.intermediate_values == {}  # pruned at fit start: never trained or validated
     assert deep.state == TrialState.PRUNED and deep.user_attrs["reason"] == "constraint depth(5) * width(8) = 40 > 24"
     assert not (root / "limits" / f"trial-{deep.number}").exists()  # no trial process was started
+
+
+def test_the_report_tests_no_checkpoint_of_another_study_that_took_over_the_trials_folder(tmp_path):
+    """Two storages under one --root with one study name share trial folders: the report's test table must not
+    label the other study's checkpoint as this study's best trial."""
+    from lit_sr.sweep.report import best_trial_test_table
+
+    run = tmp_path / "mine" / "trial-3"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"another study's weights")
+    (run / "result.json").write_text('{"study": "mine", "trial": 3, "value": 31.5}')  # the other study's trial 3
+    best = optuna.trial.create_trial(value=30.0, user_attrs={"checkpoint": str(run / "checkpoints" / "best.ckpt"),
+                                                             "run_dir": str(run)})
+    best.number = 3
+    said = best_trial_test_table(best, tmp_path / "test", "val/psnr_y", "mine")
+    assert said.startswith(f"no test table: {run} holds another trial now (mine trial 3, value 31.5, not 30.0: the")
+    assert not (tmp_path / "test").exists()

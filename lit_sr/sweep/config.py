@@ -248,7 +248,7 @@ class Sweep:
     def settings(self) -> dict[str, Any]:
         """What the study stores as its user attribute ``sweep`` (for the report and the dashboard)."""
         return {"sweep_file": str(self.path), "method": self.spec.method, "preset": self.preset,
-                "root": str(self.root), "study": asdict(self.study),
+                "root": str(self.root), "study": asdict(self.study), "fixed": json.loads(json.dumps(self.spec.fixed)),
                 "params": {n: p.paths for n, p in self.spec.params.items()}}
 
 
@@ -325,7 +325,9 @@ def load_sweep(
         except KeyError as err:
             raise SweepError(f"{path}: fixed key {key!r} cannot be set in {preset_path}: {err.args[0]}") from err
     data = base.get("data") or {}
-    chosen_on = {str(v) for v in data.get("val_sets") or []} & {*BENCHMARKS, *map(str, data.get("test_sets") or [])}
+    named = {Path(str(v)).name: str(v) for v in data.get("val_sets") or []}  # a folder path is named by its folder
+    tested = {*BENCHMARKS, *(Path(str(t)).name for t in data.get("test_sets") or [])}
+    chosen_on = {named[n] for n in named.keys() & tested}
     if data.get("allow_selection_on_test") or chosen_on:
         what = sorted(chosen_on) or "data.allow_selection_on_test"
         raise SweepError(f"{path}: a sweep chooses on validation only, and {what} would choose on a benchmark; leave "

@@ -68,7 +68,7 @@ def write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, str]:
     return skipped
 
 
-def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
+def best_trial_test_table(best: FrozenTrial, out: Path, metric: str, study: str) -> str:
     """Benchmark the best trial's checkpoint on the test sets and val scales of its config (cached per checkpoint)."""
     from lit_sr.checkpoint import load_method
     from lit_sr.data.sources import default_test_sets
@@ -78,6 +78,12 @@ def best_trial_test_table(best: FrozenTrial, out: Path, metric: str) -> str:
     config = Path(best.user_attrs["run_dir"]) / "trial.yaml"
     if not ckpt or not Path(ckpt).is_file():
         return f"no test table: trial {best.number} left no checkpoint ({ckpt})"
+    result = Path(best.user_attrs["run_dir"]) / "result.json"
+    written = json.loads(result.read_text()) if result.is_file() else {}
+    if (written.get("study"), written.get("trial"), written.get("value")) != (study, best.number, best.value):
+        return (f"no test table: {result.parent} holds another trial now ({written.get('study')} trial "
+                f"{written.get('trial')}, value {written.get('value')}, not {best.value}: the same study name under "
+                "this --root with another storage?)")
     cached, written = out / "results.json", Path(ckpt).stat().st_mtime_ns  # a restarted study reuses the path
     if cached.is_file() and json.loads(cached.read_text())["meta"].get("checkpoint_written") == [ckpt, written]:
         return (out / "results.md").read_text().rsplit("\n\n", 1)[-1].strip()
@@ -142,7 +148,7 @@ def report(sweep: Sweep, top_k: int | None = None, test: bool = True) -> str:
               f"  checkpoint {b.user_attrs.get('checkpoint')}", f"  W&B run {b.user_attrs.get('wandb_run')}", "", table]
     if test:
         lines += ["", f"Test sets of the best trial (chosen on {metric} {b.value:.4f}, validation):", "",
-                  best_trial_test_table(b, out / "test", metric), "",
+                  best_trial_test_table(b, out / "test", metric, study.study_name), "",
                   "The test numbers were not used to choose this trial: it was chosen on validation only."]
     skipped = write_plots(study, out, metric)
     lines += ["", f"report and plots in {out}/, W&B run {log_report_run(sweep, out, columns, rows)}"]

@@ -105,6 +105,13 @@ def create_study(sweep: Sweep) -> optuna.Study:
         if was[key] not in (None, value):
             raise SweepError(f"study {sweep.study_name!r} exists with {key} {was[key]}; {sweep.path} asks {value}: "
                              "use another --study-name")
+    fixed, was_fixed = sweep.settings()["fixed"], old.get("fixed", {})
+    scored = any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    if scored and "fixed" in old and (changed := sorted(k for k in {*was_fixed, *fixed}
+                                                        if was_fixed.get(k) != fixed.get(k))):  # fmt: skip
+        raise SweepError(f"study {sweep.study_name!r} ran its trials with other fixed values of {changed} than "
+                         f"{sweep.path} gives (budget, validation images): their values would not compare; use "
+                         "another --study-name")
     if old and (stage := old.get("study", {}).get("score_from_stage")) != sweep.study.score_from_stage:
         raise SweepError(f"study {sweep.study_name!r} scored its trials with study.score_from_stage {stage}; "
                          f"{sweep.path} asks {sweep.study.score_from_stage}, whose values would not compare: use "
@@ -243,8 +250,8 @@ def objective(sweep: Sweep):
             if "fixed_params" in _frozen(trial.study, trial.number).system_attrs:  # e.g. the preset's own values
                 trial.study.enqueue_trial(trial.params)  # in range by construction: the fixed run tries them again
             raise SweepError(f"trial {trial.number} of study {sweep.study_name} stopped the sweep: {error}; fix "
-                             f"{sweep.path} and run it again (with another --study-name if the fix changes a knob's "
-                             "choices)")
+                             f"{sweep.path} and run it again (with another --study-name if the fix changes "
+                             "study.metric, direction or a knob's choices)")
         raise TrialFailed(reason)
 
     return run
