@@ -175,7 +175,10 @@ class TrainPatches(IterableDataset):
         margin reaches past that image it holds the image mirrored (``np.pad`` symmetric, the boundary rule of
         MATLAB's imresize), so the patch's LR equals the same window of imresize on the whole image. Only the
         source window that becomes the crop is resized (albumentations, area filter), so the cost does not grow with
-        the image size. With factor 1 the crop is exactly a window of ``np.pad(d4_view(img, k), symmetric)``.
+        the image size. With factor 1 the crop is exactly a window of ``np.pad(d4_view(img, k), symmetric)``; with
+        a downscale the source window is rounded to whole pixels, so the crop matches the whole rescaled image's
+        window only to within about a pixel (a sub-pixel jitter of phase and factor). Its LR/HR pair is exact either
+        way: the LR is made from the crop.
         """
         k = int(rng.integers(8)) if self.d4 else 0
         h0, w0 = img.shape[:2]
