@@ -183,6 +183,16 @@ def test_one_knob_sets_every_path_it_names_and_the_trial_gets_its_logger_checkpo
         "from_stage"] == "main"  # only its validations and later ones score
 
 
+@pytest.mark.parametrize("argv", [["--n-trials", "0"], ["report", "--n-trials", "0"], ["--workers", "0"]])
+def test_a_bad_count_on_the_command_line_is_named_as_the_option_not_the_file(tmp_path, capsys, argv):
+    path = str(write_sweep(tmp_path, "count"))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv[:1] + [path] + argv[1:] if argv[0] == "report" else [path, *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {argv[-2]}: must be a positive integer, got '0'" in err, err
+    assert path not in err
+
+
 def test_a_sweep_file_may_not_bring_its_own_model_checkpoint(tmp_path):
     own = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val/ssim_y"}}
     path = write_sweep(tmp_path, "own", fixed={**TINY_FIXED, "trainer.callbacks": [own]})

@@ -220,13 +220,17 @@ def test_a_trial_stopped_by_sigterm_is_retried_by_its_worker_from_its_checkpoint
 
 
 @pytest.mark.slow
-def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url):
+def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root, postgres_url, capfd):
     pruner = {"class_path": "optuna.pruners.ThresholdPruner", "init_args": {"lower": 1000.0}}  # no PSNR passes
     path = write_sweep(tmp_path, "pg", study={"n_trials": 2, "pruner": pruner})
     with sweep_env(data_root):
         code = main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
                      "--no-report"])
     assert code == 0
+    out = capfd.readouterr().out
+    assert out.count("study pg: ") == 1 and out.count("trial files under") == 1, out  # once, not once per worker
+    assert sorted(line.split(":")[0] for line in out.splitlines() if line.startswith("trial ")) == ["trial 0 PRUNED",
+                                                                                                   "trial 1 PRUNED"]
     assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
     trials = load(postgres_url, "pg").get_trials()
     assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)

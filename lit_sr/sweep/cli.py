@@ -27,7 +27,7 @@ def _parser(report: bool) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="experiment preset the trials build on (default: the file's)")
     p.add_argument("--study-name", default=None, help="default: study.name of the file, or <method>-<preset>")
     p.add_argument("--root", default=None, help="folder of the study folders and the default SQLite file (runs/sweeps)")
-    p.add_argument("--n-trials", type=int, default=None, help="the study's total number of trials")
+    p.add_argument("--n-trials", type=positive_int, default=None, help="the study's total number of trials")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<root>/optuna.db)")
     if report:
         p.add_argument("--top-k", type=positive_int, default=None)
@@ -37,6 +37,7 @@ def _parser(report: bool) -> argparse.ArgumentParser:
         p.add_argument("--no-report", action="store_true", help="skip the report at the end")
         p.add_argument("--worker-index", type=int, default=0,
                        help="this machine's index, for the sampler's seed (e.g. a SLURM array index)")
+        p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # a worker of --workers N
     return p
 
 
@@ -52,9 +53,10 @@ def _dispatch(argv: list[str]) -> int:
     sweep = load_sweep(args.sweep, args.preset, args.n_trials, args.study_name, args.storage, args.root)
     code = 0
     if not report:
-        from lit_sr.sweep.study import run_sweep
+        from lit_sr.sweep.study import run_sweep, run_worker
 
-        code = run_sweep(sweep, args.workers, args.worker_index)
+        spawned = args.spawned  # run_sweep created the study and printed its line
+        code = run_worker(sweep, args.worker_index) if spawned else run_sweep(sweep, args.workers, args.worker_index)
         if code in (2, 130) or args.no_report:
             return code
     from lit_sr.sweep.report import report as write_report

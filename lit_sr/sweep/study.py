@@ -272,7 +272,8 @@ def full(study: optuna.Study, n_trials: int) -> bool:
 
 
 def run_worker(sweep: Sweep, index: int = 0) -> int:
-    """One worker: trials until the study holds ``n_trials`` (retries of dead workers' trials first)."""
+    """One worker of a created study: trials until it holds ``n_trials`` (retries of dead workers' trials first)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a worker prints one line per trial (a failure's reason)
     study = optuna.load_study(study_name=sweep.study_name, storage=make_storage(sweep.storage_url, sweep),
                               pruner=sweep.pruner())
     fail_stale_trials(study)  # a dead worker's trial becomes a WAITING retry now, before the count below
@@ -301,13 +302,13 @@ def run_worker(sweep: Sweep, index: int = 0) -> int:
 def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
     """Create the study and be its worker, or start this command ``workers`` times with ``--workers 1``;
     0 when all ended well."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a worker prints one line per trial (a failure's reason)
     study = create_study(sweep)
     print(f"study {sweep.study_name}: {describe(study.get_trials(deepcopy=False))} of n_trials="
           f"{sweep.study.n_trials}; trial files under {sweep.study_dir}/", flush=True)
     # `lit-sr sweep` itself, by its own module: importing lit_sr.cli (Lightning) would add seconds per worker.
     cmd = [sys.executable, "-m", "lit_sr.sweep.cli", str(sweep.path), "--preset", sweep.preset, "--study-name",
-           sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials), "--no-report"]
+           sweep.study_name, "--root", str(sweep.root), "--n-trials", str(sweep.study.n_trials), "--no-report",
+           "--spawned"]
     env = {**os.environ, STORAGE_ENV: sweep.storage_url}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # the cores, shared
     indices = [index * workers + i for i in range(workers)] if workers > 1 else []
