@@ -232,6 +232,10 @@ def test_postgresql_storage_with_two_workers_and_its_pruner(tmp_path, data_root,
     assert sorted(line.split(":")[0] for line in out.splitlines() if line.startswith("trial ")) == ["trial 0 PRUNED",
                                                                                                    "trial 1 PRUNED"]
     assert not (tmp_path / "runs" / "optuna.db").exists()  # nothing went to the default SQLite file
+    with sweep_env(data_root):  # the study is full: the line says so once, not once per worker
+        assert main([str(path), "--root", str(tmp_path / "runs"), "--storage", postgres_url, "--workers", "2",
+                     "--no-report"]) == 0
+    assert capfd.readouterr().out.count("holds its n_trials=2: nothing to run") == 1
     trials = load(postgres_url, "pg").get_trials()
     assert [t.number for t in trials] == [0, 1] and all(t.state == TrialState.PRUNED for t in trials)
     assert all(list(t.intermediate_values) == [0] for t in trials)  # reported to PostgreSQL, pruned there

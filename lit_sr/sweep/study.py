@@ -311,7 +311,9 @@ def run_sweep(sweep: Sweep, workers: int = 1, index: int = 0) -> int:
            "--spawned"]
     env = {**os.environ, STORAGE_ENV: sweep.storage_url}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))  # the cores, shared
-    indices = [index * workers + i for i in range(workers)] if workers > 1 else []
+    fail_stale_trials(study)  # first: a dead worker's trial, now a WAITING retry, leaves the study not full
+    full_now = full(study, sweep.study.n_trials)  # one worker says so, rather than N
+    indices = [index * workers + i for i in range(workers)] if workers > 1 and not full_now else []
     procs = [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in indices]
     try:
         codes = [p.wait() for p in procs] if procs else [run_worker(sweep, index)]
